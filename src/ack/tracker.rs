@@ -1,0 +1,208 @@
+//! The in-flight set: transactions in commit order, each with a count of
+//! events not yet confirmed.
+//!
+//! The invariant this module exists for: the reported position is the end LSN
+//! of the newest transaction that, *together with every transaction before
+//! it*, is fully confirmed. A confirmed later transaction never moves the
+//! position past an earlier one that is still waiting (returned, nacked or
+//! unanswered): the position stops at the first gap. Owned by the publisher
+//! task alone; no lock.
+
+use std::collections::VecDeque;
+
+use crate::event::{EndLsn, PgTimestamp};
+
+/// Identifies a registered transaction: a sequence number, so the entry's
+/// index in the queue is `id - front_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TxnId(u64);
+
+/// What the publisher reports to the source after each change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// End LSN of the newest transaction confirmed with all before it.
+    pub confirmed: Option<EndLsn>,
+    /// How many transactions have been fully confirmed since the pipeline
+    /// started. The source compares it with how many it handed over to know
+    /// whether anything is still in flight.
+    pub txns_done: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// End LSN of the transaction.
+    end_lsn: EndLsn,
+    /// Commit time, for `lag_seconds`.
+    commit_time: PgTimestamp,
+    /// Events of this transaction not yet confirmed.
+    unconfirmed: usize,
+}
+
+/// Ordered in-flight transactions.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    /// Oldest first. Entries leave only from the front, and only once
+    /// confirmed, so the front is always the first gap.
+    entries: VecDeque<Entry>,
+    /// Id of `entries[0]` (or of the next registered one when empty).
+    front_id: u64,
+    /// The newest fully confirmed prefix, and how many transactions it holds.
+    progress: Progress,
+}
+
+impl Tracker {
+    /// An empty tracker.
+    pub fn new() -> Self {
+        Tracker::default()
+    }
+
+    /// Registers a transaction of `events` events, before any of them is
+    /// published. Transactions must be registered in commit order; a
+    /// transaction with no events completes at once.
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, if `end_lsn` is not newer than the previous one.
+    pub fn register(&mut self, end_lsn: EndLsn, commit_time: PgTimestamp, events: usize) -> TxnId {
+        debug_assert!(
+            self.entries.back().map_or(true, |e| e.end_lsn < end_lsn),
+            "transactions registered out of commit order"
+        );
+        let id = TxnId(self.front_id + self.entries.len() as u64);
+        self.entries.push_back(Entry { end_lsn, commit_time, unconfirmed: events });
+        self.advance();
+        id
+    }
+
+    /// Records the broker's confirm of one event of `txn`. Returns true when
+    /// the confirmed position moved.
+    ///
+    /// # Panics
+    ///
+    /// If `txn` is not in flight or has no unconfirmed event left: that would
+    /// be a double confirm, a bug that could move the position too early.
+    pub fn confirm(&mut self, txn: TxnId) -> bool {
+        let idx = txn.0.checked_sub(self.front_id).expect("confirm for a transaction already done") as usize;
+        let entry = self.entries.get_mut(idx).expect("confirm for an unknown transaction");
+        assert!(entry.unconfirmed > 0, "more confirms than events for a transaction");
+        entry.unconfirmed -= 1;
+        idx == 0 && self.advance()
+    }
+
+    /// Pops every fully confirmed transaction at the front.
+    fn advance(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(front) = self.entries.front() {
+            if front.unconfirmed > 0 {
+                break;
+            }
+            let done = self.entries.pop_front().expect("front exists");
+            self.front_id += 1;
+            self.progress.confirmed = Some(done.end_lsn);
+            self.progress.txns_done += 1;
+            moved = true;
+        }
+        moved
+    }
+
+    /// The confirmed prefix.
+    pub fn progress(&self) -> Progress {
+        self.progress
+    }
+
+    /// True when no transaction is waiting for a confirm.
+    pub fn is_idle(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Commit time of the oldest transaction not yet fully confirmed.
+    pub fn oldest_pending_commit(&self) -> Option<PgTimestamp> {
+        self.entries.front().map(|e| e.commit_time)
+    }
+
+    /// End LSN of the oldest transaction not yet fully confirmed: the
+    /// position is stuck behind it.
+    pub fn first_gap(&self) -> Option<EndLsn> {
+        self.entries.front().map(|e| e.end_lsn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Lsn;
+    use proptest::prelude::*;
+
+    fn lsn(n: u64) -> EndLsn {
+        EndLsn(Lsn(n))
+    }
+
+    #[test]
+    fn position_stops_at_the_first_unconfirmed_transaction() {
+        let mut t = Tracker::new();
+        let a = t.register(lsn(10), PgTimestamp(0), 2);
+        let b = t.register(lsn(20), PgTimestamp(0), 1);
+        assert!(!t.confirm(b), "a later confirm must not move the position past an earlier gap");
+        assert_eq!(t.progress().confirmed, None);
+        assert!(!t.confirm(a));
+        assert!(t.confirm(a));
+        assert_eq!(t.progress(), Progress { confirmed: Some(lsn(20)), txns_done: 2 });
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn empty_transaction_completes_when_everything_before_it_did() {
+        let mut t = Tracker::new();
+        let a = t.register(lsn(10), PgTimestamp(0), 1);
+        t.register(lsn(20), PgTimestamp(0), 0);
+        assert_eq!(t.progress().confirmed, None);
+        t.confirm(a);
+        assert_eq!(t.progress().confirmed, Some(lsn(20)));
+        t.register(lsn(30), PgTimestamp(0), 0);
+        assert_eq!(t.progress().confirmed, Some(lsn(30)));
+        assert_eq!(t.progress().txns_done, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "more confirms than events")]
+    fn a_double_confirm_is_a_bug_not_a_position() {
+        let mut t = Tracker::new();
+        let _a = t.register(lsn(10), PgTimestamp(0), 1);
+        let b = t.register(lsn(20), PgTimestamp(0), 2);
+        t.confirm(b);
+        t.confirm(b);
+        t.confirm(b);
+    }
+
+    proptest! {
+        /// Whatever order confirms arrive in, the reported position is always
+        /// the end of the longest fully confirmed prefix, and never goes back.
+        #[test]
+        fn position_is_the_longest_confirmed_prefix(
+            sizes in proptest::collection::vec(0usize..4, 1..30),
+            seed in any::<u64>(),
+        ) {
+            let mut t = Tracker::new();
+            let ids: Vec<TxnId> = sizes.iter().enumerate()
+                .map(|(i, &n)| t.register(lsn((i as u64 + 1) * 10), PgTimestamp(0), n))
+                .collect();
+            let mut confirms: Vec<usize> = sizes.iter().enumerate()
+                .flat_map(|(i, &n)| std::iter::repeat(i).take(n)).collect();
+            let mut rng = fastrand::Rng::with_seed(seed);
+            rng.shuffle(&mut confirms);
+            let mut left = sizes.clone();
+            let mut last = t.progress().confirmed;
+            for i in confirms {
+                t.confirm(ids[i]);
+                left[i] -= 1;
+                let prefix = left.iter().take_while(|&&n| n == 0).count();
+                let expected = if prefix == 0 { None } else { Some(lsn(prefix as u64 * 10)) };
+                prop_assert_eq!(t.progress().confirmed, expected);
+                prop_assert!(t.progress().confirmed >= last);
+                last = t.progress().confirmed;
+            }
+            prop_assert!(t.is_idle());
+            prop_assert_eq!(t.progress().txns_done, sizes.len() as u64);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The values that travel through the pipeline: LSN newtypes and the
+//! decoded outbox event.
+//!
+//! PostgreSQL hands out several kinds of log sequence numbers and mixing them
+//! up loses data (a flush position must be a commit *end* LSN; restarting at a
+//! start LSN + 1 skips WAL). Each kind gets its own type so the compiler keeps
+//! them apart; they convert to the raw [`Lsn`] only where the protocol needs
+//! the number.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A raw WAL position. Printed the way PostgreSQL prints it: `16/B374D848`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// The zero position ("0/0"): START_REPLICATION from the slot's own position.
+    pub const ZERO: Lsn = Lsn(0);
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+impl fmt::Debug for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Lsn({self})")
+    }
+}
+
+/// Error for a string that is not of the form `X/Y` in hexadecimal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseLsnError(pub String);
+
+impl fmt::Display for ParseLsnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid LSN {:?}: expected two hexadecimal numbers like \"16/B374D848\"", self.0)
+    }
+}
+
+impl std::error::Error for ParseLsnError {}
+
+impl FromStr for Lsn {
+    type Err = ParseLsnError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseLsnError(s.to_owned());
+        let (hi, lo) = s.split_once('/').ok_or_else(err)?;
+        let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
+        let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
+        Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))
+    }
+}
+
+/// The end LSN of a committed transaction (pgoutput Commit `end_lsn`).
+/// The only kind of position that may be reported as flushed while work is in
+/// flight: a restart from it resumes *after* that transaction.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct EndLsn(pub Lsn);
+
+/// The server's WAL position carried by a primary keepalive (`wal_end`): every
+/// change before it has been sent. Safe to report only when nothing is in
+/// flight and no transaction is half received.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct KeepaliveLsn(pub Lsn);
+
+/// The position reported to PostgreSQL as flushed in a standby status update.
+/// Monotonic: see [`crate::ack::position`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Position(pub Lsn);
+
+impl fmt::Display for EndLsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Microseconds since 2000-01-01 00:00:00 UTC, PostgreSQL's timestamp epoch.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Default)]
+pub struct PgTimestamp(pub i64);
+
+/// Seconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
+const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+
+impl PgTimestamp {
+    /// Whole seconds since the Unix epoch (the AMQP `timestamp` property).
+    pub fn unix_seconds(self) -> i64 {
+        PG_EPOCH_UNIX_SECS + self.0.div_euclid(1_000_000)
+    }
+
+    /// As a `SystemTime`, for lag computations.
+    pub fn to_system_time(self) -> std::time::SystemTime {
+        let micros = i128::from(PG_EPOCH_UNIX_SECS) * 1_000_000 + i128::from(self.0);
+        if micros >= 0 {
+            std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros as u64)
+        } else {
+            std::time::UNIX_EPOCH - std::time::Duration::from_micros((-micros) as u64)
+        }
+    }
+
+    /// RFC 3339 with microseconds, UTC (`x-outbox-commit-time`).
+    pub fn to_rfc3339(self) -> String {
+        let micros = i128::from(PG_EPOCH_UNIX_SECS) * 1_000_000 + i128::from(self.0);
+        let nanos = micros * 1000;
+        match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+            Ok(t) => t
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| String::from("invalid")),
+            Err(_) => String::from("invalid"),
+        }
+    }
+}
+
+/// One value of a decoded row, as pgoutput sent it (text format).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Datum {
+    /// SQL NULL.
+    Null,
+    /// An unchanged TOASTed value that the server did not send. Never occurs
+    /// for an INSERT; kept so a decoder bug cannot pass for a NULL.
+    UnchangedToast,
+    /// The value in PostgreSQL's text output format.
+    Text(Vec<u8>),
+}
+
+/// Where an event came from: a table row or a logical decoding message.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum EventSource {
+    /// An INSERT into `schema.table`.
+    Row {
+        /// Schema-qualified table name, e.g. `public.outbox`.
+        table: String,
+        /// Column names, in the order of `values`.
+        columns: std::sync::Arc<Vec<Column>>,
+        /// One value per column.
+        values: Vec<Datum>,
+    },
+    /// `pg_logical_emit_message(true, prefix, content)`.
+    Message {
+        /// The message prefix.
+        prefix: String,
+        /// The message content, as bytes.
+        content: Vec<u8>,
+    },
+}
+
+/// A column of a replicated relation.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// Type OID (17 bytea, 25 text, 114 json, 3802 jsonb, ...).
+    pub type_oid: u32,
+}
+
+/// One committed outbox event, ready to be routed.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct OutboxEvent {
+    /// The row or message.
+    pub source: EventSource,
+    /// End LSN of the transaction that committed it.
+    pub end_lsn: EndLsn,
+    /// Commit time of that transaction.
+    pub commit_time: PgTimestamp,
+    /// Position within its transaction, from 0.
+    pub ordinal: u32,
+}
+
+/// A whole committed transaction: what the source hands to the publisher.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Transaction {
+    /// End LSN of the commit record: the position to report once every event
+    /// of this and every earlier transaction is confirmed.
+    pub end_lsn: EndLsn,
+    /// Commit time.
+    pub commit_time: PgTimestamp,
+    /// The events, in insert order. May be empty (a transaction that touched
+    /// only filtered rows still moves the position).
+    pub events: Vec<OutboxEvent>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trips_through_text() {
+        for v in [0u64, 1, 0x16_B374_D848, u64::MAX] {
+            let l = Lsn(v);
+            assert_eq!(l.to_string().parse::<Lsn>().unwrap(), l);
+        }
+        assert_eq!(Lsn(0x1_0000_00FF).to_string(), "1/FF");
+        assert!("16".parse::<Lsn>().is_err());
+        assert!("x/1".parse::<Lsn>().is_err());
+    }
+
+    #[test]
+    fn pg_timestamp_converts_to_unix_and_rfc3339() {
+        let t = PgTimestamp(1_500_000); // 2000-01-01T00:00:01.5Z
+        assert_eq!(t.unix_seconds(), PG_EPOCH_UNIX_SECS + 1);
+        assert_eq!(t.to_rfc3339(), "2000-01-01T00:00:01.5Z");
+    }
+}

@@ -1,0 +1,106 @@
+//! The `outbox-relay` binary: parse the command line, load the config, set
+//! up logging, build the runtime, run, and map the outcome to an exit code
+//! (0 clean stop, 1 error at run time, 2 invalid configuration or usage).
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use outbox_relay::config::{self, Config, LogFormat};
+use outbox_relay::ErrorKind;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match try_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("outbox-relay: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    config::load(path, &config::process_env).map_err(|e| {
+        eprintln!("outbox-relay: invalid configuration\n{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn try_main(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        cli::Command::Setup { config, print_sql: true } => {
+            let cfg = match load(&config.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            print!("{}", outbox_relay::setup::print_sql(&cfg));
+            Ok(ExitCode::SUCCESS)
+        }
+        cli::Command::Setup { config, print_sql: false } => {
+            let cfg = match load(&config.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(&cfg);
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async {
+                let target = outbox_relay::source::pgconfig::PgTarget::parse(outbox_relay::relay::current_url(config::UrlTarget::Source, &cfg.source.url)?.expose())?;
+                let sql = target.connect_sql(cfg.source.connect_timeout).await?;
+                let router = outbox_relay::route::Router::new(&cfg.routes);
+                let report = outbox_relay::setup::ensure(&sql, &cfg, &router).await?;
+                println!(
+                    "publication {:?}: {}; slot {:?}: {}",
+                    cfg.source.publication,
+                    if report.created_publication { "created".to_owned() } else if report.added_tables.is_empty() { "exists".to_owned() } else { format!("added {}", report.added_tables.join(", ")) },
+                    cfg.source.slot,
+                    if report.created_slot { "created" } else { "exists" },
+                );
+                Ok::<_, outbox_relay::Error>(())
+            })
+            .map_err(|e| anyhow::anyhow!("{}\nhint: {}", e.chain(), e.kind().hint()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        cli::Command::Run(config) => {
+            let cfg = match load(&config.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(&cfg);
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let result = rt.block_on(outbox_relay::run(cfg, shutdown_signal()));
+            match result {
+                Ok(()) => {
+                    tracing::info!("stopped cleanly");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e.chain(), kind = e.kind().as_str(), hint = e.kind().hint(), "stopping: this needs a person");
+                    Ok(ExitCode::from(if e.kind() == ErrorKind::Config { 2 } else { 1 }))
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},amqprs=warn", cfg.log.level)));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

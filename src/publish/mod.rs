@@ -1,0 +1,345 @@
+//! The publisher task: renders transactions into messages, publishes them in
+//! confirm mode with `mandatory`, pipelined up to `max_in_flight`, and feeds
+//! the broker's verdicts to the [`Tracker`], which it alone owns.
+//!
+//! Order of work in each turn of the loop (a `biased` select):
+//!
+//! 1. broker events (acks, nacks, returns, closes), drained first so
+//!    confirms never pile up behind new work;
+//! 2. republishing returned or nacked messages whose backoff has passed;
+//! 3. the confirm deadline of the oldest message in flight (paused while the
+//!    broker has blocked the connection): a timeout means the connection is
+//!    dead;
+//! 4. a periodic check that the connection and channel are open;
+//! 5. a new transaction from the source, only when the window has room.
+//!
+//! Publishing itself happens after the select, never inside a losing arm.
+//! A returned or nacked message holds the position at its transaction until
+//! the broker takes it (`block`), or is dead-lettered or dropped by the
+//! route's policy. Connection failures end the task with an error; the
+//! supervisor tears everything down and restarts from the slot.
+
+pub mod channel;
+pub mod confirm;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::ack::{Progress, Tracker, TxnId};
+use crate::config::OnUnroutable;
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::Transaction;
+use crate::metrics::Metrics;
+use crate::route::{HeaderValue, OutgoingMessage, Router};
+use channel::{BrokerChannel, BrokerEvent};
+use confirm::{InFlight, Outcome, Pending};
+
+/// Settings of the publisher.
+#[derive(Debug, Clone)]
+pub struct PublisherSettings {
+    /// Unconfirmed publishes allowed at once.
+    pub max_in_flight: usize,
+    /// Longest wait for a confirm before the connection is declared dead.
+    pub confirm_timeout: Duration,
+    /// What to do with a returned message.
+    pub on_unroutable: OnUnroutable,
+    /// Exchange for `dead_letter`.
+    pub dead_letter_exchange: String,
+}
+
+/// The transaction being published, when it did not fit the window at once.
+struct Current {
+    txn: TxnId,
+    messages: VecDeque<Arc<OutgoingMessage>>,
+    commit_time: SystemTime,
+}
+
+/// The publisher task's state.
+pub struct Publisher {
+    channel: BrokerChannel,
+    router: Arc<Router>,
+    settings: PublisherSettings,
+    tracker: Tracker,
+    inflight: InFlight,
+    /// Messages waiting to be republished, with when.
+    retries: VecDeque<(Instant, Pending)>,
+    current: Option<Current>,
+    /// Commit times of transactions in the tracker (parallel to it), for
+    /// the commit-to-confirm histogram.
+    progress: watch::Sender<Progress>,
+    metrics: Arc<Metrics>,
+    /// True while the broker has blocked the connection (resource alarm).
+    blocked: bool,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("in_flight", &self.inflight.len()).field("progress", &self.tracker.progress()).finish()
+    }
+}
+
+impl Publisher {
+    /// A publisher on an open channel.
+    pub fn new(channel: BrokerChannel, router: Arc<Router>, settings: PublisherSettings, progress: watch::Sender<Progress>, metrics: Arc<Metrics>) -> Self {
+        Publisher {
+            channel,
+            router,
+            settings,
+            tracker: Tracker::new(),
+            inflight: InFlight::new(),
+            retries: VecDeque::new(),
+            current: None,
+            progress,
+            metrics,
+            blocked: false,
+        }
+    }
+
+    /// Runs until the source closes `rx` and everything is confirmed, or
+    /// until an error. Closes the broker connection on the way out.
+    ///
+    /// # Errors
+    ///
+    /// `BrokerConnection`, `BrokerChannel`, `ConfirmTimeout` (connection
+    /// dead: the caller restarts from the slot) and `Data` (a row that
+    /// cannot be rendered: the caller stops).
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Transaction>) -> Result<()> {
+        let result = self.run_inner(&mut rx).await;
+        self.metrics.set_in_flight(0);
+        self.channel.close().await;
+        result
+    }
+
+    async fn run_inner(&mut self, rx: &mut mpsc::Receiver<Transaction>) -> Result<()> {
+        let mut intake_open = true;
+        let mut health = tokio::time::interval(Duration::from_secs(1));
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if !intake_open && self.current.is_none() && self.inflight.is_empty() && self.retries.is_empty() {
+                return Ok(());
+            }
+            let room = self.inflight.len() < self.settings.max_in_flight;
+            let next_retry = self.retries.iter().map(|(at, _)| *at).min();
+            let deadline = self.inflight.oldest_sent().map(|t| t + self.settings.confirm_timeout);
+            tokio::select! {
+                biased;
+                // PRIORITY 1: the broker's answers.
+                ev = self.channel.events.recv() => match ev {
+                    Some(ev) => self.on_event(ev)?,
+                    None => return Err(Error::new(ErrorKind::BrokerConnection, "the broker connection's event stream ended")),
+                },
+                // PRIORITY 2: republish what is due.
+                _ = sleep_until(next_retry), if next_retry.is_some() => self.republish_due().await?,
+                // PRIORITY 3: the oldest confirm is overdue.
+                _ = sleep_until(deadline), if deadline.is_some() && !self.blocked => {
+                    return Err(Error::new(ErrorKind::ConfirmTimeout, format!(
+                        "{} message(s) unconfirmed for more than {:?} (broker.confirm_timeout); treating the broker connection as dead",
+                        self.inflight.len(), self.settings.confirm_timeout)));
+                }
+                // PRIORITY 4: connection health and lag.
+                _ = health.tick() => {
+                    if !self.channel.is_open() {
+                        return Err(Error::new(ErrorKind::BrokerConnection, "the broker connection or channel closed"));
+                    }
+                    self.update_lag();
+                }
+                // PRIORITY 5: new work, when there is room.
+                txn = rx.recv(), if intake_open && self.current.is_none() && room => match txn {
+                    Some(txn) => self.accept(txn)?,
+                    None => intake_open = false,
+                },
+            }
+            self.publish_current().await?;
+        }
+    }
+
+    /// Renders a transaction and registers it in the tracker before any of
+    /// its messages is published.
+    fn accept(&mut self, txn: Transaction) -> Result<()> {
+        let mut messages = VecDeque::with_capacity(txn.events.len());
+        for ev in &txn.events {
+            if let Some(m) = self.router.render(ev)? {
+                messages.push_back(Arc::new(m));
+            } else {
+                tracing::debug!(lsn = %txn.end_lsn, ordinal = ev.ordinal, "event declined by every route's `when` filter");
+            }
+        }
+        let id = self.tracker.register(txn.end_lsn, txn.commit_time, messages.len());
+        self.current = Some(Current { txn: id, messages, commit_time: txn.commit_time.to_system_time() });
+        self.report_progress();
+        Ok(())
+    }
+
+    /// Publishes messages of the current transaction while the window has room.
+    async fn publish_current(&mut self) -> Result<()> {
+        while self.inflight.len() < self.settings.max_in_flight {
+            let Some(cur) = self.current.as_mut() else { return Ok(()) };
+            let Some(msg) = cur.messages.pop_front() else {
+                self.current = None;
+                return Ok(());
+            };
+            let txn = cur.txn;
+            self.send(Pending::new(txn, msg, Instant::now(), 1)).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, mut p: Pending) -> Result<()> {
+        let tag = self.channel.publish(&p.msg, self.settings.confirm_timeout).await?;
+        p.sent_at = Instant::now();
+        self.inflight.insert(tag, p);
+        self.metrics.set_in_flight(self.inflight.len());
+        Ok(())
+    }
+
+    async fn republish_due(&mut self) -> Result<()> {
+        let now = Instant::now();
+        while let Some(i) = self.retries.iter().position(|(at, _)| *at <= now) {
+            let (_, mut p) = self.retries.remove(i).expect("index from position");
+            p.attempts += 1;
+            self.send(p).await?;
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, ev: BrokerEvent) -> Result<()> {
+        let outcomes = match ev {
+            BrokerEvent::Ack { tag, multiple } => self.inflight.on_ack(tag, multiple),
+            BrokerEvent::Nack { tag, multiple } => self.inflight.on_nack(tag, multiple),
+            BrokerEvent::Return { message_id, reply_code, reply_text } => {
+                if self.inflight.on_return(message_id.as_deref(), reply_code, &reply_text) == 0 {
+                    return Err(Error::new(ErrorKind::BrokerChannel, format!(
+                        "the broker returned message_id {message_id:?} ({reply_code} {reply_text}) which is not in flight; reconnecting to be safe")));
+                }
+                return Ok(());
+            }
+            BrokerEvent::ChannelClosed { code, text } => {
+                return Err(Error::new(ErrorKind::BrokerChannel, format!("the broker closed the channel: {code} {text}")));
+            }
+            BrokerEvent::ConnectionLost { reason } => {
+                return Err(Error::new(ErrorKind::BrokerConnection, format!("lost the broker connection: {reason}")));
+            }
+            BrokerEvent::Blocked(reason) => {
+                tracing::warn!(%reason, "broker blocked publishing (resource alarm); waiting");
+                self.blocked = true;
+                return Ok(());
+            }
+            BrokerEvent::Unblocked => {
+                tracing::info!("broker unblocked publishing");
+                self.blocked = false;
+                // Restart the confirm clock for what waited through the block.
+                return Ok(());
+            }
+        };
+        for o in outcomes {
+            self.on_outcome(o)?;
+        }
+        self.metrics.set_in_flight(self.inflight.len());
+        self.report_progress();
+        Ok(())
+    }
+
+    fn on_outcome(&mut self, o: Outcome) -> Result<()> {
+        match o {
+            Outcome::Confirmed(p) => {
+                let age = self.commit_age(p.txn);
+                self.metrics.event_confirmed(p.msg.route, age);
+                self.tracker.confirm(p.txn);
+            }
+            Outcome::Nacked(p) => {
+                self.metrics.nack();
+                tracing::warn!(message_id = %p.msg.message_id, exchange = %p.msg.exchange, attempts = p.attempts,
+                    "broker nacked the message; republishing after a backoff (the position waits for it)");
+                self.schedule_retry(p);
+            }
+            Outcome::Returned { pending: p, reply_code, reply_text } => {
+                self.metrics.event_unroutable(p.msg.route);
+                self.on_returned(p, reply_code, reply_text);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_returned(&mut self, p: Pending, code: u16, text: String) {
+        let m = &p.msg;
+        match self.settings.on_unroutable {
+            OnUnroutable::Block => {
+                tracing::error!(message_id = %m.message_id, exchange = %m.exchange, routing_key = %m.routing_key, reply = %format!("{code} {text}"), attempts = p.attempts,
+                    "unroutable message: no queue is bound for this routing key; holding the position and retrying (bind a queue, or set on_unroutable)");
+                self.schedule_retry(p);
+            }
+            OnUnroutable::Drop => {
+                tracing::warn!(message_id = %m.message_id, exchange = %m.exchange, routing_key = %m.routing_key, "unroutable message dropped (on_unroutable = \"drop\")");
+                self.tracker.confirm(p.txn);
+            }
+            OnUnroutable::DeadLetter => {
+                if m.exchange == self.settings.dead_letter_exchange {
+                    tracing::error!(message_id = %m.message_id, exchange = %m.exchange, "dead-letter exchange returned the message too; holding the position and retrying");
+                    self.schedule_retry(p);
+                    return;
+                }
+                let mut dead = (**m).clone();
+                dead.headers.push(("x-outbox-original-exchange".into(), HeaderValue::Str(m.exchange.clone())));
+                dead.headers.push(("x-outbox-original-routing-key".into(), HeaderValue::Str(m.routing_key.clone())));
+                dead.headers.push(("x-outbox-reason".into(), HeaderValue::Str(format!("{code} {text}"))));
+                dead.exchange = self.settings.dead_letter_exchange.clone();
+                tracing::warn!(message_id = %m.message_id, exchange = %m.exchange, routing_key = %m.routing_key, dead_letter_exchange = %dead.exchange, "unroutable message sent to the dead-letter exchange");
+                let mut np = Pending::new(p.txn, Arc::new(dead), Instant::now(), 0);
+                np.attempts = 0;
+                self.retries.push_back((Instant::now(), np));
+            }
+        }
+    }
+
+    fn schedule_retry(&mut self, p: Pending) {
+        let exp = p.attempts.saturating_sub(1).min(6);
+        let base = Duration::from_millis(500) * (1u32 << exp);
+        let delay = base.min(Duration::from_secs(30)).mul_f64(0.8 + fastrand::f64() * 0.4);
+        self.retries.push_back((Instant::now() + delay, p));
+    }
+
+    fn commit_age(&self, _txn: TxnId) -> f64 {
+        match &self.current {
+            Some(c) if c.txn == _txn => SystemTime::now().duration_since(c.commit_time).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            _ => self
+                .tracker
+                .oldest_pending_commit()
+                .and_then(|t| SystemTime::now().duration_since(t.to_system_time()).ok())
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        }
+    }
+
+    fn update_lag(&self) {
+        let lag = self
+            .tracker
+            .oldest_pending_commit()
+            .and_then(|t| SystemTime::now().duration_since(t.to_system_time()).ok())
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.metrics.set_lag_seconds(lag);
+    }
+
+    fn report_progress(&self) {
+        let p = self.tracker.progress();
+        self.progress.send_if_modified(|cur| {
+            if *cur != p {
+                *cur = p;
+                true
+            } else {
+                false
+            }
+        });
+        self.update_lag();
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,393 @@
+//! Routing: the first route that matches an event renders it into an AMQP
+//! message (exchange, routing key, properties, body) per SPEC "AMQP message".
+//!
+//! Templates are checked against the table's real columns at start
+//! ([`Router::check_table`]); a row that still cannot be rendered (NULL
+//! payload, NULL template column) is a `Data` error naming the route, table,
+//! event id and LSN. Nothing here skips a row: an event that matches no route
+//! is an error too, unless a route for its table exists and only its `when`
+//! filters declined it (an explicit choice in the config).
+
+pub mod template;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use crate::config::{RouteConfig, RouteMatch};
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::{Column, Datum, EventSource, OutboxEvent};
+
+/// Type OIDs with special handling.
+const BYTEA: u32 = 17;
+const JSON: u32 = 114;
+const JSONB: u32 = 3802;
+
+/// An AMQP header value (SPEC: JSON maps to string, long, double, bool,
+/// table, array).
+#[derive(Clone, Debug, PartialEq)]
+pub enum HeaderValue {
+    /// A string.
+    Str(String),
+    /// A signed 64-bit integer.
+    Long(i64),
+    /// A double.
+    Double(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A nested table.
+    Table(Vec<(String, HeaderValue)>),
+    /// An array.
+    Array(Vec<HeaderValue>),
+    /// JSON null.
+    Void,
+}
+
+impl HeaderValue {
+    fn from_json(v: &serde_json::Value) -> HeaderValue {
+        match v {
+            serde_json::Value::Null => HeaderValue::Void,
+            serde_json::Value::Bool(b) => HeaderValue::Bool(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => HeaderValue::Long(i),
+                None => HeaderValue::Double(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            serde_json::Value::String(s) => HeaderValue::Str(s.clone()),
+            serde_json::Value::Array(a) => HeaderValue::Array(a.iter().map(HeaderValue::from_json).collect()),
+            serde_json::Value::Object(o) => HeaderValue::Table(o.iter().map(|(k, v)| (k.clone(), HeaderValue::from_json(v))).collect()),
+        }
+    }
+}
+
+/// A rendered message, independent of the AMQP client library.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutgoingMessage {
+    /// Index of the route that rendered it (metrics label).
+    pub route: usize,
+    /// Target exchange.
+    pub exchange: String,
+    /// Routing key (at most 255 bytes).
+    pub routing_key: String,
+    /// `message_id`: the event's id, what consumers deduplicate by.
+    pub message_id: String,
+    /// `type`.
+    pub message_type: Option<String>,
+    /// `content_type`.
+    pub content_type: String,
+    /// `timestamp`: commit time, Unix seconds.
+    pub timestamp: u64,
+    /// Headers, route headers first, then `headers_column`, then `x-outbox-*`.
+    pub headers: Vec<(String, HeaderValue)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// The compiled routes, in config order.
+#[derive(Debug)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+#[derive(Debug)]
+struct Route {
+    cfg: RouteConfig,
+    /// `headers_column`, once checked against the table (a defaulted one is
+    /// dropped when the table has no such column).
+    headers_column: Option<String>,
+}
+
+impl Router {
+    /// Routes in config order; call [`check_table`](Self::check_table) for
+    /// each table route before rendering.
+    pub fn new(routes: &[RouteConfig]) -> Self {
+        Router { routes: routes.iter().map(|r| Route { cfg: r.clone(), headers_column: r.headers_column.clone() }).collect() }
+    }
+
+    /// Route names, in order (metrics labels).
+    pub fn names(&self) -> Vec<String> {
+        self.routes.iter().map(|r| r.cfg.name.clone()).collect()
+    }
+
+    /// The `(schema, table)` of every table route, deduplicated, in order.
+    pub fn tables(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for r in &self.routes {
+            if let RouteMatch::Table { schema, table } = &r.cfg.matcher {
+                let t = (schema.clone(), table.clone());
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+
+    /// Checks every route of `schema.table` against its real columns and
+    /// returns one line per problem (empty when all is well). A defaulted
+    /// `headers_column` that the table lacks is dropped silently; an explicit
+    /// one is a problem.
+    pub fn check_table(&mut self, schema: &str, table: &str, columns: &[Column]) -> Vec<String> {
+        let has = |c: &str| columns.iter().any(|col| col.name == c);
+        let mut problems = Vec::new();
+        for (i, r) in self.routes.iter_mut().enumerate() {
+            let RouteMatch::Table { schema: s, table: t } = &r.cfg.matcher else { continue };
+            if s != schema || t != table {
+                continue;
+            }
+            let key = |k: &str| format!("routes[{i}] ({}): {k}", r.cfg.name);
+            let mut templates = vec![("routing_key", &r.cfg.routing_key), ("message_id", &r.cfg.message_id)];
+            if let Some(ty) = &r.cfg.message_type {
+                templates.push(("type", ty));
+            }
+            for (k, tpl) in templates.iter().copied().chain(r.cfg.headers.iter().map(|(_, t)| ("headers", t))) {
+                for c in tpl.columns() {
+                    if !has(c) {
+                        problems.push(format!("{}: template {:?} names column {c:?}, which {schema}.{table} does not have", key(k), tpl.source()));
+                    }
+                }
+            }
+            if let Some(p) = &r.cfg.payload {
+                if !has(p) {
+                    problems.push(format!("{}: column {p:?} does not exist in {schema}.{table}", key("payload")));
+                }
+            }
+            for (c, _) in &r.cfg.when {
+                if !has(c) {
+                    problems.push(format!("{}: column {c:?} does not exist in {schema}.{table}", key("when")));
+                }
+            }
+            if let Some(h) = &r.cfg.headers_column {
+                if !has(h) {
+                    if r.cfg.headers_column_explicit {
+                        problems.push(format!("{}: column {h:?} does not exist in {schema}.{table}", key("headers_column")));
+                    } else {
+                        r.headers_column = None;
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    /// Renders `ev` with the first matching route. `Ok(None)` means routes
+    /// for its table exist and their `when` filters all declined it.
+    ///
+    /// # Errors
+    ///
+    /// `Data` when no route covers the event's table or prefix, or when the
+    /// row cannot be rendered; the message names route, table, event id, LSN.
+    pub fn render(&self, ev: &OutboxEvent) -> Result<Option<OutgoingMessage>> {
+        let fields = Fields::of(ev);
+        let mut covered = false;
+        for (i, r) in self.routes.iter().enumerate() {
+            let matches_source = match (&r.cfg.matcher, &ev.source) {
+                (RouteMatch::Table { schema, table }, EventSource::Row { table: qualified, .. }) => {
+                    qualified.len() == schema.len() + 1 + table.len()
+                        && qualified.starts_with(schema.as_str())
+                        && qualified.ends_with(table.as_str())
+                        && qualified.as_bytes()[schema.len()] == b'.'
+                }
+                (RouteMatch::MessagePrefix(p), EventSource::Message { prefix, .. }) => p == prefix,
+                _ => false,
+            };
+            if !matches_source {
+                continue;
+            }
+            covered = true;
+            if r.cfg.when.iter().all(|(c, v)| fields.get(c).as_deref() == Some(v.as_str())) {
+                return r.render(i, ev, &fields).map(Some);
+            }
+        }
+        if covered {
+            return Ok(None);
+        }
+        Err(Error::new(
+            ErrorKind::Data,
+            format!(
+                "{} at LSN {} matches no route: add a [[routes]] entry for it, or remove the table from the publication",
+                fields.origin(),
+                ev.end_lsn
+            ),
+        ))
+    }
+}
+
+impl Route {
+    fn render(&self, idx: usize, ev: &OutboxEvent, f: &Fields<'_>) -> Result<OutgoingMessage> {
+        let name = &self.cfg.name;
+        let event_id = f.get("id").map(|c| c.into_owned()).unwrap_or_else(|| String::from("?"));
+        let data_err = |what: String| {
+            Error::new(
+                ErrorKind::Data,
+                format!("route {name:?}: {} (event id {event_id}, LSN {}): {what}", f.origin(), ev.end_lsn),
+            )
+        };
+        let render = |key: &str, tpl: &template::Template| {
+            tpl.render(|c| f.get(c)).map_err(|m| data_err(format!("{key} template {:?} needs column {:?}, which is NULL", tpl.source(), m.column)))
+        };
+        let routing_key = render("routing_key", &self.cfg.routing_key)?;
+        if routing_key.len() > 255 {
+            return Err(data_err(format!("routing key is {} bytes; AMQP allows 255", routing_key.len())));
+        }
+        let message_id = render("message_id", &self.cfg.message_id)?;
+        let message_type = self.cfg.message_type.as_ref().map(|t| render("type", t)).transpose()?;
+        if message_id.len() > 255 || message_type.as_ref().is_some_and(|t| t.len() > 255) {
+            return Err(data_err("message_id and type must be at most 255 bytes (AMQP short strings)".into()));
+        }
+        let body = f.payload(self.cfg.payload.as_deref()).map_err(data_err)?;
+        if self.cfg.content_type == "application/json" && !f.payload_is_json_typed(self.cfg.payload.as_deref()) && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            return Err(data_err(format!("payload is not valid JSON but the route's content_type is {:?}; fix the row or set content_type", self.cfg.content_type)));
+        }
+        let mut headers: Vec<(String, HeaderValue)> = Vec::with_capacity(self.cfg.headers.len() + 4);
+        for (k, tpl) in &self.cfg.headers {
+            headers.push((k.clone(), HeaderValue::Str(render("headers", tpl)?)));
+        }
+        if let Some(col) = &self.headers_column {
+            if let Some(text) = f.get(col) {
+                match serde_json::from_str::<serde_json::Value>(&text) {
+                    Ok(serde_json::Value::Object(o)) => {
+                        headers.extend(o.iter().map(|(k, v)| (k.clone(), HeaderValue::from_json(v))));
+                    }
+                    Ok(serde_json::Value::Null) => {}
+                    _ => return Err(data_err(format!("headers_column {col:?} must hold a JSON object"))),
+                }
+            }
+        }
+        let table = match &ev.source {
+            EventSource::Row { table, .. } => table.clone(),
+            EventSource::Message { prefix, .. } => format!("message:{prefix}"),
+        };
+        headers.push(("x-outbox-table".into(), HeaderValue::Str(table)));
+        headers.push(("x-outbox-lsn".into(), HeaderValue::Str(ev.end_lsn.to_string())));
+        headers.push(("x-outbox-commit-time".into(), HeaderValue::Str(ev.commit_time.to_rfc3339())));
+        Ok(OutgoingMessage {
+            route: idx,
+            exchange: self.cfg.exchange.clone(),
+            routing_key,
+            message_id,
+            message_type,
+            content_type: self.cfg.content_type.clone(),
+            timestamp: ev.commit_time.unix_seconds().max(0) as u64,
+            headers,
+            body,
+        })
+    }
+}
+
+/// Field lookup over a row (its columns) or a message (its JSON content's
+/// top-level keys, plus `prefix`).
+enum Fields<'a> {
+    Row { table: &'a str, columns: &'a Arc<Vec<Column>>, values: &'a [Datum] },
+    Message { prefix: &'a str, content: &'a [u8], json: Option<serde_json::Map<String, serde_json::Value>> },
+}
+
+impl<'a> Fields<'a> {
+    fn of(ev: &'a OutboxEvent) -> Self {
+        match &ev.source {
+            EventSource::Row { table, columns, values } => Fields::Row { table, columns, values },
+            EventSource::Message { prefix, content } => Fields::Message {
+                prefix,
+                content,
+                json: match serde_json::from_slice(content) {
+                    Ok(serde_json::Value::Object(o)) => Some(o),
+                    _ => None,
+                },
+            },
+        }
+    }
+
+    fn origin(&self) -> String {
+        match self {
+            Fields::Row { table, .. } => format!("row of {table}"),
+            Fields::Message { prefix, .. } => format!("logical message with prefix {prefix:?}"),
+        }
+    }
+
+    /// The field as text; None when NULL or absent.
+    fn get(&self, name: &str) -> Option<Cow<'a, str>> {
+        match self {
+            Fields::Row { columns, values, .. } => {
+                let i = columns.iter().position(|c| c.name == name)?;
+                match values.get(i)? {
+                    Datum::Text(b) => Some(String::from_utf8_lossy(b)),
+                    Datum::Null | Datum::UnchangedToast => None,
+                }
+            }
+            Fields::Message { prefix, json, .. } => {
+                if name == "prefix" {
+                    return Some(Cow::Borrowed(prefix));
+                }
+                match json.as_ref()?.get(name)? {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(s) => Some(Cow::Owned(s.clone())),
+                    v => Some(Cow::Owned(v.to_string())),
+                }
+            }
+        }
+    }
+
+    fn payload_is_json_typed(&self, column: Option<&str>) -> bool {
+        match (self, column) {
+            (Fields::Row { columns, .. }, Some(c)) => columns.iter().any(|col| col.name == c && (col.type_oid == JSON || col.type_oid == JSONB)),
+            _ => false,
+        }
+    }
+
+    /// The body: the payload column (bytea decoded to raw bytes) or, for a
+    /// message route without `payload`, the whole content.
+    fn payload(&self, column: Option<&str>) -> std::result::Result<Vec<u8>, String> {
+        match (self, column) {
+            (Fields::Row { .. }, None) => Err("the route has no payload column".into()),
+            (Fields::Row { columns, values, table }, Some(c)) => {
+                let i = columns.iter().position(|col| col.name == c).ok_or_else(|| format!("payload column {c:?} is not in {table} any more"))?;
+                match &values[i] {
+                    Datum::Null => Err(format!("payload column {c:?} is NULL")),
+                    Datum::UnchangedToast => Err(format!("payload column {c:?} was not sent by the server (unchanged TOAST)")),
+                    Datum::Text(b) if columns[i].type_oid == BYTEA => decode_bytea_hex(b).ok_or_else(|| format!("payload column {c:?} is not in bytea hex format")),
+                    Datum::Text(b) => Ok(b.clone()),
+                }
+            }
+            (Fields::Message { content, .. }, None) => Ok(content.to_vec()),
+            (Fields::Message { .. }, Some(c)) => match self.get(c) {
+                Some(v) => Ok(v.into_owned().into_bytes()),
+                None => Err(format!("payload field {c:?} is missing or null in the message's JSON content")),
+            },
+        }
+    }
+}
+
+/// PostgreSQL's bytea text output (`\x0a1b...`) to bytes.
+fn decode_bytea_hex(text: &[u8]) -> Option<Vec<u8>> {
+    let hex = text.strip_prefix(b"\\x")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let nib = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    hex.chunks_exact(2).map(|p| Some(nib(p[0])? << 4 | nib(p[1])?)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytea_hex_decodes() {
+        assert_eq!(decode_bytea_hex(b"\\x00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(decode_bytea_hex(b"\\x0"), None);
+        assert_eq!(decode_bytea_hex(b"00"), None);
+    }
+
+    #[test]
+    fn json_headers_map_to_amqp_types() {
+        let v: serde_json::Value = serde_json::from_str(r#"{"a":"s","b":3,"c":1.5,"d":true,"e":[1],"f":{"g":null}}"#).unwrap();
+        let HeaderValue::Table(t) = HeaderValue::from_json(&v) else { panic!() };
+        assert!(t.contains(&("b".into(), HeaderValue::Long(3))));
+        assert!(t.contains(&("c".into(), HeaderValue::Double(1.5))));
+        assert!(t.contains(&("e".into(), HeaderValue::Array(vec![HeaderValue::Long(1)]))));
+        assert!(t.contains(&("f".into(), HeaderValue::Table(vec![("g".into(), HeaderValue::Void)]))));
+    }
+}

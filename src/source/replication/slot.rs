@@ -1,0 +1,153 @@
+//! Slot and publication management on an ordinary (non-replication) SQL
+//! connection: create them, inspect `confirmed_flush_lsn` and `active_pid`,
+//! and read the columns of a route's table. Metadata queries stay here, off
+//! the replication connection, because some servers refuse them there.
+
+use std::collections::BTreeSet;
+
+use tokio_postgres::Client;
+
+use crate::error::{from_pg, Error, ErrorKind, Result};
+use crate::event::{Column, Lsn};
+use crate::source::pgconfig::quote_ident;
+
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone)]
+pub struct SlotState {
+    /// The output plugin (must be pgoutput).
+    pub plugin: String,
+    /// The position the next session resumes after.
+    pub confirmed_flush: Option<Lsn>,
+    /// PID of the walsender streaming from it, if any.
+    pub active_pid: Option<i32>,
+    /// Bytes of WAL the slot keeps (`pg_current_wal_lsn() - restart_lsn`).
+    pub retained_bytes: Option<i64>,
+}
+
+/// Reads the slot, if it exists.
+///
+/// # Errors
+///
+/// `SourceQuery` when the catalog query fails.
+pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, confirmed_flush_lsn::text, active_pid, \
+                    (pg_current_wal_lsn() - restart_lsn)::bigint \
+             FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("reading replication slot {slot:?}"), e))?;
+    Ok(row.map(|r| SlotState {
+        plugin: r.get::<_, Option<String>>(0).unwrap_or_default(),
+        confirmed_flush: r.get::<_, Option<String>>(1).and_then(|s| s.parse().ok()),
+        active_pid: r.get(2),
+        retained_bytes: r.get(3),
+    }))
+}
+
+/// Creates the logical slot with pgoutput.
+///
+/// # Errors
+///
+/// `SourceQuery` (for instance without the REPLICATION privilege).
+pub async fn create_slot(client: &Client, slot: &str) -> Result<Lsn> {
+    let row = client
+        .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+        .await
+        .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("creating replication slot {slot:?}"), e))?;
+    let lsn: String = row.get(0);
+    lsn.parse().map_err(|e| Error::with_source(ErrorKind::SourceProtocol, "slot creation returned an odd LSN", e))
+}
+
+/// The schema-qualified tables a publication covers, and whether it
+/// publishes inserts.
+#[derive(Debug, Clone)]
+pub struct PublicationState {
+    /// `schema.table` of each covered table.
+    pub tables: BTreeSet<String>,
+    /// `FOR ALL TABLES`.
+    pub all_tables: bool,
+    /// Whether inserts are published.
+    pub publishes_insert: bool,
+}
+
+/// Reads the publication, if it exists.
+///
+/// # Errors
+///
+/// `SourceQuery` when the catalog query fails.
+pub async fn publication_state(client: &Client, publication: &str) -> Result<Option<PublicationState>> {
+    let ctx = || format!("reading publication {publication:?}");
+    let Some(row) = client
+        .query_opt("SELECT puballtables, pubinsert FROM pg_publication WHERE pubname = $1", &[&publication])
+        .await
+        .map_err(|e| from_pg(ErrorKind::SourceQuery, ctx(), e))?
+    else {
+        return Ok(None);
+    };
+    let tables = client
+        .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&publication])
+        .await
+        .map_err(|e| from_pg(ErrorKind::SourceQuery, ctx(), e))?
+        .iter()
+        .map(|r| format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    Ok(Some(PublicationState { tables, all_tables: row.get(0), publishes_insert: row.get(1) }))
+}
+
+/// The SQL that creates the publication for `tables` (`(schema, table)`).
+pub fn create_publication_sql(publication: &str, tables: &[(String, String)]) -> String {
+    if tables.is_empty() {
+        return format!("CREATE PUBLICATION {} WITH (publish = 'insert')", quote_ident(publication));
+    }
+    let list: Vec<String> = tables.iter().map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t))).collect();
+    format!("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')", quote_ident(publication), list.join(", "))
+}
+
+/// Creates the publication.
+///
+/// # Errors
+///
+/// `SourceQuery` (creating a publication needs ownership of the tables).
+pub async fn create_publication(client: &Client, publication: &str, tables: &[(String, String)]) -> Result<()> {
+    client
+        .batch_execute(&create_publication_sql(publication, tables))
+        .await
+        .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("creating publication {publication:?}"), e))
+}
+
+/// Adds tables to an existing publication.
+///
+/// # Errors
+///
+/// `SourceQuery`.
+pub async fn add_tables(client: &Client, publication: &str, tables: &[(String, String)]) -> Result<()> {
+    let list: Vec<String> = tables.iter().map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t))).collect();
+    client
+        .batch_execute(&format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(publication), list.join(", ")))
+        .await
+        .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("adding tables to publication {publication:?}"), e))
+}
+
+/// The columns of `schema.table`, or None when the table does not exist.
+///
+/// # Errors
+///
+/// `SourceQuery`.
+pub async fn table_columns(client: &Client, schema: &str, table: &str) -> Result<Option<Vec<Column>>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid::oid FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("reading the columns of {schema}.{table}"), e))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(rows.iter().map(|r| Column { name: r.get(0), type_oid: r.get::<_, u32>(1) }).collect()))
+}

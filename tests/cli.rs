@@ -1,0 +1,48 @@
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = bin().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("outbox-relay {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn an_invalid_config_exits_2_naming_file_and_key_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[source]\nurl = \"postgres://relay:Very-Secret-7@127.0.0.1/app\"\nstatus_interval = \"ten seconds\"\n[broker]\nurl = \"amqp://guest:guest@127.0.0.1/%2f\"\nmax_in_flight = 0\n",
+    )
+    .unwrap();
+    let out = bin().args(["run", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml"), "{err}");
+    assert!(err.contains("status_interval"), "{err}");
+    assert!(err.contains("max_in_flight"), "{err}");
+    assert!(err.contains("routes"), "every problem is reported at once: {err}");
+    assert!(!err.contains("Very-Secret-7"), "{err}");
+}
+
+#[test]
+fn setup_print_sql_shows_the_default_table_publication_and_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[source]\nurl = \"postgres://relay@127.0.0.1/app\"\nslot = \"s1\"\npublication = \"p1\"\n[broker]\nurl = \"amqp://guest:guest@127.0.0.1/%2f\"\n[[routes]]\ntable = \"public.outbox\"\nexchange = \"wallet.events\"\n",
+    )
+    .unwrap();
+    let out = bin().args(["setup", "--print-sql", "--config"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sql = String::from_utf8_lossy(&out.stdout);
+    assert!(sql.contains("CREATE TABLE IF NOT EXISTS outbox"), "{sql}");
+    assert!(sql.contains("CREATE PUBLICATION \"p1\" FOR TABLE \"public\".\"outbox\" WITH (publish = 'insert')"), "{sql}");
+    assert!(sql.contains("pg_create_logical_replication_slot('s1', 'pgoutput')"), "{sql}");
+}

@@ -1,0 +1,90 @@
+use std::time::Duration;
+
+use crate::support::consumer::{check_delivery, Consumer};
+use crate::support::relay::{Process, RelayConfig};
+use crate::support::{self, insert_events, TestDb};
+
+/// Starts a background writer: `txns` transactions of `per_txn` events,
+/// aggregates spread over 20 keys; returns (aggregate, id) in commit order.
+fn writer(url: String, tag: &'static str, txns: usize, per_txn: usize) -> tokio::task::JoinHandle<Vec<(String, String)>> {
+    tokio::spawn(async move {
+        let client = support::connect(&url).await;
+        let mut expected = Vec::new();
+        for t in 0..txns {
+            let aggs: Vec<String> = (0..per_txn).map(|i| format!("{tag}-{}", (t * per_txn + i) % 20)).collect();
+            let ids = insert_events(&client, "wallet", &aggs, "TransactionAdded").await;
+            expected.extend(aggs.into_iter().zip(ids));
+            if t % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await; // pace the writer so kills land mid-stream
+            }
+        }
+        expected
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_three_times_mid_stream_loses_nothing() {
+    // GIVEN the relay binary streaming while a writer commits 6,000 events
+    let db = TestDb::new().await;
+    let consumer = Consumer::start("#").await;
+    let cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    let w = writer(db.url.clone(), "k", 600, 10);
+
+    // WHEN the relay is SIGKILLed three times, each time after it made progress, and restarted
+    let mut relay = Process::spawn(&cfg);
+    for round in 1..=3 {
+        let seen = consumer.count();
+        support::wait_until(Duration::from_secs(60), "relay makes progress before the kill", || {
+            let c = consumer.count();
+            async move { c >= seen + 300 }
+        })
+        .await;
+        relay.kill().await;
+        println!("kill {round}: {} deliveries so far", consumer.count());
+        relay = Process::spawn(&cfg);
+    }
+    let expected = w.await.unwrap();
+    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+
+    // THEN every committed event arrives at least once, first deliveries in commit order per aggregate
+    consumer.wait_for_ids(&ids, Duration::from_secs(120)).await;
+    let dups = check_delivery(&expected, &consumer.received());
+    println!("SIGKILL x3 over {} events: {dups} duplicates", ids.len());
+    let status = relay.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+    db.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_exits_zero_and_a_restart_publishes_no_duplicates() {
+    // GIVEN the relay binary streaming while a writer commits 3,000 events
+    let db = TestDb::new().await;
+    let consumer = Consumer::start("#").await;
+    let cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    let w = writer(db.url.clone(), "t", 300, 10);
+    let relay = Process::spawn(&cfg);
+    support::wait_until(Duration::from_secs(60), "relay streams some events", || {
+        let c = consumer.count();
+        async move { c >= 500 }
+    })
+    .await;
+
+    // WHEN it gets SIGTERM mid-stream
+    let status = relay.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+
+    // AND a new instance takes over after the writer finished
+    let expected = w.await.unwrap();
+    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    let relay = Process::spawn(&cfg);
+    consumer.wait_for_ids(&ids, Duration::from_secs(120)).await;
+
+    // THEN nothing was published twice
+    let dups = check_delivery(&expected, &consumer.received());
+    println!("SIGTERM then restart over {} events: {dups} duplicates", ids.len());
+    assert_eq!(dups, 0, "a graceful stop followed by a start publishes no duplicates");
+    let log = relay.log_text();
+    let status = relay.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "{log}");
+    db.drop_all().await;
+}

@@ -1,0 +1,13 @@
+//! The one integration test binary. Every test talks to a real PostgreSQL
+//! (wal_level=logical) and a real RabbitMQ; see `support` for addresses.
+
+mod support;
+
+// Delivery through logical replication: properties, order, rollbacks, SCRAM, slot position.
+mod replication;
+// Crashes and graceful stops of the relay binary: SIGKILL, SIGTERM.
+mod lifecycle;
+// Unroutable messages and confirm correlation under pipelining.
+mod unroutable;
+// The command line: --version, setup, bad configs.
+mod cli;

@@ -1,0 +1,180 @@
+//! The test harness: real PostgreSQL (wal_level=logical) and real RabbitMQ,
+//! addressed by environment variables with local defaults (the ones
+//! `scripts/services.sh` starts). Every test gets its own database (so its
+//! own slot and publication) and its own exchange and queue, with random
+//! names, so tests can run in parallel.
+
+#![allow(dead_code)]
+
+pub mod consumer;
+pub mod proxy;
+pub mod relay;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+/// Admin URL of the test cluster (a superuser, database `postgres`).
+pub fn pg_admin_url() -> String {
+    std::env::var("OUTBOX_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:54329/postgres".into())
+}
+
+/// URL of the test broker.
+pub fn amqp_url() -> String {
+    std::env::var("OUTBOX_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:56729/%2f".into())
+}
+
+/// A random lowercase suffix for names.
+pub fn random_name(prefix: &str) -> String {
+    let mut s = String::from(prefix);
+    for _ in 0..10 {
+        s.push(fastrand::lowercase());
+    }
+    s
+}
+
+/// Connects with tokio-postgres and spawns the connection.
+pub async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap_or_else(|e| panic!("connecting to test PostgreSQL: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A fresh database with the default outbox table.
+pub struct TestDb {
+    /// Database name.
+    pub name: String,
+    /// Superuser URL of this database.
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates the database and the SPEC's default outbox table.
+    pub async fn new() -> TestDb {
+        let name = random_name("outbox_t_");
+        let admin = connect(&pg_admin_url()).await;
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+        let url = with_dbname(&pg_admin_url(), &name);
+        let db = TestDb { name, url };
+        db.client().await.batch_execute(outbox_relay::setup::DEFAULT_OUTBOX_TABLE).await.expect("create outbox table");
+        db
+    }
+
+    /// A new connection to this database.
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+
+    /// The slot's `confirmed_flush_lsn` as a number, if the slot exists.
+    pub async fn confirmed_flush(&self, slot: &str) -> Option<u64> {
+        let c = self.client().await;
+        let row = c
+            .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .expect("read slot");
+        row.and_then(|r| r.get::<_, Option<String>>(0)).map(|s| lsn(&s))
+    }
+
+    /// PID of the walsender streaming from `slot`, if any.
+    pub async fn active_pid(&self, slot: &str) -> Option<i32> {
+        let c = self.client().await;
+        c.query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .expect("read slot")
+            .and_then(|r| r.get(0))
+    }
+
+    /// Current WAL insert position.
+    pub async fn current_wal(&self) -> u64 {
+        let c = self.client().await;
+        let s: String = c.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+        lsn(&s)
+    }
+
+    /// Drops the slot (terminating its walsender) and the database.
+    pub async fn drop_all(self) {
+        let admin = connect(&pg_admin_url()).await;
+        let _ = admin
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = '{0}' AND active_pid IS NOT NULL;",
+                self.name
+            ))
+            .await;
+        for _ in 0..50 {
+            let r = admin
+                .batch_execute(&format!("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{0}'", self.name))
+                .await;
+            if r.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await;
+    }
+}
+
+/// Replaces the database name in a postgres URL.
+pub fn with_dbname(url: &str, db: &str) -> String {
+    let mut u = url::Url::parse(url).expect("valid test URL");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// Parses "X/Y".
+pub fn lsn(s: &str) -> u64 {
+    s.parse::<outbox_relay::event::Lsn>().expect("LSN").0
+}
+
+/// Inserts one outbox event per element of `aggregates`, in one
+/// transaction, and returns their ids in insert order.
+pub async fn insert_events(client: &Client, aggregate_type: &str, aggregates: &[String], event_type: &str) -> Vec<String> {
+    let mut ids = Vec::with_capacity(aggregates.len());
+    let mut sql = String::from("BEGIN;");
+    for agg in aggregates {
+        let id = uuid();
+        sql.push_str(&format!(
+            "INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload) VALUES ('{id}', '{aggregate_type}', '{agg}', '{event_type}', '{{\"n\": {}}}');",
+            ids.len()
+        ));
+        ids.push(id);
+    }
+    sql.push_str("COMMIT;");
+    client.batch_execute(&sql).await.expect("insert events");
+    ids
+}
+
+/// A random UUID v4 as text.
+pub fn uuid() -> String {
+    let b: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-4{}-a{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+}
+
+/// Polls `cond` every 50 ms until it returns true or `timeout` passes.
+///
+/// # Panics
+///
+/// On timeout, naming the caller's line and `what`.
+#[track_caller]
+pub fn wait_until<'a, F, Fut>(timeout: Duration, what: &'a str, mut cond: F) -> impl Future<Output = ()> + 'a
+where
+    F: FnMut() -> Fut + 'a,
+    Fut: Future<Output = bool> + 'a,
+{
+    let caller = std::panic::Location::caller();
+    async move {
+        let start = Instant::now();
+        loop {
+            if cond().await {
+                return;
+            }
+            if start.elapsed() > timeout {
+                panic!("timed out after {timeout:?} waiting for {what} (at {caller})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

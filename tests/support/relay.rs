@@ -1,0 +1,175 @@
+//! Starting the relay under test: in-process (through the library's `run`,
+//! with a oneshot as its shutdown future) or as the real binary (for SIGKILL
+//! and SIGTERM), always with a config file written per test.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+/// Builds the TOML for a test relay.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// PostgreSQL URL.
+    pub source_url: String,
+    /// AMQP URL.
+    pub broker_url: String,
+    /// Target exchange.
+    pub exchange: String,
+    /// Extra `[source]` lines.
+    pub source_extra: String,
+    /// Extra `[broker]` lines.
+    pub broker_extra: String,
+    /// Extra `[[routes]]` lines.
+    pub route_extra: String,
+    /// Whole extra sections appended at the end.
+    pub tail: String,
+}
+
+impl RelayConfig {
+    /// Defaults for a test database and exchange.
+    pub fn new(source_url: &str, exchange: &str) -> Self {
+        RelayConfig {
+            source_url: source_url.to_owned(),
+            broker_url: super::amqp_url(),
+            exchange: exchange.to_owned(),
+            source_extra: String::new(),
+            broker_extra: String::new(),
+            route_extra: String::new(),
+            tail: String::new(),
+        }
+    }
+
+    /// The TOML text.
+    pub fn toml(&self) -> String {
+        format!(
+            r#"[source]
+url = "{}"
+status_interval = "1s"
+{}
+[broker]
+url = "{}"
+confirm_timeout = "10s"
+shutdown_timeout = "20s"
+{}
+[[routes]]
+table = "public.outbox"
+exchange = "{}"
+{}
+[http]
+listen = "127.0.0.1:0"
+{}
+"#,
+            self.source_url, self.source_extra, self.broker_url, self.broker_extra, self.exchange, self.route_extra, self.tail
+        )
+    }
+
+    /// Writes the TOML to a fresh temp dir and returns its path.
+    pub fn write(&self) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, self.toml()).expect("write config");
+        (dir, path)
+    }
+
+    /// Parses it with the library's own loader.
+    pub fn load(&self) -> outbox_relay::Config {
+        let (_dir, path) = self.write();
+        outbox_relay::config::load(&path, &|_| None).unwrap_or_else(|e| panic!("test config invalid: {e}"))
+    }
+}
+
+/// A relay running inside the test process.
+pub struct InProcess {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<outbox_relay::Result<()>>,
+    /// Bound HTTP address.
+    pub http: std::net::SocketAddr,
+    /// Metrics and health.
+    pub handles: outbox_relay::relay::Handles,
+}
+
+impl InProcess {
+    /// Starts the relay and waits for its HTTP listener.
+    pub async fn start(cfg: &RelayConfig) -> InProcess {
+        let config = cfg.load();
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let task = tokio::spawn(outbox_relay::run_with(
+            config,
+            async move {
+                let _ = stop_rx.await;
+            },
+            move |r| {
+                let _ = ready_tx.send((r.http_addr, r.handles.clone()));
+            },
+        ));
+        let (http, handles) = tokio::time::timeout(Duration::from_secs(10), ready_rx).await.expect("relay started").expect("relay reported");
+        InProcess { stop: Some(stop), task, http, handles }
+    }
+
+    /// Requests a graceful stop and returns the relay's result.
+    pub async fn stop(mut self) -> outbox_relay::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(60), self.task).await.expect("relay stopped in time").expect("relay task")
+    }
+
+    /// Whether it is streaming.
+    pub fn streaming(&self) -> bool {
+        self.handles.health.get() == outbox_relay::http::State::Streaming
+    }
+}
+
+/// The relay binary, run as a child process.
+pub struct Process {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// Where stderr goes.
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Spawns `outbox-relay run --config FILE`.
+    pub fn spawn(cfg: &RelayConfig) -> Process {
+        let (dir, path) = cfg.write();
+        let log = dir.path().join("relay.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn relay binary");
+        Process { child, _dir: dir, log }
+    }
+
+    /// SIGKILL and reap.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub async fn terminate(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY-free: use the kill command to send SIGTERM.
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(s) => s.expect("wait"),
+            Err(_) => {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let _ = self.child.kill().await;
+                panic!("relay did not exit within {timeout:?} of SIGTERM; log:\n{log}");
+            }
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}

@@ -1,0 +1,65 @@
+use std::time::Duration;
+
+use crate::support::consumer::Consumer;
+use crate::support::relay::{InProcess, RelayConfig};
+use crate::support::{self, TestDb};
+
+fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name}{{{label}}} not found in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_seventh_of_20k_pipelined_messages_is_unroutable_and_each_return_is_attributed_exactly() {
+    // GIVEN a queue bound only to "routable.#", a window of 1,000, and on_unroutable = "drop"
+    // (so each return is counted once and the run ends)
+    let db = TestDb::new().await;
+    let consumer = Consumer::start("routable.#").await;
+    let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    cfg.broker_extra = "max_in_flight = 1000\non_unroutable = \"drop\"".into();
+    let relay = InProcess::start(&cfg).await;
+
+    // WHEN 20,000 events commit, every 7th with an aggregate_type that no queue is bound for
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+             SELECT CASE WHEN g % 7 = 0 THEN 'nowhere' ELSE 'routable' END, 'a' || (g % 50), 'E', jsonb_build_object('g', g)
+             FROM generate_series(1, 20000) g",
+        )
+        .await
+        .unwrap();
+    let unroutable = 20000 / 7;
+    let routable = 20000 - unroutable;
+
+    // THEN every routable message arrives, and the counters attribute each return exactly
+    support::wait_until(Duration::from_secs(120), "all routable messages delivered", || {
+        let n = consumer.distinct();
+        async move { n >= routable }
+    })
+    .await;
+    let http = relay.http;
+    support::wait_until(Duration::from_secs(30), "every event accounted for", || async move {
+        let text = scrape(http).await;
+        metric(&text, "outbox_relay_events_published_total", "route=") as usize == routable
+            && metric(&text, "outbox_relay_events_unroutable_total", "route=") as usize == unroutable
+    })
+    .await;
+    assert!(consumer.received().iter().all(|m| m.routing_key.starts_with("routable.")));
+    assert_eq!(consumer.distinct(), routable, "no unroutable event was delivered, none routable was lost");
+    relay.stop().await.unwrap();
+    db.drop_all().await;
+}
+
+/// GET /metrics.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
