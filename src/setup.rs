@@ -72,11 +72,26 @@ pub async fn ensure(client: &Client, config: &Config, router: &Router) -> Result
         }
         Some(_) => {}
     }
+    let target_db: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(|e| crate::error::from_pg(ErrorKind::SourceQuery, "reading the current database", e))?
+        .get(0);
     match slot::slot_state(client, &s.slot).await? {
         None => {
             let lsn = slot::create_slot(client, &s.slot).await?;
             report.created_slot = true;
             tracing::info!(slot = %s.slot, %lsn, "replication slot created");
+        }
+        Some(st) if st.database.as_deref() != Some(target_db.as_str()) => {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "replication slot {:?} belongs to database {:?}, not {target_db:?} (slot names are cluster-wide: choose another source.slot)",
+                    s.slot,
+                    st.database.unwrap_or_default()
+                ),
+            ))
         }
         Some(st) if st.plugin != "pgoutput" => {
             return Err(Error::new(

@@ -28,6 +28,7 @@ async fn sigkill_three_times_mid_stream_loses_nothing() {
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
     let cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    cfg.setup();
     let w = writer(db.url.clone(), "k", 600, 10);
 
     // WHEN the relay is SIGKILLed three times, each time after it made progress, and restarted
@@ -61,6 +62,7 @@ async fn sigterm_mid_stream_exits_zero_and_a_restart_publishes_no_duplicates() {
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
     let cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    cfg.setup();
     let w = writer(db.url.clone(), "t", 300, 10);
     let relay = Process::spawn(&cfg);
     support::wait_until(Duration::from_secs(60), "relay streams some events", || {

@@ -71,7 +71,7 @@ async fn ten_thousand_events_from_four_writers_arrive_in_commit_order_with_spec_
     let last_lsn = received.iter().map(|m| support::lsn(&m.header("x-outbox-lsn").unwrap())).max().unwrap();
     support::wait_until(Duration::from_secs(10), "confirmed_flush_lsn reaches the last commit", || {
         let db = &db;
-        async move { db.confirmed_flush("outbox_relay").await.unwrap_or(0) >= last_lsn }
+        async move { db.confirmed_flush().await.unwrap_or(0) >= last_lsn }
     })
     .await;
     relay.stop().await.expect("clean stop");
@@ -115,11 +115,6 @@ async fn writes_to_unpublished_tables_advance_the_slot_while_the_outbox_is_quiet
     let relay = InProcess::start(&RelayConfig::new(&db.url, &consumer.exchange)).await;
     let client = db.client().await;
     client.batch_execute("CREATE TABLE unrelated (id serial primary key, v text)").await.unwrap();
-    support::wait_until(Duration::from_secs(15), "relay streaming", || {
-        let s = relay.streaming();
-        async move { s }
-    })
-    .await;
     // WHEN only the unrelated table is written
     for _ in 0..50 {
         client.batch_execute("INSERT INTO unrelated (v) SELECT repeat('x', 1000) FROM generate_series(1, 20)").await.unwrap();
@@ -128,7 +123,7 @@ async fn writes_to_unpublished_tables_advance_the_slot_while_the_outbox_is_quiet
     // THEN the slot's confirmed position moves past those writes (no WAL retained for nothing)
     support::wait_until(Duration::from_secs(30), "confirmed_flush_lsn passes the unrelated writes", || {
         let db = &db;
-        async move { db.confirmed_flush("outbox_relay").await.unwrap_or(0) >= target }
+        async move { db.confirmed_flush().await.unwrap_or(0) >= target }
     })
     .await;
     assert_eq!(consumer.count(), 0, "nothing was published for the unrelated table");
@@ -148,7 +143,7 @@ async fn the_slot_never_moves_past_unconfirmed_messages_while_the_broker_is_blac
     let proxy = Proxy::start(broker_addr).await;
     let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
     cfg.broker_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
-    cfg.broker_extra = "confirm_timeout = \"60s\"\nheartbeat = \"60s\"".into();
+    cfg.broker_extra = "confirm_timeout = \"60s\"\nheartbeat = \"60s\"\nshutdown_timeout = \"5s\"".into();
     let relay = InProcess::start(&cfg).await;
     let client = db.client().await;
     let first = insert_events(&client, "wallet", &["a".into()], "First").await;
@@ -156,7 +151,7 @@ async fn the_slot_never_moves_past_unconfirmed_messages_while_the_broker_is_blac
     let before_block = db.current_wal().await;
     support::wait_until(Duration::from_secs(10), "slot confirms the first event", || {
         let db = &db;
-        async move { db.confirmed_flush("outbox_relay").await.unwrap_or(0) >= before_block }
+        async move { db.confirmed_flush().await.unwrap_or(0) >= before_block }
     })
     .await;
 
@@ -168,7 +163,7 @@ async fn the_slot_never_moves_past_unconfirmed_messages_while_the_broker_is_blac
     // THEN for as long as the broker is silent, the slot stays before the new commit
     let observe_until = std::time::Instant::now() + Duration::from_secs(4);
     while std::time::Instant::now() < observe_until {
-        let flush = db.confirmed_flush("outbox_relay").await.unwrap();
+        let flush = db.confirmed_flush().await.unwrap();
         assert!(flush < after_commit, "confirmed_flush_lsn moved past a commit the broker never confirmed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -179,7 +174,7 @@ async fn the_slot_never_moves_past_unconfirmed_messages_while_the_broker_is_blac
     consumer.wait_for_ids(&second, Duration::from_secs(60)).await;
     support::wait_until(Duration::from_secs(15), "slot moves past the released events", || {
         let db = &db;
-        async move { db.confirmed_flush("outbox_relay").await.unwrap_or(0) >= after_commit }
+        async move { db.confirmed_flush().await.unwrap_or(0) >= after_commit }
     })
     .await;
     relay.stop().await.unwrap();

@@ -19,7 +19,7 @@ async fn every_seventh_of_20k_pipelined_messages_is_unroutable_and_each_return_i
     let db = TestDb::new().await;
     let consumer = Consumer::start("routable.#").await;
     let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
-    cfg.broker_extra = "max_in_flight = 1000\non_unroutable = \"drop\"".into();
+    cfg.broker_extra.push_str("\nmax_in_flight = 1000\non_unroutable = \"drop\"");
     let relay = InProcess::start(&cfg).await;
 
     // WHEN 20,000 events commit, every 7th with an aggregate_type that no queue is bound for

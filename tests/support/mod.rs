@@ -68,8 +68,9 @@ impl TestDb {
         connect(&self.url).await
     }
 
-    /// The slot's `confirmed_flush_lsn` as a number, if the slot exists.
-    pub async fn confirmed_flush(&self, slot: &str) -> Option<u64> {
+    /// The slot's (named like the database) `confirmed_flush_lsn` as a number, if the slot exists.
+    pub async fn confirmed_flush(&self) -> Option<u64> {
+        let slot = &self.name;
         let c = self.client().await;
         let row = c
             .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
@@ -79,7 +80,8 @@ impl TestDb {
     }
 
     /// PID of the walsender streaming from `slot`, if any.
-    pub async fn active_pid(&self, slot: &str) -> Option<i32> {
+    pub async fn active_pid(&self) -> Option<i32> {
+        let slot = &self.name;
         let c = self.client().await;
         c.query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
             .await

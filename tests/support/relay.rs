@@ -14,6 +14,8 @@ use tokio::sync::oneshot;
 pub struct RelayConfig {
     /// PostgreSQL URL.
     pub source_url: String,
+    /// Slot name.
+    pub slot: String,
     /// AMQP URL.
     pub broker_url: String,
     /// Target exchange.
@@ -29,14 +31,17 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
-    /// Defaults for a test database and exchange.
+    /// Defaults for a test database and exchange. Slot names are
+    /// cluster-wide, so the slot is named after the (random) database.
     pub fn new(source_url: &str, exchange: &str) -> Self {
+        let db = url::Url::parse(source_url).expect("url").path().trim_start_matches('/').to_owned();
         RelayConfig {
+            slot: db,
             source_url: source_url.to_owned(),
             broker_url: super::amqp_url(),
             exchange: exchange.to_owned(),
             source_extra: String::new(),
-            broker_extra: String::new(),
+            broker_extra: "confirm_timeout = \"10s\"\nshutdown_timeout = \"20s\"".into(),
             route_extra: String::new(),
             tail: String::new(),
         }
@@ -47,12 +52,11 @@ impl RelayConfig {
         format!(
             r#"[source]
 url = "{}"
+slot = "{}"
 status_interval = "1s"
 {}
 [broker]
 url = "{}"
-confirm_timeout = "10s"
-shutdown_timeout = "20s"
 {}
 [[routes]]
 table = "public.outbox"
@@ -62,7 +66,7 @@ exchange = "{}"
 listen = "127.0.0.1:0"
 {}
 "#,
-            self.source_url, self.source_extra, self.broker_url, self.broker_extra, self.exchange, self.route_extra, self.tail
+            self.source_url, self.slot, self.source_extra, self.broker_url, self.broker_extra, self.exchange, self.route_extra, self.tail
         )
     }
 
@@ -72,6 +76,18 @@ listen = "127.0.0.1:0"
         let path = dir.path().join("relay.toml");
         std::fs::write(&path, self.toml()).expect("write config");
         (dir, path)
+    }
+
+    /// Runs `outbox-relay setup` (publication and slot), so rows written
+    /// from now on are in the slot's stream even before a relay runs.
+    pub fn setup(&self) {
+        let (_dir, path) = self.write();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+            .args(["setup", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run setup");
+        assert!(out.status.success(), "setup failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Parses it with the library's own loader.
@@ -94,6 +110,10 @@ pub struct InProcess {
 impl InProcess {
     /// Starts the relay and waits for its HTTP listener.
     pub async fn start(cfg: &RelayConfig) -> InProcess {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,amqprs=warn".into()))
+            .try_init();
         let config = cfg.load();
         let (stop, stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -107,7 +127,14 @@ impl InProcess {
             },
         ));
         let (http, handles) = tokio::time::timeout(Duration::from_secs(10), ready_rx).await.expect("relay started").expect("relay reported");
-        InProcess { stop: Some(stop), task, http, handles }
+        let relay = InProcess { stop: Some(stop), task, http, handles };
+        // Rows committed before the slot exists are not in its stream: wait for it.
+        super::wait_until(Duration::from_secs(30), "relay streaming", || {
+            let s = relay.streaming();
+            async move { s }
+        })
+        .await;
+        relay
     }
 
     /// Requests a graceful stop and returns the relay's result.

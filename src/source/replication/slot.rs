@@ -20,6 +20,8 @@ pub struct SlotState {
     pub confirmed_flush: Option<Lsn>,
     /// PID of the walsender streaming from it, if any.
     pub active_pid: Option<i32>,
+    /// The database the slot belongs to (slot names are cluster-wide).
+    pub database: Option<String>,
     /// Bytes of WAL the slot keeps (`pg_current_wal_lsn() - restart_lsn`).
     pub retained_bytes: Option<i64>,
 }
@@ -33,8 +35,8 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
     let row = client
         .query_opt(
             "SELECT plugin::text, confirmed_flush_lsn::text, active_pid, \
-                    (pg_current_wal_lsn() - restart_lsn)::bigint \
-             FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
+                    (pg_current_wal_lsn() - restart_lsn)::bigint, database::text \
+             FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
@@ -44,6 +46,7 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
         confirmed_flush: r.get::<_, Option<String>>(1).and_then(|s| s.parse().ok()),
         active_pid: r.get(2),
         retained_bytes: r.get(3),
+        database: r.get(4),
     }))
 }
 
