@@ -296,27 +296,31 @@ pg_status() {
 # (the Debian /usr/sbin wrappers would su to user rabbitmq, who cannot write our state
 # dir), with HOME pointing at our own dir so its Erlang cookie is ours: the node and
 # our rabbitmqctl agree, and neither can talk to the system node (other cookie).
+rabbit_export() {
+  # shellcheck disable=SC2030 # deliberately only in the subshells that call this
+  export HOME="$RDIR/home"
+  export RABBITMQ_NODENAME="$RABBIT_NODE"
+  export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+  export RABBITMQ_NODE_PORT="$AMQP_PORT"
+  export RABBITMQ_DIST_PORT="$DIST_PORT"
+  export RABBITMQ_MNESIA_BASE="$RDIR/mnesia"
+  export RABBITMQ_LOG_BASE="$RDIR/log"
+  export RABBITMQ_PID_FILE="$RABBIT_PIDFILE"
+  export RABBITMQ_ENABLED_PLUGINS_FILE="$RDIR/enabled_plugins"
+  export RABBITMQ_CONFIG_FILE="$RDIR/rabbitmq.conf"
+  export RABBITMQ_ADVANCED_CONFIG_FILE="$RDIR/advanced.config"
+  export RABBITMQ_CONF_ENV_FILE="$RDIR/rabbitmq-env.conf" # instead of /etc/rabbitmq/rabbitmq-env.conf
+  export ERL_EPMD_ADDRESS=127.0.0.1                       # if our node has to start epmd
+  export ERL_CRASH_DUMP="$RDIR/log/erl_crash.dump"
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  unset RABBITMQ_ERLANG_COOKIE
+}
+
 rabbit_env_run() {
   (
-    # shellcheck disable=SC2030 # deliberately only for this command
-    export HOME="$RDIR/home"
-    export RABBITMQ_NODENAME="$RABBIT_NODE"
-    export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
-    export RABBITMQ_NODE_PORT="$AMQP_PORT"
-    export RABBITMQ_DIST_PORT="$DIST_PORT"
-    export RABBITMQ_MNESIA_BASE="$RDIR/mnesia"
-    export RABBITMQ_LOG_BASE="$RDIR/log"
-    export RABBITMQ_PID_FILE="$RABBIT_PIDFILE"
-    export RABBITMQ_ENABLED_PLUGINS_FILE="$RDIR/enabled_plugins"
-    export RABBITMQ_CONFIG_FILE="$RDIR/rabbitmq.conf"
-    export RABBITMQ_ADVANCED_CONFIG_FILE="$RDIR/advanced.config"
-    export RABBITMQ_CONF_ENV_FILE="$RDIR/rabbitmq-env.conf" # instead of /etc/rabbitmq/rabbitmq-env.conf
-    export ERL_EPMD_ADDRESS=127.0.0.1                       # if our node has to start epmd
-    export ERL_CRASH_DUMP="$RDIR/log/erl_crash.dump"
-    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
-    unset RABBITMQ_ERLANG_COOKIE
+    rabbit_export
     cd "$RDIR"
-    exec "$@" 9>&- # fd 9 is services.sh's lock: the node must not inherit it
+    exec "$@" 9>&- # fd 9 is services.sh's lock: nothing started here may inherit it
   )
 }
 
@@ -373,7 +377,13 @@ rabbit_up() {
     fi
     log "starting RabbitMQ node $RABBIT_NODE on 127.0.0.1:$AMQP_PORT (dist $DIST_PORT)"
     : >>"$RDIR/startup.log"
-    rabbit_env_run setsid "$RABBIT_BIN/rabbitmq-server" </dev/null >>"$RDIR/startup.log" 2>&1 &
+    # one fork, then exec: $! is the rabbitmq-server script itself, which runs beam
+    # as its child and stops it on SIGTERM; beam writes its own pid to $RABBIT_PIDFILE
+    (
+      rabbit_export
+      cd "$RDIR"
+      exec setsid "$RABBIT_BIN/rabbitmq-server" </dev/null >>"$RDIR/startup.log" 2>&1 9>&-
+    ) &
     wrapper=$!
     printf '%s\n' "$wrapper" >"$RABBIT_WRAPPER_PIDFILE"
   fi
