@@ -17,6 +17,8 @@
 #   OUTBOX_PG_PORT          PostgreSQL port            (default 54329)
 #   OUTBOX_AMQP_PORT        RabbitMQ AMQP port         (default 56729)
 #   OUTBOX_AMQP_DIST_PORT   RabbitMQ Erlang dist port  (default 56730)
+#   OUTBOX_RABBIT_NODE      node name (default outbox_relay@localhost; with a
+#                           non-default AMQP port: outbox_relay_PORT@localhost)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,7 +27,13 @@ SELF="$REPO/scripts/services.sh"
 PG_PORT=${OUTBOX_PG_PORT:-54329}
 AMQP_PORT=${OUTBOX_AMQP_PORT:-56729}
 DIST_PORT=${OUTBOX_AMQP_DIST_PORT:-56730}
-RABBIT_NODE=outbox_relay@localhost
+# A second set of services (another worktree, other ports) needs its own node name
+# too, since epmd is shared: derive it from the port unless given.
+if [ "$AMQP_PORT" = 56729 ]; then
+  RABBIT_NODE=${OUTBOX_RABBIT_NODE:-outbox_relay@localhost}
+else
+  RABBIT_NODE=${OUTBOX_RABBIT_NODE:-outbox_relay_$AMQP_PORT@localhost}
+fi
 PG_SUPERPASS=postgres
 PG_START_TIMEOUT=60      # seconds, pg_ctl -t
 RABBIT_START_TIMEOUT=120 # seconds, until the node reports it has booted
@@ -53,7 +61,7 @@ pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 # true when process $1 carries the environment variable assignment $2 (how we tell
 # our own processes from a recycled pid or someone else's node)
 pid_has_env() {
-  [ -r "/proc/$1/environ" ] && tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null | grep -qxF -- "$2"
+  { tr '\0' '\n' <"/proc/$1/environ"; } 2>/dev/null | grep -qxF -- "$2"
 }
 
 read_pid() { if [ -s "$1" ]; then tr -dc '0-9' <"$1"; fi; }

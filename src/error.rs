@@ -89,7 +89,7 @@ impl ErrorKind {
             ErrorKind::BrokerConnection => "check that RabbitMQ is running and reachable and that broker.url's credentials and vhost are right",
             ErrorKind::BrokerChannel => "read the broker's reply above: a missing exchange must be declared, a refused access needs permissions",
             ErrorKind::ConfirmTimeout => "the broker did not confirm in time; the relay reconnects and republishes from the last confirmed position",
-            ErrorKind::Data => "fix the row or the route (for example a NULL payload or template column), then restart; the relay resumes at this row",
+            ErrorKind::Data => "the row is committed in the WAL and cannot be edited there: change the route so it can render the row (or route it elsewhere), then restart; the relay resumes at this row. Skipping it means losing it: only `SELECT pg_replication_slot_advance(slot, lsn)` past it does that, deliberately",
             ErrorKind::Io => "check the local resource named above",
         }
     }

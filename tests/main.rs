@@ -9,5 +9,7 @@ mod replication;
 mod lifecycle;
 // Unroutable messages and confirm correlation under pipelining.
 mod unroutable;
+// Bad rows: a clear stop, never a skip; logical messages routed by prefix.
+mod data;
 // The command line: --version, setup, bad configs.
 mod cli;

@@ -120,6 +120,12 @@ impl Tracker {
         self.entries.front().map(|e| e.commit_time)
     }
 
+    /// Commit time of an in-flight transaction.
+    pub fn commit_time(&self, txn: TxnId) -> Option<PgTimestamp> {
+        let idx = txn.0.checked_sub(self.front_id)? as usize;
+        self.entries.get(idx).map(|e| e.commit_time)
+    }
+
     /// End LSN of the oldest transaction not yet fully confirmed: the
     /// position is stuck behind it.
     pub fn first_gap(&self) -> Option<EndLsn> {

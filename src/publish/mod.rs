@@ -54,7 +54,6 @@ pub struct PublisherSettings {
 struct Current {
     txn: TxnId,
     messages: VecDeque<Arc<OutgoingMessage>>,
-    commit_time: SystemTime,
 }
 
 /// The publisher task's state.
@@ -67,8 +66,7 @@ pub struct Publisher {
     /// Messages waiting to be republished, with when.
     retries: VecDeque<(Instant, Pending)>,
     current: Option<Current>,
-    /// Commit times of transactions in the tracker (parallel to it), for
-    /// the commit-to-confirm histogram.
+    /// Where the confirmed progress goes (the source reads it).
     progress: watch::Sender<Progress>,
     metrics: Arc<Metrics>,
     /// True while the broker has blocked the connection (resource alarm).
@@ -168,7 +166,7 @@ impl Publisher {
             }
         }
         let id = self.tracker.register(txn.end_lsn, txn.commit_time, messages.len());
-        self.current = Some(Current { txn: id, messages, commit_time: txn.commit_time.to_system_time() });
+        self.current = Some(Current { txn: id, messages });
         self.report_progress();
         Ok(())
     }
@@ -301,16 +299,13 @@ impl Publisher {
         self.retries.push_back((Instant::now() + delay, p));
     }
 
-    fn commit_age(&self, _txn: TxnId) -> f64 {
-        match &self.current {
-            Some(c) if c.txn == _txn => SystemTime::now().duration_since(c.commit_time).map(|d| d.as_secs_f64()).unwrap_or(0.0),
-            _ => self
-                .tracker
-                .oldest_pending_commit()
-                .and_then(|t| SystemTime::now().duration_since(t.to_system_time()).ok())
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
-        }
+    /// Seconds from the commit of `txn` to now (call before confirming it).
+    fn commit_age(&self, txn: TxnId) -> f64 {
+        self.tracker
+            .commit_time(txn)
+            .and_then(|t| SystemTime::now().duration_since(t.to_system_time()).ok())
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
     }
 
     fn update_lag(&self) {

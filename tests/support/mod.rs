@@ -89,10 +89,11 @@ impl TestDb {
             .and_then(|r| r.get(0))
     }
 
-    /// Current WAL insert position.
+    /// Current WAL insert position (past every record inserted so far, even
+    /// with synchronous_commit = off, unlike pg_current_wal_lsn).
     pub async fn current_wal(&self) -> u64 {
         let c = self.client().await;
-        let s: String = c.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+        let s: String = c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
         lsn(&s)
     }
 

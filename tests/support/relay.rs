@@ -120,7 +120,10 @@ impl InProcess {
         let task = tokio::spawn(outbox_relay::run_with(
             config,
             async move {
-                let _ = stop_rx.await;
+                // Only an explicit stop counts: a dropped sender (join) waits forever.
+                if stop_rx.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
             },
             move |r| {
                 let _ = ready_tx.send((r.http_addr, r.handles.clone()));
@@ -141,6 +144,11 @@ impl InProcess {
     pub async fn stop(mut self) -> outbox_relay::Result<()> {
         let _ = self.stop.take().unwrap().send(());
         tokio::time::timeout(Duration::from_secs(60), self.task).await.expect("relay stopped in time").expect("relay task")
+    }
+
+    /// Waits for the relay to end by itself (an error that needs a person).
+    pub async fn join(self) -> outbox_relay::Result<()> {
+        self.task.await.expect("relay task")
     }
 
     /// Whether it is streaming.

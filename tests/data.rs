@@ -1,0 +1,106 @@
+use std::time::Duration;
+
+use crate::support::consumer::{check_delivery, Consumer};
+use crate::support::relay::{InProcess, RelayConfig};
+use crate::support::{self, insert_events, TestDb};
+
+/// Waits for the in-process relay to stop by itself and returns its error.
+async fn stopped_with_error(relay: InProcess) -> outbox_relay::Error {
+    tokio::time::timeout(Duration::from_secs(30), relay.join())
+        .await
+        .expect("the relay stops by itself on a bad row")
+        .expect_err("a bad row is an error, not a clean stop")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_null_payload_stops_the_relay_naming_table_id_and_lsn_and_is_never_skipped() {
+    // GIVEN an outbox whose payload may be NULL, and a good event before and after a bad one
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client.batch_execute("ALTER TABLE outbox ALTER COLUMN payload DROP NOT NULL").await.unwrap();
+    let consumer = Consumer::start("#").await;
+    let cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    let relay = InProcess::start(&cfg).await;
+    let good = insert_events(&client, "wallet", &["a".into()], "Good").await;
+    let bad_id = support::uuid();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload) VALUES ('{bad_id}', 'wallet', 'a', 'Bad', NULL)"
+        ))
+        .await
+        .unwrap();
+    let after_bad = db.current_wal().await;
+    let later = insert_events(&client, "wallet", &["a".into()], "Later").await;
+
+    // WHEN the relay reaches the bad row THEN it stops with a data error naming table, id and LSN
+    let err = stopped_with_error(relay).await;
+    assert_eq!(err.kind(), outbox_relay::ErrorKind::Data, "{}", err.chain());
+    let text = err.to_string();
+    assert!(text.contains("public.outbox") && text.contains(&bad_id) && text.contains("LSN") && text.contains("payload"), "{text}");
+
+    // AND the good event before it was delivered, nothing after it, and the slot stays before the bad row
+    consumer.wait_for_ids(&good, Duration::from_secs(10)).await;
+    assert!(consumer.received().iter().all(|m| m.message_id != later[0]), "nothing after the bad row is published");
+    let flush = db.confirmed_flush().await.unwrap();
+    assert!(flush < after_bad, "the slot never moves past the bad row");
+
+    // AND a restart stops at the same row again: it is never skipped
+    let relay = InProcess::start(&cfg).await;
+    let err = stopped_with_error(relay).await;
+    assert!(err.to_string().contains(&bad_id), "{}", err.chain());
+    db.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_null_template_column_stops_the_relay_with_the_column_named() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client.batch_execute("ALTER TABLE outbox ALTER COLUMN aggregate_type DROP NOT NULL").await.unwrap();
+    let consumer = Consumer::start("#").await;
+    let relay = InProcess::start(&RelayConfig::new(&db.url, &consumer.exchange)).await;
+    let bad_id = support::uuid();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload) VALUES ('{bad_id}', NULL, 'a', 'E', '{{}}')"
+        ))
+        .await
+        .unwrap();
+    let err = stopped_with_error(relay).await;
+    let text = err.to_string();
+    assert!(text.contains("aggregate_type") && text.contains("routing_key") && text.contains(&bad_id), "{text}");
+    assert_eq!(consumer.count(), 0);
+    db.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_decoding_messages_are_routed_by_prefix() {
+    // GIVEN a route for the message prefix "wallet" next to the table route
+    let db = TestDb::new().await;
+    let consumer = Consumer::start("#").await;
+    let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    cfg.tail = format!(
+        "[[routes]]\nname = \"wallet-messages\"\nmessage_prefix = \"wallet\"\nexchange = \"{}\"\nrouting_key = \"msg.{{aggregate_type}}.{{event_type}}\"\n",
+        consumer.exchange
+    );
+    let relay = InProcess::start(&cfg).await;
+    let client = db.client().await;
+
+    // WHEN a transaction emits a transactional message and inserts a row
+    let msg_id = support::uuid();
+    let content = format!(r#"{{"id":"{msg_id}","aggregate_type":"wallet","event_type":"FraudDetected","payload":{{"account":"acc-1"}}}}"#);
+    client.batch_execute(&format!("BEGIN; SELECT pg_logical_emit_message(true, 'wallet', '{content}');")).await.unwrap();
+    let row_ids = insert_events(&client, "wallet", &["acc-1".into()], "TransactionAdded").await;
+    // (insert_events ran its own BEGIN/COMMIT inside the open transaction: the COMMIT commits both)
+    let _ = client.batch_execute("COMMIT").await;
+
+    // THEN both arrive, the message with its own id, routing key and body
+    let expected = vec![("acc-1".to_owned(), msg_id.clone()), ("acc-1".to_owned(), row_ids[0].clone())];
+    consumer.wait_for_ids(&[msg_id.clone(), row_ids[0].clone()], Duration::from_secs(20)).await;
+    check_delivery(&expected, &consumer.received());
+    let m = consumer.received().into_iter().find(|m| m.message_id == msg_id).unwrap();
+    assert_eq!(m.routing_key, "msg.wallet.FraudDetected");
+    assert_eq!(m.header("x-outbox-table").as_deref(), Some("message:wallet"));
+    assert_eq!(String::from_utf8(m.body).unwrap(), content);
+    relay.stop().await.unwrap();
+    db.drop_all().await;
+}
