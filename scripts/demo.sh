@@ -104,7 +104,9 @@ say "Starting the consumer: topic exchange $EXCHANGE, a queue bound with '#', $C
 consumer_pid=$!
 # it must have declared the exchange and bound its queue before anything is published
 deadline=$((SECONDS + 30))
-until scripts/services.sh ctl -q list_bindings source_name routing_key 2>/dev/null | grep -q "^$EXCHANGE[[:space:]]"; do
+# (awk, not grep -q: an early exit would SIGPIPE rabbitmqctl and fail the pipeline)
+until scripts/services.sh ctl -q list_bindings source_name routing_key 2>/dev/null |
+  awk -v ex="$EXCHANGE" '$1 == ex { found = 1 } END { exit !found }'; do
   if ! kill -0 "$consumer_pid" 2>/dev/null; then
     show_tail "$CONSUMER_LOG"
     die "the consumer exited before binding a queue to $EXCHANGE"

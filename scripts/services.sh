@@ -61,7 +61,9 @@ pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 # true when process $1 carries the environment variable assignment $2 (how we tell
 # our own processes from a recycled pid or someone else's node)
 pid_has_env() {
-  { tr '\0' '\n' <"/proc/$1/environ"; } 2>/dev/null | grep -qxF -- "$2"
+  local e
+  e=$({ tr '\0' '\n' <"/proc/$1/environ"; } 2>/dev/null) || return 1
+  grep -qxF -- "$2" <<<"$e"
 }
 
 read_pid() { if [ -s "$1" ]; then tr -dc '0-9' <"$1"; fi; }
@@ -453,7 +455,8 @@ rabbit_down() {
   rm -f "$RABBIT_PIDFILE" "$RABBIT_WRAPPER_PIDFILE"
   # stop epmd only if this script started it and no Erlang node is registered any more
   if [ -f "$RDIR/epmd-started-here" ]; then
-    if epmd_up && ! timeout 5 epmd -names 2>/dev/null | grep -q '^name '; then
+    local names
+    if names=$(timeout 5 epmd -names 2>/dev/null) && ! grep -q '^name ' <<<"$names"; then
       log "stopping epmd (started by services.sh, no nodes left)"
       timeout 5 epmd -kill >/dev/null 2>&1 || true
     fi

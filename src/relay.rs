@@ -109,6 +109,12 @@ fn backoff(failures: u32) -> Duration {
 /// One pipeline session, from connect to failure or graceful stop.
 async fn session(config: &Config, handles: &Handles, stop: &CancellationToken) -> Result<()> {
     let src = &config.source;
+    if src.mode == crate::config::SourceMode::Polling {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("{}: source.mode = \"polling\" is not available in this version; use \"replication\" (needs wal_level = logical)", config.path.display()),
+        ));
+    }
     let target = PgTarget::parse(current_url(UrlTarget::Source, &config.source.url)?.expose())?;
     let broker = BrokerTarget::parse(current_url(UrlTarget::Broker, &config.broker.url)?.expose())?;
 
