@@ -39,6 +39,7 @@ pub mod relay;
 pub mod route;
 pub mod setup;
 pub mod source;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;

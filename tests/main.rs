@@ -13,3 +13,5 @@ mod unroutable;
 mod data;
 // The command line: --version, setup, bad configs.
 mod cli;
+// The harness's private PostgreSQL clusters and RabbitMQ nodes (support::cluster).
+mod support_smoke;

@@ -26,6 +26,17 @@ pub enum SslMode {
 }
 
 impl SslMode {
+    /// libpq's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
     fn parse(v: &str) -> Option<SslMode> {
         Some(match v {
             "disable" | "allow" => SslMode::Disable,
@@ -143,28 +154,37 @@ impl PgTarget {
     /// Connection or authentication failures, with the endpoint and the
     /// server's own message.
     pub async fn connect_sql(&self, timeout: Duration) -> Result<tokio_postgres::Client> {
-        if matches!(self.ssl_mode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("source url {}: sslmode {:?} is not supported by this build yet; use sslmode=disable or prefer", self.redacted, self.ssl_mode),
-            ));
-        }
         let mut cfg = self.config.clone();
         cfg.connect_timeout(timeout);
         if cfg.get_application_name().is_none() {
             cfg.application_name("outbox-relay");
         }
-        let fut = cfg.connect(tokio_postgres::NoTls);
-        let (client, conn) = tokio::time::timeout(timeout + Duration::from_secs(1), fut)
-            .await
-            .map_err(|_| Error::new(ErrorKind::SourceConnection, format!("connecting to PostgreSQL at {} timed out after {timeout:?}", self.endpoint())))?
-            .map_err(|e| from_pg(ErrorKind::SourceConnection, format!("connecting to PostgreSQL at {}", self.endpoint()), e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "sql connection ended");
+        let timed_out = || Error::new(ErrorKind::SourceConnection, format!("connecting to PostgreSQL at {} timed out after {timeout:?}", self.endpoint()));
+        let failed = |e| from_pg(ErrorKind::SourceConnection, format!("connecting to PostgreSQL at {} (sslmode {})", self.endpoint(), self.ssl_mode.as_str()), e);
+        match crate::tls::client_config(self)? {
+            None => {
+                cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                let (client, conn) = tokio::time::timeout(timeout + Duration::from_secs(1), cfg.connect(tokio_postgres::NoTls))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(failed)?;
+                tokio::spawn(conn);
+                Ok(client)
             }
-        });
-        Ok(client)
+            Some(tls) => {
+                cfg.ssl_mode(if self.ssl_mode == SslMode::Prefer {
+                    tokio_postgres::config::SslMode::Prefer
+                } else {
+                    tokio_postgres::config::SslMode::Require
+                });
+                let (client, conn) = tokio::time::timeout(timeout + Duration::from_secs(1), cfg.connect(crate::tls::MakeRustls::new(tls)))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(failed)?;
+                tokio::spawn(conn);
+                Ok(client)
+            }
+        }
     }
 }
 

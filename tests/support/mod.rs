@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod consumer;
 pub mod proxy;
 pub mod relay;

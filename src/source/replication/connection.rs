@@ -88,26 +88,57 @@ impl ReplicationConnection {
 
     async fn connect_inner(target: &PgTarget) -> Result<Self> {
         let endpoint = target.endpoint();
-        if matches!(target.ssl_mode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) {
-            return Err(Error::new(ErrorKind::Config, format!("source url {}: sslmode {:?} is not supported by this build yet", target.redacted, target.ssl_mode)));
-        }
         let port = target.config.get_ports().first().copied().unwrap_or(5432);
+        let tls = crate::tls::client_config(target)?;
+        let mut binding = None;
         let stream: Box<dyn Stream> = match target.config.get_hosts().first() {
+            // libpq never uses TLS over a Unix socket.
             Some(Host::Unix(dir)) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
                 Box::new(tokio::net::UnixStream::connect(&path).await.map_err(|e| {
                     Error::with_source(ErrorKind::SourceConnection, format!("connecting to PostgreSQL socket {}", path.display()), e)
                 })?)
             }
-            Some(Host::Tcp(h)) => Box::new(tcp(h, port, &endpoint).await?),
-            None => Box::new(tcp("localhost", port, &endpoint).await?),
+            host => {
+                let h = match host {
+                    Some(Host::Tcp(h)) => h.as_str(),
+                    _ => "localhost",
+                };
+                let mut tcp = tcp(h, port, &endpoint).await?;
+                match tls {
+                    None => Box::new(tcp),
+                    Some(config) => match negotiate_ssl(&mut tcp, &endpoint).await? {
+                        false if target.ssl_mode == SslMode::Prefer => Box::new(tcp),
+                        false => {
+                            return Err(Error::new(
+                                ErrorKind::SourceConnection,
+                                format!("PostgreSQL at {endpoint} does not accept TLS but sslmode is {}", target.ssl_mode.as_str()),
+                            ))
+                        }
+                        true => {
+                            let name = crate::tls::server_name(h)?;
+                            let s = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
+                                Error::with_source(
+                                    ErrorKind::SourceConnection,
+                                    format!("TLS handshake with PostgreSQL at {endpoint} failed (sslmode {})", target.ssl_mode.as_str()),
+                                    e,
+                                )
+                            })?;
+                            binding = s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(crate::tls::tls_server_end_point);
+                            Box::new(s)
+                        }
+                    },
+                }
+            }
         };
         let mut conn = ReplicationConnection { stream, buf: BytesMut::with_capacity(64 * 1024), endpoint, streaming: false };
-        conn.startup(target).await?;
+        conn.startup(target, binding).await?;
         Ok(conn)
     }
 
-    async fn startup(&mut self, target: &PgTarget) -> Result<()> {
+    /// Startup and authentication. `binding` is the TLS `tls-server-end-point`
+    /// data when the connection is encrypted (SCRAM-SHA-256-PLUS).
+    async fn startup(&mut self, target: &PgTarget, binding: Option<Vec<u8>>) -> Result<()> {
         let user = target.config.get_user().unwrap_or("postgres").to_owned();
         let dbname = target.dbname();
         let app = target.config.get_application_name().unwrap_or("outbox-relay").to_owned();
@@ -136,12 +167,20 @@ impl ReplicationConnection {
                 backend::Message::AuthenticationSasl(body) => {
                     let pw = self.need_password(&password, &user)?;
                     let mechs: Vec<String> = body.mechanisms().map(|m| Ok(m.to_owned())).collect().map_err(|e| self.proto("reading SASL mechanisms", e))?;
-                    if !mechs.iter().any(|m| m == "SCRAM-SHA-256") {
+                    let plus = mechs.iter().any(|m| m == "SCRAM-SHA-256-PLUS");
+                    if !plus && !mechs.iter().any(|m| m == "SCRAM-SHA-256") {
                         return Err(Error::new(ErrorKind::SourceAuth, format!("PostgreSQL at {} offers SASL mechanisms {mechs:?}; outbox-relay speaks SCRAM-SHA-256", self.endpoint)));
                     }
-                    let s = ScramSha256::new(&pw, ChannelBinding::unsupported());
+                    // Channel binding when encrypted and offered; "y" (supported,
+                    // not used) when encrypted without it; "n" in plain text.
+                    let (mechanism, cb) = match &binding {
+                        Some(data) if plus => ("SCRAM-SHA-256-PLUS", ChannelBinding::tls_server_end_point(data.clone())),
+                        Some(_) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
+                        None => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                    };
+                    let s = ScramSha256::new(&pw, cb);
                     let mut out = BytesMut::new();
-                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out).map_err(|e| self.proto("encoding SASL response", e))?;
+                    frontend::sasl_initial_response(mechanism, s.message(), &mut out).map_err(|e| self.proto("encoding SASL response", e))?;
                     self.write(&out).await?;
                     scram = Some(s);
                 }
@@ -390,6 +429,21 @@ async fn tcp(host: &str, port: u16, endpoint: &str) -> Result<tokio::net::TcpStr
         .map_err(|e| Error::with_source(ErrorKind::SourceConnection, format!("connecting to PostgreSQL at {endpoint}"), e))?;
     let _ = s.set_nodelay(true);
     Ok(s)
+}
+
+/// Sends SSLRequest and reads the one-byte answer: true for 'S'.
+async fn negotiate_ssl(tcp: &mut tokio::net::TcpStream, endpoint: &str) -> Result<bool> {
+    let mut out = BytesMut::new();
+    frontend::ssl_request(&mut out);
+    let io = |e| Error::with_source(ErrorKind::SourceConnection, format!("negotiating TLS with PostgreSQL at {endpoint}"), e);
+    tcp.write_all(&out).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io)?;
+    match answer[0] {
+        b'S' => Ok(true),
+        b'N' => Ok(false),
+        other => Err(Error::new(ErrorKind::SourceProtocol, format!("PostgreSQL at {endpoint} answered SSLRequest with {other:#04x}"))),
+    }
 }
 
 fn db_error(body: &backend::ErrorResponseBody) -> DbError {

@@ -1,0 +1,159 @@
+//! Smoke tests of the harness's private instances (`support::cluster`):
+//! they start, authenticate as configured, and come back after a restart.
+//! They need no shared services; run them alone with
+//! `cargo test --test integration support_smoke`.
+
+use std::time::Duration;
+
+use amqprs::channel::QueueDeclareArguments;
+use amqprs::connection::{Connection, OpenConnectionArguments};
+use tokio_postgres::NoTls;
+
+use crate::support::cluster::{PgAuth, PgCluster, PgOptions, RabbitNode};
+use crate::support::{self, wait_until};
+
+/// Connects with `url`, returning the error instead of panicking.
+async fn try_connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// The superuser's stored password hash, read over the unix socket.
+async fn stored_password(pg: &PgCluster) -> String {
+    let c = pg.local_client("postgres").await;
+    c.query_one("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'", &[]).await.unwrap().get(0)
+}
+
+/// Opens an AMQP connection to `node` as guest.
+async fn amqp_connect(node: &RabbitNode) -> Result<Connection, amqprs::error::Error> {
+    let a = node.addr();
+    Connection::open(&OpenConnectionArguments::new(&a.ip().to_string(), a.port(), "guest", "guest").virtual_host("/").finish()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_pg_cluster_accepts_scram_and_survives_restart_and_stop() {
+    // GIVEN a private cluster with SCRAM authentication on TCP
+    let pg = PgCluster::start(PgOptions::default()).await;
+    assert_ne!(pg.port(), 54329, "not the shared cluster");
+
+    // WHEN a client logs in over TCP with the superuser password
+    let client = try_connect(&pg.url("postgres")).await.unwrap_or_else(|e| panic!("SCRAM login: {e}\n{}", pg.log_tail()));
+
+    // THEN it is a SCRAM login on a logical-replication server
+    assert!(stored_password(&pg).await.starts_with("SCRAM-SHA-256$"), "password stored as SCRAM");
+    let wal_level: String = client.query_one("SHOW wal_level", &[]).await.unwrap().get(0);
+    assert_eq!(wal_level, "logical");
+    let wrong = pg.url("postgres").replace("postgres:postgres@", "postgres:wrong@");
+    let err = try_connect(&wrong).await.err().expect("a wrong password is refused");
+    assert!(err.to_string().contains("password authentication failed"), "{err}");
+
+    // WHEN the cluster is restarted (fast)
+    let started: String = client.query_one("SELECT pg_postmaster_start_time()::text", &[]).await.unwrap().get(0);
+    pg.restart_fast().await;
+
+    // THEN the old connection is gone and a new one works on the same port, with a new postmaster
+    assert!(client.simple_query("SELECT 1").await.is_err(), "the old session was terminated");
+    let client = try_connect(&pg.url("postgres")).await.unwrap_or_else(|e| panic!("login after restart: {e}\n{}", pg.log_tail()));
+    let restarted: String = client.query_one("SELECT pg_postmaster_start_time()::text", &[]).await.unwrap().get(0);
+    assert_ne!(started, restarted, "a new postmaster");
+
+    // WHEN it is stopped, THEN nothing accepts; WHEN started again, THEN logins work again
+    pg.stop().await;
+    assert!(!support::cluster::port_accepts(pg.addr()).await, "port closed while stopped");
+    pg.start_again().await;
+    let client = try_connect(&pg.url("postgres")).await.unwrap_or_else(|e| panic!("login after start_again: {e}\n{}", pg.log_tail()));
+    client.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_pg_clusters_honour_md5_password_and_trust() {
+    // GIVEN one cluster per non-default authentication method
+    let (md5, clear, trust) = tokio::join!(
+        PgCluster::start(PgOptions { host_auth: PgAuth::Md5, ..Default::default() }),
+        PgCluster::start(PgOptions { host_auth: PgAuth::Password, ..Default::default() }),
+        PgCluster::start(PgOptions { host_auth: PgAuth::Trust, ..Default::default() }),
+    );
+    let wrong = |pg: &PgCluster| pg.url("postgres").replace("postgres:postgres@", "postgres:wrong@");
+
+    // THEN md5 stores MD5 hashes and checks the password
+    assert!(stored_password(&md5).await.starts_with("md5"), "password stored as MD5");
+    try_connect(&md5.url("postgres")).await.unwrap_or_else(|e| panic!("md5 login: {e}\n{}", md5.log_tail()));
+    assert!(try_connect(&wrong(&md5)).await.is_err(), "md5 refuses a wrong password");
+
+    // AND password checks the clear-text password
+    try_connect(&clear.url("postgres")).await.unwrap_or_else(|e| panic!("password login: {e}\n{}", clear.log_tail()));
+    assert!(try_connect(&wrong(&clear)).await.is_err(), "password refuses a wrong password");
+
+    // AND trust accepts any password
+    try_connect(&wrong(&trust)).await.unwrap_or_else(|e| panic!("trust login: {e}\n{}", trust.log_tail()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_rabbit_node_accepts_amqp_and_survives_restart() {
+    // GIVEN a private RabbitMQ node
+    let node = RabbitNode::start().await;
+    assert_ne!(node.addr().port(), 56729, "not the shared broker");
+
+    // WHEN a client connects and declares a durable queue
+    let conn = amqp_connect(&node).await.unwrap_or_else(|e| panic!("AMQP connection: {e}\n{}", node.log_tail()));
+    let ch = conn.open_channel(None).await.unwrap();
+    let queue = support::random_name("q.");
+    ch.queue_declare(QueueDeclareArguments::new(&queue).durable(true).finish()).await.unwrap();
+
+    // AND the broker is restarted
+    node.restart().await;
+
+    // THEN the old connection was closed by the broker
+    wait_until(Duration::from_secs(10), "the old connection to be closed", || {
+        let conn = &conn;
+        async move { !conn.is_open() }
+    })
+    .await;
+
+    // AND a new connection works and finds the durable queue (the same broker came back)
+    let conn = amqp_connect(&node).await.unwrap_or_else(|e| panic!("AMQP connection after restart: {e}\n{}", node.log_tail()));
+    let ch = conn.open_channel(None).await.unwrap();
+    ch.queue_declare(QueueDeclareArguments::new(&queue).passive(true).finish())
+        .await
+        .unwrap_or_else(|e| panic!("durable queue after restart: {e}"));
+    conn.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_rabbit_node_survives_process_restart_and_kill() {
+    // GIVEN a private RabbitMQ node with a durable queue
+    let node = RabbitNode::start().await;
+    let queue = support::random_name("q.");
+    {
+        let conn = amqp_connect(&node).await.unwrap_or_else(|e| panic!("AMQP connection: {e}\n{}", node.log_tail()));
+        let ch = conn.open_channel(None).await.unwrap();
+        ch.queue_declare(QueueDeclareArguments::new(&queue).durable(true).finish()).await.unwrap();
+        conn.close().await.unwrap();
+    }
+
+    for (how, restart) in [("graceful process restart", 0), ("SIGKILL and restart", 1)] {
+        // WHEN the node's OS process is restarted
+        let conn = amqp_connect(&node).await.unwrap();
+        if restart == 0 {
+            node.restart_process().await;
+        } else {
+            node.kill_and_restart().await;
+        }
+
+        // THEN the old connection is gone, and a new one finds the durable queue
+        wait_until(Duration::from_secs(30), "the old connection to be closed", || {
+            let conn = &conn;
+            async move { !conn.is_open() }
+        })
+        .await;
+        let conn = amqp_connect(&node).await.unwrap_or_else(|e| panic!("AMQP connection after {how}: {e}\n{}", node.log_tail()));
+        let ch = conn.open_channel(None).await.unwrap();
+        ch.queue_declare(QueueDeclareArguments::new(&queue).passive(true).finish())
+            .await
+            .unwrap_or_else(|e| panic!("durable queue after {how}: {e}"));
+        conn.close().await.unwrap();
+    }
+}
