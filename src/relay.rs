@@ -147,6 +147,11 @@ async fn session(config: &Config, handles: &Handles, stop: &CancellationToken) -
         }
     }
     let router = Arc::new(router);
+    // Another instance streaming? Stand by before touching the broker. (The
+    // race-free check is START_REPLICATION itself, below.)
+    if let Some(pid) = slot::slot_state(&sql, &src.slot).await?.and_then(|s| s.active_pid) {
+        return Err(Error::new(ErrorKind::SlotInUse, format!("replication slot {:?} is active for PID {pid}", src.slot)));
+    }
 
     // 2. Broker.
     let channel = BrokerChannel::open(&broker, config.broker.heartbeat, config.broker.connect_timeout, "outbox-relay").await?;

@@ -11,6 +11,10 @@ mod lifecycle;
 mod unroutable;
 // Bad rows: a clear stop, never a skip; logical messages routed by prefix.
 mod data;
+// Broker faults through a proxy: cuts, black holes.
+mod broker_faults;
+// on_unroutable policies: block, dead_letter, drop.
+mod policies;
 // The command line: --version, setup, bad configs.
 mod cli;
 // The harness's private PostgreSQL clusters and RabbitMQ nodes (support::cluster).

@@ -48,7 +48,8 @@ async fn private_pg_cluster_accepts_scram_and_survives_restart_and_stop() {
     assert_eq!(wal_level, "logical");
     let wrong = pg.url("postgres").replace("postgres:postgres@", "postgres:wrong@");
     let err = try_connect(&wrong).await.err().expect("a wrong password is refused");
-    assert!(err.to_string().contains("password authentication failed"), "{err}");
+    let msg = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| err.to_string());
+    assert!(msg.contains("password authentication failed"), "{msg}");
 
     // WHEN the cluster is restarted (fast)
     let started: String = client.query_one("SELECT pg_postmaster_start_time()::text", &[]).await.unwrap().get(0);

@@ -1,16 +1,9 @@
 use std::time::Duration;
 
 use crate::support::consumer::Consumer;
+use crate::support::http::{metric, scrape};
 use crate::support::relay::{InProcess, RelayConfig};
 use crate::support::{self, TestDb};
-
-fn metric(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l.contains(label))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name}{{{label}}} not found in:\n{text}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_seventh_of_20k_pipelined_messages_is_unroutable_and_each_return_is_attributed_exactly() {
@@ -44,8 +37,8 @@ async fn every_seventh_of_20k_pipelined_messages_is_unroutable_and_each_return_i
     let http = relay.http;
     support::wait_until(Duration::from_secs(30), "every event accounted for", || async move {
         let text = scrape(http).await;
-        metric(&text, "outbox_relay_events_published_total", "route=") as usize == routable
-            && metric(&text, "outbox_relay_events_unroutable_total", "route=") as usize == unroutable
+        metric(&text, "outbox_relay_events_published_total", "route=") == Some(routable as f64)
+            && metric(&text, "outbox_relay_events_unroutable_total", "route=") == Some(unroutable as f64)
     })
     .await;
     assert!(consumer.received().iter().all(|m| m.routing_key.starts_with("routable.")));
@@ -54,12 +47,3 @@ async fn every_seventh_of_20k_pipelined_messages_is_unroutable_and_each_return_i
     db.drop_all().await;
 }
 
-/// GET /metrics.
-pub async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}

@@ -90,6 +90,14 @@ impl InFlight {
         self.map.values().map(|p| p.sent_at).min()
     }
 
+    /// Restarts every message's confirm clock at `now` (after the broker
+    /// lifted a flow-control block: the wait was the broker's, not a fault).
+    pub fn restart_clock(&mut self, now: Instant) {
+        for p in self.map.values_mut() {
+            p.sent_at = now;
+        }
+    }
+
     /// A basic.return for `message_id`: flags every in-flight message with
     /// that id. Returns how many were flagged (0 means a return we cannot
     /// place, which the caller must treat as a broken channel).

@@ -107,7 +107,13 @@ impl Publisher {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Transaction>) -> Result<()> {
         let result = self.run_inner(&mut rx).await;
         self.metrics.set_in_flight(0);
-        self.channel.close().await;
+        // Close politely only after a clean drain; after a failure the
+        // connection is dropped (a close handshake with a dead or silent
+        // broker would only wait, and amqprs panics in its own task when a
+        // late close-ok finds no waiter).
+        if result.is_ok() {
+            self.channel.close().await;
+        }
         result
     }
 
@@ -173,7 +179,9 @@ impl Publisher {
 
     /// Publishes messages of the current transaction while the window has room.
     async fn publish_current(&mut self) -> Result<()> {
-        while self.inflight.len() < self.settings.max_in_flight {
+        // While the broker blocks the connection, publishing waits (it is
+        // flow control, not a failure).
+        while !self.blocked && self.inflight.len() < self.settings.max_in_flight {
             let Some(cur) = self.current.as_mut() else { return Ok(()) };
             let Some(msg) = cur.messages.pop_front() else {
                 self.current = None;
@@ -229,6 +237,7 @@ impl Publisher {
                 tracing::info!("broker unblocked publishing");
                 self.blocked = false;
                 // Restart the confirm clock for what waited through the block.
+                self.inflight.restart_clock(Instant::now());
                 return Ok(());
             }
         };

@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod consumer;
+pub mod http;
 pub mod proxy;
 pub mod relay;
 

@@ -28,6 +28,8 @@ pub struct RelayConfig {
     pub route_extra: String,
     /// Whole extra sections appended at the end.
     pub tail: String,
+    /// `[http] listen`.
+    pub http_listen: String,
 }
 
 impl RelayConfig {
@@ -44,6 +46,7 @@ impl RelayConfig {
             broker_extra: "confirm_timeout = \"10s\"\nshutdown_timeout = \"20s\"".into(),
             route_extra: String::new(),
             tail: String::new(),
+            http_listen: "127.0.0.1:0".into(),
         }
     }
 
@@ -63,10 +66,10 @@ table = "public.outbox"
 exchange = "{}"
 {}
 [http]
-listen = "127.0.0.1:0"
+listen = "{}"
 {}
 "#,
-            self.source_url, self.slot, self.source_extra, self.broker_url, self.broker_extra, self.exchange, self.route_extra, self.tail
+            self.source_url, self.slot, self.source_extra, self.broker_url, self.broker_extra, self.exchange, self.route_extra, self.http_listen, self.tail
         )
     }
 
@@ -76,6 +79,15 @@ listen = "127.0.0.1:0"
         let path = dir.path().join("relay.toml");
         std::fs::write(&path, self.toml()).expect("write config");
         (dir, path)
+    }
+
+    /// Gives the relay a fixed free loopback port for HTTP (for a binary
+    /// whose port the test must know) and returns it.
+    pub fn fixed_http_port(&mut self) -> std::net::SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        self.http_listen = addr.to_string();
+        addr
     }
 
     /// Runs `outbox-relay setup` (publication and slot), so rows written

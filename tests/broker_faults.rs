@@ -1,0 +1,104 @@
+use std::time::Duration;
+
+use crate::support::consumer::{check_delivery, Consumer};
+use crate::support::http::{metric, scrape};
+use crate::support::proxy::{Mode, Proxy};
+use crate::support::relay::{InProcess, RelayConfig};
+use crate::support::{self, insert_events, TestDb};
+
+pub fn broker_addr() -> std::net::SocketAddr {
+    let u = url::Url::parse(&support::amqp_url()).unwrap();
+    format!("{}:{}", u.host_str().unwrap(), u.port().unwrap_or(5672)).parse().unwrap()
+}
+
+/// A writer committing `txns` transactions of `per_txn` events over 20 aggregates.
+pub fn writer(url: String, tag: &'static str, txns: usize, per_txn: usize) -> tokio::task::JoinHandle<Vec<(String, String)>> {
+    tokio::spawn(async move {
+        let client = support::connect(&url).await;
+        let mut expected = Vec::new();
+        for t in 0..txns {
+            let aggs: Vec<String> = (0..per_txn).map(|i| format!("{tag}-{}", (t * per_txn + i) % 20)).collect();
+            let ids = insert_events(&client, "wallet", &aggs, "TransactionAdded").await;
+            expected.extend(aggs.into_iter().zip(ids));
+            if t % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await; // pace so faults land mid-stream
+            }
+        }
+        expected
+    })
+}
+
+async fn reconnects(http: std::net::SocketAddr, target: &str) -> f64 {
+    metric(&scrape(http).await, "outbox_relay_reconnects_total", &format!("target=\"{target}\"")).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cutting_the_broker_connection_five_times_during_20k_events_loses_nothing() {
+    // GIVEN a relay whose broker connection runs through a proxy, and a writer of 20,000 events
+    let db = TestDb::new().await;
+    let consumer = Consumer::start("#").await;
+    let proxy = Proxy::start(broker_addr()).await;
+    let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    cfg.broker_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    cfg.broker_extra.push_str("\nmax_in_flight = 500");
+    let relay = InProcess::start(&cfg).await;
+    let w = writer(db.url.clone(), "c", 400, 50);
+
+    // WHEN the broker connection is cut five times, each time after progress
+    for cut in 1..=5 {
+        let seen = consumer.count();
+        support::wait_until(Duration::from_secs(60), "progress before the cut", || {
+            let c = consumer.count();
+            async move { c >= seen + 1500 }
+        })
+        .await;
+        proxy.cut();
+        let http = relay.http;
+        support::wait_until(Duration::from_secs(30), "the relay notices the cut", || async move { reconnects(http, "broker").await >= cut as f64 }).await;
+    }
+    let expected = w.await.unwrap();
+    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+
+    // THEN every event arrives, first deliveries in commit order, duplicates bounded by what was in flight
+    consumer.wait_for_ids(&ids, Duration::from_secs(120)).await;
+    let dups = check_delivery(&expected, &consumer.received());
+    println!("broker cut x5 over {} events: {dups} duplicates", ids.len());
+    assert!(dups <= 5 * 2 * 500, "duplicates {dups} exceed twice the window per fault");
+    relay.stop().await.unwrap();
+    db.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_broker_trips_the_confirm_timeout_and_the_relay_recovers() {
+    // GIVEN a relay with a 2 s confirm timeout behind a proxy (heartbeats too slow to notice first)
+    let db = TestDb::new().await;
+    let consumer = Consumer::start("#").await;
+    let proxy = Proxy::start(broker_addr()).await;
+    let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    cfg.broker_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    cfg.broker_extra = "confirm_timeout = \"2s\"\nheartbeat = \"60s\"\nconnect_timeout = \"2s\"\nshutdown_timeout = \"5s\"".into();
+    let relay = InProcess::start(&cfg).await;
+    let client = db.client().await;
+    let before = insert_events(&client, "wallet", &["a".into()], "Before").await;
+    consumer.wait_for_ids(&before, Duration::from_secs(20)).await;
+
+    // WHEN the broker goes silent (no RST) while events commit
+    proxy.set_mode(Mode::Blackhole);
+    let during = insert_events(&client, "wallet", &["a".into(), "b".into()], "During").await;
+    let http = relay.http;
+    // THEN the confirm timeout fires and the relay tears the connection down
+    support::wait_until(Duration::from_secs(20), "confirm timeout counted as a broker reconnect", || async move {
+        reconnects(http, "broker").await >= 1.0
+    })
+    .await;
+    assert!(consumer.received().iter().all(|m| !during.contains(&m.message_id)));
+    // AND once the broker answers again everything arrives, in order
+    proxy.set_mode(Mode::Pass);
+    consumer.wait_for_ids(&during, Duration::from_secs(60)).await;
+    let mut expected = vec![("a".to_owned(), before[0].clone())];
+    expected.push(("a".into(), during[0].clone()));
+    expected.push(("b".into(), during[1].clone()));
+    check_delivery(&expected, &consumer.received());
+    relay.stop().await.unwrap();
+    db.drop_all().await;
+}

@@ -1,0 +1,94 @@
+use std::time::Duration;
+
+use crate::support::consumer::Consumer;
+use crate::support::http::{metric, scrape};
+use crate::support::relay::{InProcess, RelayConfig};
+use crate::support::{self, insert_events, TestDb};
+
+async fn unroutable(http: std::net::SocketAddr) -> f64 {
+    metric(&scrape(http).await, "outbox_relay_events_unroutable_total", "route=").unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_holds_the_position_until_a_queue_is_bound_and_loses_nothing() {
+    // GIVEN an exchange with no queue at all, and the default policy (block)
+    let db = TestDb::new().await;
+    let exchange = support::random_name("x.");
+    let consumer = Consumer::declare_only(&exchange).await;
+    let relay = InProcess::start(&RelayConfig::new(&db.url, &exchange)).await;
+    let client = db.client().await;
+
+    // WHEN events commit that no queue will take
+    let ids = insert_events(&client, "wallet", &["a".into(), "a".into(), "b".into()], "Unbound").await;
+    let after = db.current_wal().await;
+    let http = relay.http;
+    // THEN the relay keeps retrying (the counter grows past one round) and the slot stays before them
+    support::wait_until(Duration::from_secs(20), "at least two rounds of returns", || async move { unroutable(http).await >= 6.0 }).await;
+    assert!(db.confirmed_flush().await.unwrap() < after, "block never moves the position past an unroutable message");
+
+    // WHEN a queue is bound THEN the retried messages arrive and the slot moves on
+    let consumer = consumer.bind_queue("#").await;
+    consumer.wait_for_ids(&ids, Duration::from_secs(60)).await;
+    support::wait_until(Duration::from_secs(15), "slot moves past the delivered events", || {
+        let db = &db;
+        async move { db.confirmed_flush().await.unwrap_or(0) >= after }
+    })
+    .await;
+    relay.stop().await.unwrap();
+    db.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_sends_unroutable_messages_with_their_origin_and_moves_on() {
+    // GIVEN a main exchange with a queue for "routable.#" only, and a dead-letter exchange with a queue
+    let db = TestDb::new().await;
+    let main = Consumer::start("routable.#").await;
+    let dead = Consumer::start("#").await;
+    let mut cfg = RelayConfig::new(&db.url, &main.exchange);
+    cfg.broker_extra.push_str(&format!("\non_unroutable = \"dead_letter\"\ndead_letter_exchange = \"{}\"", dead.exchange));
+    let relay = InProcess::start(&cfg).await;
+    let client = db.client().await;
+
+    // WHEN a routable and an unroutable event commit
+    let ok = insert_events(&client, "routable", &["a".into()], "E").await;
+    let lost = insert_events(&client, "nowhere", &["a".into()], "E").await;
+    let after = db.current_wal().await;
+
+    // THEN the routable one reaches its queue and the other the dead-letter queue, with its origin
+    main.wait_for_ids(&ok, Duration::from_secs(20)).await;
+    dead.wait_for_ids(&lost, Duration::from_secs(20)).await;
+    let m = dead.received().into_iter().find(|m| m.message_id == lost[0]).unwrap();
+    assert_eq!(m.header("x-outbox-original-exchange").as_deref(), Some(main.exchange.as_str()));
+    assert_eq!(m.header("x-outbox-original-routing-key").as_deref(), Some("nowhere.E"));
+    assert!(m.header("x-outbox-reason").unwrap().contains("312"), "reason names NO_ROUTE");
+    assert!(main.received().iter().all(|m| m.message_id != lost[0]));
+    // AND the position moves on
+    support::wait_until(Duration::from_secs(15), "slot moves past the dead-lettered event", || {
+        let db = &db;
+        async move { db.confirmed_flush().await.unwrap_or(0) >= after }
+    })
+    .await;
+    relay.stop().await.unwrap();
+    db.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_counts_and_moves_on() {
+    let db = TestDb::new().await;
+    let exchange = support::random_name("x.");
+    let _decl = Consumer::declare_only(&exchange).await;
+    let mut cfg = RelayConfig::new(&db.url, &exchange);
+    cfg.broker_extra.push_str("\non_unroutable = \"drop\"");
+    let relay = InProcess::start(&cfg).await;
+    insert_events(&db.client().await, "wallet", &["a".into(), "b".into()], "Dropped").await;
+    let after = db.current_wal().await;
+    let http = relay.http;
+    support::wait_until(Duration::from_secs(20), "both counted as unroutable", || async move { unroutable(http).await == 2.0 }).await;
+    support::wait_until(Duration::from_secs(15), "slot moves past the dropped events", || {
+        let db = &db;
+        async move { db.confirmed_flush().await.unwrap_or(0) >= after }
+    })
+    .await;
+    relay.stop().await.unwrap();
+    db.drop_all().await;
+}
