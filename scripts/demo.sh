@@ -74,6 +74,7 @@ CONSUMER="$TARGET_DIR/release/examples/consume"
 
 say "Creating the outbox and wallet tables in database demo (as relay, the owner)"
 "$PSQL" -X -q -v ON_ERROR_STOP=1 "$OUTBOX_DEMO_PG_URL" <<'SQL'
+SET client_min_messages = warning;
 CREATE TABLE IF NOT EXISTS outbox (
   id             uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
   aggregate_type text        NOT NULL,

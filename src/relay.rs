@@ -63,7 +63,10 @@ pub async fn supervise(config: &Config, handles: &Handles, stop: &CancellationTo
         if stop.is_cancelled() {
             return Ok(());
         }
-        handles.health.set(State::Starting);
+        // A standby stays "standby" (ready) while it retries the slot.
+        if handles.health.get() != State::Standby {
+            handles.health.set(State::Starting);
+        }
         let started = Instant::now();
         let result = session(config, handles, stop).await;
         if started.elapsed() > HEALTHY_SESSION {
@@ -86,6 +89,7 @@ pub async fn supervise(config: &Config, handles: &Handles, stop: &CancellationTo
             tracing::info!(retry_in = ?STANDBY_RETRY, reason = %err.chain(), "standing by: another instance holds the slot");
             STANDBY_RETRY
         } else {
+            handles.health.set(State::Starting);
             failures = failures.saturating_add(1);
             let d = backoff(failures);
             let target = if matches!(err.kind(), ErrorKind::BrokerConnection | ErrorKind::BrokerChannel | ErrorKind::ConfirmTimeout) { "broker" } else { "source" };

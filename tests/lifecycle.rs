@@ -90,3 +90,32 @@ async fn sigterm_mid_stream_exits_zero_and_a_restart_publishes_no_duplicates() {
     assert!(status.success(), "{log}");
     db.drop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_ten_times_during_50k_events_loses_nothing() {
+    let db = TestDb::new().await;
+    let consumer = Consumer::start("#").await;
+    let cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    cfg.setup();
+    let w = writer(db.url.clone(), "m", 1000, 50);
+    let mut relay = Process::spawn(&cfg);
+    for _ in 1..=10 {
+        let seen = consumer.count();
+        support::wait_until(Duration::from_secs(60), "relay makes progress before the kill", || {
+            let c = consumer.count();
+            async move { c >= seen + 2000 }
+        })
+        .await;
+        relay.kill().await;
+        relay = Process::spawn(&cfg);
+    }
+    let expected = w.await.unwrap();
+    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    consumer.wait_for_ids(&ids, Duration::from_secs(180)).await;
+    let dups = check_delivery(&expected, &consumer.received());
+    println!("SIGKILL x10 over {} events: {dups} duplicates", ids.len());
+    assert!(dups <= 10 * 2 * 1000, "duplicates {dups} exceed twice the window per crash");
+    let status = relay.terminate(Duration::from_secs(30)).await;
+    assert!(status.success());
+    db.drop_all().await;
+}

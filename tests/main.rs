@@ -15,6 +15,10 @@ mod data;
 mod broker_faults;
 // on_unroutable policies: block, dead_letter, drop.
 mod policies;
+// PostgreSQL faults: walsender terminated, server restarted.
+mod postgres_faults;
+// Two instances on one slot: one active, one standby that takes over.
+mod standby;
 // The command line: --version, setup, bad configs.
 mod cli;
 // The harness's private PostgreSQL clusters and RabbitMQ nodes (support::cluster).

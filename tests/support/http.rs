@@ -4,12 +4,15 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// GET `path`; returns (status code, body).
+/// GET `path`; returns (status code, body), or (0, "") when nothing listens.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the relay's HTTP listener");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return (0, String::new()) };
     let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
+    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.is_err()
+        || s.read_to_string(&mut out).await.is_err()
+    {
+        return (0, String::new());
+    }
     let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
