@@ -27,6 +27,15 @@ pub enum Command {
         #[arg(long)]
         print_sql: bool,
     },
+    /// Probe a running relay's /healthz (for container HEALTHCHECKs: exit 0 when healthy).
+    Healthcheck {
+        /// The relay's HTTP address (http.listen).
+        #[arg(long, default_value = "127.0.0.1:9187", env = "OUTBOX_RELAY_HTTP")]
+        addr: std::net::SocketAddr,
+        /// Probe /readyz instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+    },
 }
 
 /// `--config FILE`, defaulting to `OUTBOX_RELAY_CONFIG`.

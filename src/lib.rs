@@ -34,6 +34,7 @@ pub mod error;
 pub mod event;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod publish;
 pub mod relay;
 pub mod route;
@@ -81,6 +82,7 @@ pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, starte
     let http_stop = CancellationToken::new();
     let http_addr = http::serve(config.http.listen, handles.metrics.clone(), handles.health.clone(), http_stop.clone()).await?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), http = %http_addr, config = %config.path.display(), "outbox-relay starting");
+    notify::spawn(handles.health.clone(), http_stop.clone());
     started(&Running { http_addr, handles: handles.clone() });
     let work = relay::supervise(&config, &handles, &stop);
     tokio::pin!(work);

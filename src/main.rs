@@ -30,6 +30,7 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 
 fn try_main(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        cli::Command::Healthcheck { addr, ready } => Ok(healthcheck(addr, if ready { "/readyz" } else { "/healthz" })),
         cli::Command::Setup { config, print_sql: true } => {
             let cfg = match load(&config.config) {
                 Ok(c) => c,
@@ -80,6 +81,35 @@ fn try_main(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(if e.kind() == ErrorKind::Config { 2 } else { 1 }))
                 }
             }
+        }
+    }
+}
+
+/// GET `path` on `addr` with a plain blocking socket (the runtime image has
+/// no curl); exit 0 on HTTP 200.
+fn healthcheck(addr: std::net::SocketAddr, path: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(3);
+    let result = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+        let mut out = String::new();
+        s.take(64 * 1024).read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    match result {
+        Ok(text) if text.starts_with("HTTP/1.1 200") => {
+            println!("{}", text.split_once("\r\n\r\n").map(|(_, b)| b.trim()).unwrap_or("ok"));
+            ExitCode::SUCCESS
+        }
+        Ok(text) => {
+            eprintln!("outbox-relay healthcheck: {addr}{path}: {}", text.lines().next().unwrap_or("no answer"));
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("outbox-relay healthcheck: {addr}{path}: {e}");
+            ExitCode::from(1)
         }
     }
 }
