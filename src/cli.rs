@@ -18,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the relay until SIGTERM or SIGINT.
     Run(ConfigArg),
+    /// Preflight: validate the config, connect to both ends, report every problem with its fix.
+    Check(ConfigArg),
     /// Create the publication and the replication slot if missing.
     Setup {
         /// The configuration file.

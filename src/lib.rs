@@ -29,6 +29,7 @@
 #![warn(missing_debug_implementations)]
 
 pub mod ack;
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod event;

@@ -30,6 +30,19 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 
 fn try_main(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        cli::Command::Check(config) => {
+            let cfg = match config::load(&config.config, &config::process_env) {
+                Ok(c) => c,
+                Err(e) => {
+                    println!("PROBLEM invalid configuration\n{e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let report = rt.block_on(outbox_relay::check::run(&cfg));
+            print!("{}", report.render());
+            Ok(if report.problems() == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
         cli::Command::Healthcheck { addr, ready } => Ok(healthcheck(addr, if ready { "/readyz" } else { "/healthz" })),
         cli::Command::Setup { config, print_sql: true } => {
             let cfg = match load(&config.config) {

@@ -99,25 +99,49 @@ impl TestDb {
         lsn(&s)
     }
 
-    /// Drops the slot (terminating its walsender) and the database.
-    pub async fn drop_all(self) {
+    /// Drops the slot (terminating its walsender) and the database. Also
+    /// runs on drop (a failed test), so no slot keeps WAL in the shared cluster.
+    pub async fn drop_all(mut self) {
+        cleanup(std::mem::take(&mut self.name)).await;
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        let name = std::mem::take(&mut self.name);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(cleanup(name));
+        })
+        .join();
+    }
+}
+
+async fn cleanup(name: String) {
+    if name.is_empty() {
+        return;
+    }
+    {
         let admin = connect(&pg_admin_url()).await;
         let _ = admin
             .batch_execute(&format!(
                 "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = '{0}' AND active_pid IS NOT NULL;",
-                self.name
+                name
             ))
             .await;
         for _ in 0..50 {
             let r = admin
-                .batch_execute(&format!("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{0}'", self.name))
+                .batch_execute(&format!("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{0}'", name))
                 .await;
             if r.is_ok() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await;
+        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)).await;
     }
 }
 

@@ -1,0 +1,291 @@
+//! `outbox-relay check`: a preflight that does what the relay does at start,
+//! against the real systems, and reports every problem at once with its fix.
+//! Exit 0 only when the relay can run (warnings allowed).
+//!
+//! It reuses the relay's own pieces (`slot.rs`, `Router::check_table`,
+//! `BrokerChannel`), so it cannot drift from what `run` needs.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::config::{Config, UrlTarget};
+use crate::publish::channel::{BrokerChannel, BrokerTarget};
+use crate::relay::current_url;
+use crate::route::Router;
+use crate::source::pgconfig::{quote_ident, PgTarget};
+use crate::source::replication::slot;
+
+/// Each end gets at most this long to answer, so `check` finishes in about ten seconds.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+/// Retained WAL above this is worth a warning for an inactive slot.
+const RETAINED_WARN_BYTES: i64 = 1 << 30;
+
+/// How serious a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Fine.
+    Ok,
+    /// The relay runs, but look at this.
+    Warn,
+    /// The relay cannot run until this is fixed.
+    Problem,
+}
+
+/// One line of the report.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    /// Severity.
+    pub level: Level,
+    /// What was found.
+    pub what: String,
+    /// How to fix it (problems and warnings).
+    pub fix: Option<String>,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// In the order checked.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    fn ok(&mut self, what: impl Into<String>) {
+        self.findings.push(Finding { level: Level::Ok, what: what.into(), fix: None });
+    }
+    fn warn(&mut self, what: impl Into<String>, fix: impl Into<String>) {
+        self.findings.push(Finding { level: Level::Warn, what: what.into(), fix: Some(fix.into()) });
+    }
+    fn problem(&mut self, what: impl Into<String>, fix: impl Into<String>) {
+        self.findings.push(Finding { level: Level::Problem, what: what.into(), fix: Some(fix.into()) });
+    }
+
+    /// Number of problems.
+    pub fn problems(&self) -> usize {
+        self.findings.iter().filter(|f| f.level == Level::Problem).count()
+    }
+
+    /// Number of warnings.
+    pub fn warnings(&self) -> usize {
+        self.findings.iter().filter(|f| f.level == Level::Warn).count()
+    }
+
+    /// The text printed by the command.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for f in &self.findings {
+            let tag = match f.level {
+                Level::Ok => "ok     ",
+                Level::Warn => "warn   ",
+                Level::Problem => "PROBLEM",
+            };
+            let _ = writeln!(out, "{tag} {}", f.what);
+            if let Some(fix) = &f.fix {
+                let _ = writeln!(out, "        fix: {fix}");
+            }
+        }
+        let _ = writeln!(out, "{} problem(s), {} warning(s): {}", self.problems(), self.warnings(), if self.problems() == 0 { "the relay can run" } else { "the relay cannot run" });
+        out
+    }
+}
+
+/// Runs every check.
+pub async fn run(config: &Config) -> Report {
+    let mut r = Report::default();
+    r.ok(format!("configuration {} is valid ({} route(s))", config.path.display(), config.routes.len()));
+    let (pg, broker) = tokio::join!(check_source(config), check_broker(config));
+    r.findings.extend(pg.findings);
+    r.findings.extend(broker.findings);
+    r
+}
+
+async fn check_source(config: &Config) -> Report {
+    let mut r = Report::default();
+    let src = &config.source;
+    let target = match current_url(UrlTarget::Source, &src.url).and_then(|u| PgTarget::parse(u.expose())) {
+        Ok(t) => t,
+        Err(e) => {
+            r.problem(e.chain(), "fix source.url or OUTBOX_RELAY_SOURCE_URL[_FILE]");
+            return r;
+        }
+    };
+    let client = match target.connect_sql(CONNECT_TIMEOUT).await {
+        Ok(c) => c,
+        Err(e) => {
+            r.problem(format!("PostgreSQL: {}", e.chain()), e.kind().hint());
+            return r;
+        }
+    };
+    let user = target.config.get_user().unwrap_or("?").to_owned();
+    r.ok(format!("PostgreSQL {} reachable as {user:?}, database {:?}", target.endpoint(), target.dbname()));
+    if let Err(e) = source_details(&client, config, &user, &mut r).await {
+        r.problem(format!("PostgreSQL: {}", e.chain()), e.kind().hint());
+    }
+    r
+}
+
+async fn one_text(client: &Client, sql: &str) -> crate::Result<String> {
+    client
+        .query_one(sql, &[])
+        .await
+        .map(|row| row.get::<_, String>(0))
+        .map_err(|e| crate::error::from_pg(crate::ErrorKind::SourceQuery, format!("running `{sql}`"), e))
+}
+
+async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Report) -> crate::Result<()> {
+    let src = &config.source;
+    let wal_level = one_text(client, "SHOW wal_level").await?;
+    if wal_level == "logical" {
+        r.ok("wal_level = logical");
+    } else {
+        r.problem(format!("wal_level = {wal_level}; logical replication needs logical"), "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL");
+    }
+    let row = client
+        .query_one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .await
+        .map_err(|e| crate::error::from_pg(crate::ErrorKind::SourceQuery, "reading the role", e))?;
+    if row.get::<_, bool>(0) {
+        r.ok(format!("role {user:?} has REPLICATION"));
+    } else {
+        r.problem(format!("role {user:?} lacks the REPLICATION privilege"), format!("ALTER ROLE {} REPLICATION;", quote_ident(user)));
+    }
+    let slot_state = slot::slot_state(client, &src.slot).await?;
+    let limits = client
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots)::int, \
+                    current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)::int, \
+                    current_setting('max_slot_wal_keep_size')",
+            &[],
+        )
+        .await
+        .map_err(|e| crate::error::from_pg(crate::ErrorKind::SourceQuery, "reading replication limits", e))?;
+    let (max_slots, used_slots, max_senders, used_senders, keep): (i32, i32, i32, i32, String) =
+        (limits.get(0), limits.get(1), limits.get(2), limits.get(3), limits.get(4));
+    if slot_state.is_none() && used_slots >= max_slots {
+        r.problem(format!("all {max_slots} replication slots are in use (max_replication_slots)"), "raise max_replication_slots (restart needed) or drop an unused slot");
+    }
+    if used_senders >= max_senders {
+        r.problem(format!("all {max_senders} WAL senders are in use (max_wal_senders)"), "raise max_wal_senders (restart needed)");
+    }
+    if keep == "-1" {
+        r.warn("max_slot_wal_keep_size = -1: a stuck slot can fill the disk with WAL", "set max_slot_wal_keep_size to a bound you can afford, and alert on outbox_relay_replication_lag_bytes");
+    }
+
+    // Routes: tables, privileges, template columns.
+    let mut router = Router::new(&config.routes);
+    for (schema, table) in router.tables() {
+        let name = format!("{schema}.{table}");
+        match slot::table_columns(client, &schema, &table).await? {
+            None => r.problem(format!("table {name} named by a route does not exist"), "create it (`outbox-relay setup --print-sql` shows the default outbox table) or fix the route's table"),
+            Some(cols) => {
+                let select: bool = client
+                    .query_one("SELECT has_table_privilege(format('%I.%I', $1::text, $2::text), 'SELECT')", &[&schema, &table])
+                    .await
+                    .map_err(|e| crate::error::from_pg(crate::ErrorKind::SourceQuery, format!("checking privileges on {name}"), e))?
+                    .get(0);
+                if !select {
+                    r.problem(format!("role {user:?} cannot SELECT from {name}"), format!("GRANT SELECT ON {}.{} TO {};", quote_ident(&schema), quote_ident(&table), quote_ident(user)));
+                }
+                let problems = router.check_table(&schema, &table, &cols);
+                if problems.is_empty() {
+                    r.ok(format!("table {name}: every route template names an existing column"));
+                }
+                for p in problems {
+                    r.problem(format!("{}: {p}", config.path.display()), "fix the route, or add the column");
+                }
+            }
+        }
+    }
+
+    // Publication.
+    let wanted = router.tables();
+    match slot::publication_state(client, &src.publication).await? {
+        None if src.create_slot => r.ok(format!("publication {:?} does not exist yet: will be created at start (create_slot = true)", src.publication)),
+        None => r.problem(format!("publication {:?} does not exist", src.publication), "run `outbox-relay setup --config FILE`, or set source.create_slot = true"),
+        Some(p) => {
+            let missing: Vec<String> = if p.all_tables {
+                Vec::new()
+            } else {
+                wanted.iter().map(|(s, t)| format!("{s}.{t}")).filter(|t| !p.tables.contains(t)).collect()
+            };
+            if !p.publishes_insert {
+                r.problem(format!("publication {:?} does not publish inserts", src.publication), format!("ALTER PUBLICATION {} SET (publish = 'insert');", quote_ident(&src.publication)));
+            }
+            if missing.is_empty() {
+                r.ok(format!("publication {:?} covers every route's table", src.publication));
+            } else if src.create_slot {
+                r.ok(format!("publication {:?} lacks {}: will be added at start (create_slot = true)", src.publication, missing.join(", ")));
+            } else {
+                r.problem(format!("publication {:?} does not cover {}", src.publication, missing.join(", ")), "run `outbox-relay setup --config FILE` (or ALTER PUBLICATION ... ADD TABLE ...)");
+            }
+        }
+    }
+
+    // Slot.
+    let db: String = one_text(client, "SELECT current_database()::text").await?;
+    match slot_state {
+        None if src.create_slot => r.ok(format!("slot {:?} does not exist yet: will be created at start (create_slot = true); events committed before that are not relayed", src.slot)),
+        None => r.problem(format!("slot {:?} does not exist", src.slot), "run `outbox-relay setup --config FILE`, or set source.create_slot = true"),
+        Some(s) => {
+            if s.database.as_deref() != Some(db.as_str()) {
+                r.problem(format!("slot {:?} belongs to database {:?}, not {db:?}", src.slot, s.database.unwrap_or_default()), "slot names are cluster-wide: choose another source.slot");
+            } else if s.plugin != "pgoutput" {
+                r.problem(format!("slot {:?} uses plugin {:?}", src.slot, s.plugin), "choose another source.slot, or drop this slot if nothing else uses it");
+            } else {
+                let retained = s.retained_bytes.unwrap_or(0);
+                match s.active_pid {
+                    Some(pid) => r.warn(format!("slot {:?} is active (walsender PID {pid}): another relay instance streams from it", src.slot), "fine for a hot standby: this instance will wait and take over; otherwise stop the other consumer"),
+                    None if retained > RETAINED_WARN_BYTES => r.warn(
+                        format!("slot {:?} is inactive and retains {} MiB of WAL", src.slot, retained >> 20),
+                        "start the relay soon (it catches up from the slot), or drop the slot if it is abandoned",
+                    ),
+                    None => r.ok(format!("slot {:?} exists (pgoutput), inactive, confirmed up to {}", src.slot, s.confirmed_flush.map(|l| l.to_string()).unwrap_or_default())),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn check_broker(config: &Config) -> Report {
+    let mut r = Report::default();
+    let target = match current_url(UrlTarget::Broker, &config.broker.url).and_then(|u| BrokerTarget::parse(u.expose())) {
+        Ok(t) => t,
+        Err(e) => {
+            r.problem(e.chain(), "fix broker.url or OUTBOX_RELAY_BROKER_URL[_FILE]");
+            return r;
+        }
+    };
+    match BrokerChannel::open(&target, config.broker.heartbeat, CONNECT_TIMEOUT, "outbox-relay check").await {
+        Err(e) => r.problem(format!("RabbitMQ: {}", e.chain()), e.kind().hint()),
+        Ok(ch) => {
+            r.ok(format!("RabbitMQ {} reachable, publisher confirms enabled", target.endpoint()));
+            ch.close().await;
+            let mut exchanges: Vec<&str> = config.routes.iter().map(|rt| rt.exchange.as_str()).collect();
+            if config.broker.on_unroutable == crate::config::OnUnroutable::DeadLetter {
+                exchanges.push(config.broker.dead_letter_exchange.as_str());
+            }
+            exchanges.sort_unstable();
+            exchanges.dedup();
+            for ex in exchanges {
+                if ex.is_empty() {
+                    continue; // the default exchange always exists
+                }
+                // A failed passive declare closes the channel: one connection per exchange.
+                match BrokerChannel::open(&target, config.broker.heartbeat, CONNECT_TIMEOUT, "outbox-relay check").await {
+                    Err(e) => r.problem(format!("RabbitMQ: {}", e.chain()), e.kind().hint()),
+                    Ok(ch) => {
+                        match ch.exchange_exists(ex).await {
+                            Ok(()) => r.ok(format!("exchange {ex:?} exists")),
+                            Err(_) => r.problem(format!("exchange {ex:?} does not exist"), format!("declare it (e.g. rabbitmqadmin declare exchange name={ex} type=topic durable=true); the relay never declares exchanges")),
+                        }
+                        ch.close().await;
+                    }
+                }
+            }
+        }
+    }
+    r
+}
