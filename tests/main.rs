@@ -19,6 +19,8 @@ mod policies;
 mod postgres_faults;
 // Two instances on one slot: one active, one standby that takes over.
 mod standby;
+// The preflight: one test per problem it must find.
+mod check;
 // The command line: --version, setup, bad configs.
 mod cli;
 // The harness's private PostgreSQL clusters and RabbitMQ nodes (support::cluster).
