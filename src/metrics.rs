@@ -35,6 +35,12 @@ pub const COMMIT_TO_CONFIRM: &str = "outbox_relay_commit_to_confirm_seconds";
 pub const RECONNECTS: &str = "outbox_relay_reconnects";
 /// `outbox_relay_active`.
 pub const ACTIVE: &str = "outbox_relay_active";
+/// `outbox_relay_slot_retained_wal_bytes`: WAL the slot holds back.
+pub const SLOT_RETAINED_WAL: &str = "outbox_relay_slot_retained_wal_bytes";
+/// `outbox_relay_slot_safe_wal_size_bytes`: WAL that can still be written before the slot is at risk (-1: unbounded).
+pub const SLOT_SAFE_WAL_SIZE: &str = "outbox_relay_slot_safe_wal_size_bytes";
+/// `outbox_relay_slot_wal_status{status}`: 1 for the slot's current `wal_status`.
+pub const SLOT_WAL_STATUS: &str = "outbox_relay_slot_wal_status";
 /// `outbox_relay_build_info{version}`.
 pub const BUILD_INFO: &str = "outbox_relay_build_info";
 
@@ -50,6 +56,13 @@ pub struct RouteLabel {
 pub struct TargetLabel {
     /// Which end.
     pub target: String,
+}
+
+/// `status` label of `wal_status`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// reserved, extended, unreserved, lost.
+    pub status: String,
 }
 
 /// `version` label.
@@ -74,6 +87,9 @@ pub struct Metrics {
     commit_to_confirm: Histogram,
     reconnects: Family<TargetLabel, Counter>,
     active: Gauge,
+    slot_retained: Gauge<i64, AtomicI64>,
+    slot_safe: Gauge<i64, AtomicI64>,
+    slot_status: Family<StatusLabel, Gauge>,
 }
 
 impl Metrics {
@@ -92,6 +108,15 @@ impl Metrics {
         let reconnects = Family::<TargetLabel, Counter>::default();
         let active = Gauge::default();
         let build_info = Family::<VersionLabel, Gauge>::default();
+        let slot_retained = Gauge::<i64, AtomicI64>::default();
+        let slot_safe = Gauge::<i64, AtomicI64>::default();
+        let slot_status = Family::<StatusLabel, Gauge>::default();
+        registry.register(SLOT_RETAINED_WAL, "WAL bytes the replication slot retains (pg_current_wal_lsn - restart_lsn)", slot_retained.clone());
+        registry.register(SLOT_SAFE_WAL_SIZE, "WAL bytes that can be written before the slot is at risk; -1 when unbounded", slot_safe.clone());
+        registry.register(SLOT_WAL_STATUS, "1 for the slot's current wal_status", slot_status.clone());
+        for st in ["reserved", "extended", "unreserved", "lost"] {
+            let _ = slot_status.get_or_create(&StatusLabel { status: st.into() });
+        }
         registry.register(EVENTS_PUBLISHED, "Events confirmed by the broker", published.clone());
         registry.register(EVENTS_UNROUTABLE, "Events the broker returned as unroutable", unroutable.clone());
         registry.register(PUBLISH_NACKS, "basic.nack received", nacks.clone());
@@ -124,6 +149,9 @@ impl Metrics {
             commit_to_confirm,
             reconnects,
             active,
+            slot_retained,
+            slot_safe,
+            slot_status,
         })
     }
 
@@ -175,6 +203,15 @@ impl Metrics {
     /// Active (holds the slot) or standby.
     pub fn set_active(&self, active: bool) {
         self.active.set(i64::from(active));
+    }
+
+    /// The slot's health, read on the ordinary connection.
+    pub fn set_slot_health(&self, retained: i64, wal_status: &str, safe_wal_size: Option<i64>) {
+        self.slot_retained.set(retained);
+        self.slot_safe.set(safe_wal_size.unwrap_or(-1));
+        for st in ["reserved", "extended", "unreserved", "lost"] {
+            self.slot_status.get_or_create(&StatusLabel { status: st.into() }).set(i64::from(st == wal_status));
+        }
     }
 
     /// The text exposition.

@@ -39,6 +39,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often a standby retries the slot.
 const STANDBY_RETRY: Duration = Duration::from_secs(2);
+/// How often the slot's WAL retention is read.
+const SLOT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 /// A session that ran this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 
@@ -164,12 +166,12 @@ async fn session(config: &Config, handles: &Handles, stop: &CancellationToken) -
     // 3. Replication.
     let mut repl = ReplicationConnection::connect(&target, src.connect_timeout).await?;
     let ident = repl.identify_system().await?;
-    repl.start_replication(&src.slot, &src.publication, Lsn::ZERO).await?;
+    repl.start_replication(&src.slot, &src.publication, Lsn::ZERO, router.wants_messages()).await?;
     let start = slot::slot_state(&sql, &src.slot)
         .await?
         .and_then(|s| s.confirmed_flush)
         .unwrap_or(Lsn::ZERO);
-    drop(sql);
+    let health = spawn_slot_health(sql, src.slot.clone(), handles.metrics.clone());
     tracing::info!(slot = %src.slot, publication = %src.publication, from = %start, server_wal = %ident.xlog_pos, "streaming");
     handles.metrics.set_active(true);
     handles.metrics.set_confirmed_lsn(start.0);
@@ -187,10 +189,33 @@ async fn session(config: &Config, handles: &Handles, stop: &CancellationToken) -
     let publisher = tokio::spawn(Publisher::new(channel, router, settings, progress_tx, handles.metrics.clone()).run(rx));
     let reader = ReaderSettings { status_interval: src.status_interval, shutdown_timeout: config.broker.shutdown_timeout };
     let res = replication::stream(repl, start, tx, progress_rx, publisher, stop.clone(), reader, handles.metrics.clone()).await;
+    health.abort();
     if stop.is_cancelled() {
         handles.health.set(State::Stopping);
     }
     res
+}
+
+/// Reads the slot's health every [`SLOT_HEALTH_INTERVAL`] into the metrics,
+/// on the session's ordinary connection. A failed read is logged, not fatal:
+/// the replication stream is what matters.
+fn spawn_slot_health(sql: tokio_postgres::Client, slot: String, metrics: Arc<Metrics>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SLOT_HEALTH_INTERVAL);
+        loop {
+            tick.tick().await;
+            match slot::slot_health(&sql, &slot).await {
+                Ok(Some(h)) => metrics.set_slot_health(h.retained_bytes, &h.wal_status, h.safe_wal_size),
+                Ok(None) => tracing::warn!(%slot, "replication slot disappeared"),
+                Err(e) => {
+                    tracing::warn!(error = %e.chain(), "reading slot health failed");
+                    if sql.is_closed() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// Route labels for metrics: the configured names.

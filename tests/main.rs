@@ -19,6 +19,8 @@ mod policies;
 mod postgres_faults;
 // Two instances on one slot: one active, one standby that takes over.
 mod standby;
+// Metrics against the truth, probes, and logs without secrets.
+mod observability;
 // The preflight: one test per problem it must find.
 mod check;
 // The command line: --version, setup, bad configs.

@@ -6,7 +6,9 @@
 //! payload, NULL template column) is a `Data` error naming the route, table,
 //! event id and LSN. Nothing here skips a row: an event that matches no route
 //! is an error too, unless a route for its table exists and only its `when`
-//! filters declined it (an explicit choice in the config).
+//! filters declined it (an explicit choice in the config). Logical decoding
+//! messages whose prefix no route names are not outbox events (any tool may
+//! emit them) and are ignored.
 
 pub mod template;
 
@@ -107,6 +109,12 @@ impl Router {
         self.routes.iter().map(|r| r.cfg.name.clone()).collect()
     }
 
+    /// Whether any route takes logical decoding messages (only then are they
+    /// requested from the server).
+    pub fn wants_messages(&self) -> bool {
+        self.routes.iter().any(|r| matches!(r.cfg.matcher, RouteMatch::MessagePrefix(_)))
+    }
+
     /// The `(schema, table)` of every table route, deduplicated, in order.
     pub fn tables(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
@@ -198,6 +206,13 @@ impl Router {
             }
         }
         if covered {
+            return Ok(None);
+        }
+        if let EventSource::Message { prefix, .. } = &ev.source {
+            // Logical messages are not filtered by the publication: any tool
+            // in the database may emit them. A prefix no route names is not
+            // ours.
+            tracing::debug!(%prefix, lsn = %ev.end_lsn, "logical message with a prefix no route names: not an outbox event, ignored");
             return Ok(None);
         }
         Err(Error::new(

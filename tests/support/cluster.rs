@@ -122,6 +122,14 @@ fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Like [`pid_alive`], but a zombie (exited, not yet reaped) counts as gone.
+fn pid_running(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()), Some("Z" | "X")),
+        Err(_) => false,
+    }
+}
+
 /// The last `n` lines of a file (or a note that it cannot be read).
 fn tail(path: &Path, n: usize) -> String {
     match fs::read(path) {
@@ -757,6 +765,8 @@ impl RabbitNode {
     /// Starts the node's process again after [`stop_process`](Self::stop_process);
     /// returns once it has booted and accepts connections.
     pub async fn start_process(&self) {
+        let addr = self.addr();
+        super::wait_until(Duration::from_secs(30), "the old node's AMQP port to close", || async move { !port_accepts(addr).await }).await;
         self.spawn();
         if let Err(e) = self.wait_booted().await {
             panic!("{e}\n{}", self.log_tail());
@@ -906,24 +916,30 @@ ssl_options.fail_if_no_peer_cert = false
     /// Waits until the node has booted: the AMQP port accepts (polled, cheap:
     /// the listener opens at the very end of boot), then `await_startup`
     /// confirms. Fails early if the process exits.
+    ///
+    /// `await_startup` is retried until the deadline: it fails at once while
+    /// the node is not yet registered with epmd, and an accepting port alone
+    /// proves little (the kernel completes handshakes on the listening
+    /// socket of a VM that is being killed).
     async fn wait_booted(&self) -> Result<(), String> {
-        let t0 = Instant::now();
-        let deadline = t0 + RABBIT_BOOT;
+        let deadline = Instant::now() + RABBIT_BOOT;
+        let mut last_err = String::from("the AMQP port never accepted");
         loop {
             if !self.server_running() {
                 return Err(format!("RabbitMQ node {} exited during startup", self.node));
             }
             if port_accepts(self.addr()).await {
-                break;
+                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(10));
+                match self.try_ctl(&["await_startup", "--timeout", &left.as_secs().to_string()], left + Duration::from_secs(15)).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last_err = e,
+                }
             }
             if Instant::now() > deadline {
-                return Err(format!("RabbitMQ node {} did not open {} within {RABBIT_BOOT:?}", self.node, self.addr()));
+                return Err(format!("RabbitMQ node {} did not boot within {RABBIT_BOOT:?}: {last_err}", self.node));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(10));
-        let secs = left.as_secs().to_string();
-        self.try_ctl(&["await_startup", "--timeout", &secs], left + Duration::from_secs(15)).await
     }
 
     /// `rabbitmqctl -n NODE ARGS`, bounded by `timeout`. The CLI is an Erlang
@@ -962,16 +978,24 @@ ssl_options.fail_if_no_peer_cert = false
             .collect()
     }
 
-    /// SIGKILL to the VM (then the script, which exits with it); waits for the exit.
+    /// SIGKILL to the VM and the script; returns once both are gone (the
+    /// script, our child, reaped; the VM no longer running, so its sockets
+    /// are closed).
     async fn kill_process(&self) {
-        for pid in self.own_pids() {
+        let pids = self.own_pids();
+        for &pid in &pids {
             send_signal(pid, "KILL");
         }
-        if !self.wait_exited(Duration::from_secs(30)).await {
-            if let Some(c) = self.server.lock().unwrap().as_mut() {
-                let _ = c.kill();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pids.iter().any(|&p| pid_running(p)) || self.server_running() {
+            if Instant::now() > deadline {
+                if let Some(c) = self.server.lock().unwrap().as_mut() {
+                    let _ = c.kill();
+                }
+                assert!(self.wait_exited(Duration::from_secs(10)).await, "RabbitMQ node {} survived SIGKILL", self.node);
+                break;
             }
-            assert!(self.wait_exited(Duration::from_secs(10)).await, "RabbitMQ node {} survived SIGKILL", self.node);
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -1001,7 +1025,7 @@ impl Drop for RabbitNode {
                 send_signal(*pid, "KILL");
             }
             let deadline = Instant::now() + Duration::from_secs(10);
-            while left.iter().any(|p| pid_alive(*p)) && Instant::now() < deadline {
+            while left.iter().any(|p| pid_running(*p)) && Instant::now() < deadline {
                 if let Some(c) = self.server.lock().unwrap().as_mut() {
                     let _ = c.try_wait();
                 }

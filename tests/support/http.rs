@@ -6,7 +6,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// GET `path`; returns (status code, body), or (0, "") when nothing listens.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return (0, String::new()) };
+    let mut s = match tokio::net::TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("GET {path} on {addr}: {e}");
+            return (0, String::new());
+        }
+    };
     let mut out = String::new();
     if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.is_err()
         || s.read_to_string(&mut out).await.is_err()

@@ -263,17 +263,17 @@ impl ReplicationConnection {
         })
     }
 
-    /// START_REPLICATION with pgoutput protocol 1, our publication and
-    /// logical decoding messages. `start` 0/0 resumes at the slot's
+    /// START_REPLICATION with pgoutput protocol 1, our publication and, when
+    /// `messages`, logical decoding messages. `start` 0/0 resumes at the slot's
     /// `confirmed_flush_lsn`.
     ///
     /// # Errors
     ///
     /// `SlotInUse` (SQLSTATE 55006) when another process streams from the
     /// slot; `SourceQuery` for other refusals.
-    pub async fn start_replication(&mut self, slot: &str, publication: &str, start: Lsn) -> Result<()> {
+    pub async fn start_replication(&mut self, slot: &str, publication: &str, start: Lsn, messages: bool) -> Result<()> {
         let sql = format!(
-            "START_REPLICATION SLOT {} LOGICAL {start} (\"proto_version\" '1', \"publication_names\" {}, \"messages\" 'true')",
+            "START_REPLICATION SLOT {} LOGICAL {start} (\"proto_version\" '1', \"publication_names\" {}, \"messages\" '{messages}')",
             quote_ident(slot),
             quote_literal(&quote_ident(publication)),
         );

@@ -154,3 +154,37 @@ pub async fn table_columns(client: &Client, schema: &str, table: &str) -> Result
     }
     Ok(Some(rows.iter().map(|r| Column { name: r.get(0), type_oid: r.get::<_, u32>(1) }).collect()))
 }
+
+/// What fills disks: how much WAL the slot holds back and how close it is
+/// to being invalidated.
+#[derive(Debug, Clone, Default)]
+pub struct SlotHealth {
+    /// `pg_current_wal_lsn() - restart_lsn`.
+    pub retained_bytes: i64,
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: String,
+    /// Bytes that can still be written before the slot is in danger
+    /// (`safe_wal_size`; None when `max_slot_wal_keep_size = -1`).
+    pub safe_wal_size: Option<i64>,
+}
+
+/// Reads the slot's health.
+///
+/// # Errors
+///
+/// `SourceQuery`.
+pub async fn slot_health(client: &Client, slot: &str) -> Result<Option<SlotHealth>> {
+    let row = client
+        .query_opt(
+            "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint, wal_status::text, safe_wal_size::bigint \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("reading the health of slot {slot:?}"), e))?;
+    Ok(row.map(|r| SlotHealth {
+        retained_bytes: r.get::<_, Option<i64>>(0).unwrap_or(0),
+        wal_status: r.get::<_, Option<String>>(1).unwrap_or_default(),
+        safe_wal_size: r.get(2),
+    }))
+}
