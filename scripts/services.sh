@@ -251,6 +251,8 @@ pg_up() {
     log "starting PostgreSQL $(cat "$PGDATA/PG_VERSION") on 127.0.0.1:$PG_PORT"
     if ! as_postgres "$bin/pg_ctl" -D "$PGDATA" -l "$PGLOG" -w -t "$PG_START_TIMEOUT" start >"$STATE/pg_ctl.log" 2>&1; then
       show_tail "$STATE/pg_ctl.log" "$PGLOG"
+      # do not leave a half-started server behind
+      as_postgres "$bin/pg_ctl" -D "$PGDATA" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
       die "PostgreSQL did not start within ${PG_START_TIMEOUT}s"
     fi
   fi
@@ -411,6 +413,8 @@ rabbit_up() {
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then
       show_tail "$RDIR/startup.log" "$RDIR/log/$RABBIT_NODE.log"
+      log "RabbitMQ node $RABBIT_NODE did not start within ${RABBIT_START_TIMEOUT}s; stopping it"
+      rabbit_down || true
       die "RabbitMQ node $RABBIT_NODE did not start within ${RABBIT_START_TIMEOUT}s"
     fi
     sleep 1

@@ -17,6 +17,8 @@ mod broker_faults;
 mod policies;
 // PostgreSQL faults: walsender terminated, server restarted.
 mod postgres_faults;
+// Restarts of a private PostgreSQL cluster and a private RabbitMQ node.
+mod restarts;
 // Two instances on one slot: one active, one standby that takes over.
 mod standby;
 // Metrics against the truth, probes, and logs without secrets.

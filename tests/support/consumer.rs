@@ -53,6 +53,51 @@ fn url_args(url: &str) -> OpenConnectionArguments {
 }
 
 impl Consumer {
+    /// On the broker at `url`: a durable topic exchange and a durable queue
+    /// bound with `binding`, nothing consumed yet (so messages wait in the
+    /// queue across a broker restart). Returns (exchange, queue).
+    pub async fn declare_durable(url: &str, binding: &str) -> (String, String) {
+        let exchange = super::random_name("x.");
+        let queue = super::random_name("q.");
+        let connection = Connection::open(&url_args(url)).await.expect("connection");
+        let channel = connection.open_channel(None).await.expect("channel");
+        channel.exchange_declare(ExchangeDeclareArguments::new(&exchange, "topic").durable(true).finish()).await.expect("declare exchange");
+        channel.queue_declare(QueueDeclareArguments::new(&queue).durable(true).finish()).await.expect("declare queue");
+        channel.queue_bind(QueueBindArguments::new(&queue, &exchange, binding)).await.expect("bind");
+        let _ = connection.close().await;
+        (exchange, queue)
+    }
+
+    /// Consumes an existing queue on the broker at `url`.
+    pub async fn consume_existing(url: &str, exchange: &str, queue: &str) -> Consumer {
+        let connection = Connection::open(&url_args(url)).await.expect("consumer connection");
+        let channel = connection.open_channel(None).await.expect("consumer channel");
+        let mut c = Consumer { exchange: exchange.to_owned(), queue: queue.to_owned(), received: Arc::default(), _connection: connection, channel };
+        c.consume().await;
+        c
+    }
+
+    async fn consume(&mut self) {
+        let (_tag, mut rx) = self
+            .channel
+            .basic_consume_rx(BasicConsumeArguments::new(&self.queue, "").manual_ack(false).finish())
+            .await
+            .expect("consume");
+        let received = self.received.clone();
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                let props = m.basic_properties.unwrap_or_default();
+                let rec = Received {
+                    message_id: props.message_id().cloned().unwrap_or_default(),
+                    routing_key: m.deliver.map(|d| d.routing_key().clone()).unwrap_or_default(),
+                    properties: props,
+                    body: m.content.unwrap_or_default(),
+                };
+                received.lock().unwrap().push(rec);
+            }
+        });
+    }
+
     /// Declares a fresh topic exchange and queue bound with `binding`, and starts consuming.
     pub async fn start(binding: &str) -> Consumer {
         let exchange = super::random_name("x.");
@@ -79,25 +124,8 @@ impl Consumer {
             .await
             .expect("declare queue");
         self.channel.queue_bind(QueueBindArguments::new(&queue, &self.exchange, binding)).await.expect("bind queue");
-        let (_tag, mut rx) = self
-            .channel
-            .basic_consume_rx(BasicConsumeArguments::new(&queue, "").manual_ack(false).finish())
-            .await
-            .expect("consume");
-        let received = self.received.clone();
-        tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
-                let props = m.basic_properties.unwrap_or_default();
-                let rec = Received {
-                    message_id: props.message_id().cloned().unwrap_or_default(),
-                    routing_key: m.deliver.map(|d| d.routing_key().clone()).unwrap_or_default(),
-                    properties: props,
-                    body: m.content.unwrap_or_default(),
-                };
-                received.lock().unwrap().push(rec);
-            }
-        });
         self.queue = queue;
+        self.consume().await;
         self
     }
 
