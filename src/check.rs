@@ -251,7 +251,7 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
 
 async fn check_broker(config: &Config) -> Report {
     let mut r = Report::default();
-    let target = match current_url(UrlTarget::Broker, &config.broker.url).and_then(|u| BrokerTarget::parse(u.expose())) {
+    let target = match current_url(UrlTarget::Broker, &config.broker.url).and_then(|u| BrokerTarget::from_config(u.expose(), &config.broker)) {
         Ok(t) => t,
         Err(e) => {
             r.problem(e.chain(), "fix broker.url or OUTBOX_RELAY_BROKER_URL[_FILE]");

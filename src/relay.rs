@@ -122,7 +122,7 @@ async fn session(config: &Config, handles: &Handles, stop: &CancellationToken) -
         ));
     }
     let target = PgTarget::parse(current_url(UrlTarget::Source, &config.source.url)?.expose())?;
-    let broker = BrokerTarget::parse(current_url(UrlTarget::Broker, &config.broker.url)?.expose())?;
+    let broker = BrokerTarget::from_config(current_url(UrlTarget::Broker, &config.broker.url)?.expose(), &config.broker)?;
 
     // 1. Tables, templates, publication and slot.
     let sql = target.connect_sql(src.connect_timeout).await?;

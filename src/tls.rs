@@ -144,6 +144,12 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
+/// A verifier that accepts any certificate (encryption without
+/// authentication: `sslmode=require`, RabbitMQ's `verify_none`).
+pub fn no_verification() -> Arc<dyn ServerCertVerifier> {
+    Arc::new(Verifier { inner: None, check_name: false })
+}
+
 /// The server name for SNI and verification: the host, or an IP address.
 pub fn server_name(host: &str) -> Result<ServerName<'static>> {
     ServerName::try_from(host.to_owned()).map_err(|e| Error::new(ErrorKind::Config, format!("{host:?} is not a valid TLS server name: {e}")))

@@ -19,6 +19,8 @@ mod policies;
 mod postgres_faults;
 // Restarts of a private PostgreSQL cluster and a private RabbitMQ node.
 mod restarts;
+// TLS: PostgreSQL sslmodes on both connections, AMQPS.
+mod tls;
 // Two instances on one slot: one active, one standby that takes over.
 mod standby;
 // Metrics against the truth, probes, and logs without secrets.

@@ -70,6 +70,23 @@ pub enum BrokerEvent {
     Unblocked,
 }
 
+/// TLS settings for `amqps://` (RabbitMQ's URI query parameters
+/// `cacertfile`, `certfile`, `keyfile`, `verify`, `server_name_indication`,
+/// or the `broker.tls_*` keys).
+#[derive(Clone, Debug, Default)]
+pub struct BrokerTls {
+    /// CA bundle; None means the platform's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (with `key_file`).
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Client key.
+    pub key_file: Option<std::path::PathBuf>,
+    /// Verify the broker's certificate and host name (default true).
+    pub verify: bool,
+    /// Name for SNI and verification (default: the URL's host).
+    pub server_name: Option<String>,
+}
+
 /// Where and how to connect, parsed from an `amqp://` or `amqps://` URL.
 #[derive(Clone)]
 pub struct BrokerTarget {
@@ -78,7 +95,10 @@ pub struct BrokerTarget {
     user: String,
     password: String,
     vhost: String,
-    tls: bool,
+    /// Set for `amqps://`.
+    tls: Option<BrokerTls>,
+    /// No user in the URL and a client certificate: SASL EXTERNAL.
+    external: bool,
     /// The URL without its password, for messages.
     pub redacted: String,
 }
@@ -107,15 +127,62 @@ impl BrokerTarget {
         };
         let dec = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
         let path = u.path().strip_prefix('/').unwrap_or(u.path());
+        let mut t = BrokerTls { verify: true, ..BrokerTls::default() };
+        for (k, v) in u.query_pairs() {
+            match k.as_ref() {
+                "cacertfile" => t.ca_file = Some(v.into_owned().into()),
+                "certfile" => t.cert_file = Some(v.into_owned().into()),
+                "keyfile" => t.key_file = Some(v.into_owned().into()),
+                "verify" => {
+                    t.verify = match v.as_ref() {
+                        "verify_peer" => true,
+                        "verify_none" => false,
+                        _ => return Err(bad("verify must be verify_peer or verify_none")),
+                    }
+                }
+                "server_name_indication" => t.server_name = Some(v.into_owned()),
+                "heartbeat" | "connection_timeout" | "channel_max" | "frame_max" | "auth_mechanism" => {}
+                other => return Err(bad(&format!("unknown query parameter {other:?}"))),
+            }
+        }
+        if !tls && (t.ca_file.is_some() || t.cert_file.is_some() || t.key_file.is_some()) {
+            return Err(bad("TLS parameters need an amqps:// URL"));
+        }
         Ok(BrokerTarget {
             host: u.host_str().ok_or_else(|| bad("no host"))?.to_owned(),
             port: u.port().unwrap_or(if tls { 5671 } else { 5672 }),
+            external: false,
             user: if u.username().is_empty() { "guest".into() } else { dec(u.username()) },
             password: u.password().map(dec).unwrap_or_else(|| "guest".into()),
             vhost: if path.is_empty() { "/".into() } else { dec(path) },
-            tls,
+            tls: tls.then_some(t),
             redacted,
         })
+        .map(|mut b| {
+            b.external = b.tls.as_ref().is_some_and(|t| t.cert_file.is_some()) && u.username().is_empty();
+            b
+        })
+    }
+
+    /// Fills TLS files the URL did not give from the `broker.tls_*` keys.
+    pub fn with_tls_keys(mut self, ca: Option<&std::path::Path>, cert: Option<&std::path::Path>, key: Option<&std::path::Path>, url_has_user: bool) -> Self {
+        if let Some(t) = self.tls.as_mut() {
+            t.ca_file = t.ca_file.take().or_else(|| ca.map(Into::into));
+            t.cert_file = t.cert_file.take().or_else(|| cert.map(Into::into));
+            t.key_file = t.key_file.take().or_else(|| key.map(Into::into));
+            self.external = t.cert_file.is_some() && !url_has_user;
+        }
+        self
+    }
+
+    /// From the config: URL plus `broker.tls_*` keys.
+    ///
+    /// # Errors
+    ///
+    /// As [`parse`](Self::parse).
+    pub fn from_config(url: &str, cfg: &crate::config::BrokerConfig) -> Result<Self> {
+        let has_user = url::Url::parse(url).map(|u| !u.username().is_empty()).unwrap_or(true);
+        Ok(Self::parse(url)?.with_tls_keys(cfg.tls_ca_file.as_deref(), cfg.tls_cert_file.as_deref(), cfg.tls_key_file.as_deref(), has_user))
     }
 
     /// "host:port".
@@ -150,17 +217,20 @@ impl BrokerChannel {
     /// `BrokerConnection` with the endpoint (never the password).
     pub async fn open(target: &BrokerTarget, heartbeat: Duration, timeout: Duration, name: &str) -> Result<Self> {
         let endpoint = target.endpoint();
-        if target.tls {
-            return Err(Error::new(ErrorKind::Config, format!("broker url {}: amqps is not supported by this build yet", target.redacted)));
-        }
         let fail = |what: &str, e: amqprs::error::Error| {
             Error::new(ErrorKind::BrokerConnection, format!("{what} RabbitMQ at {endpoint} (vhost {:?}, user {:?}): {e}", target.vhost, target.user))
         };
-        let args = OpenConnectionArguments::new(&target.host, target.port, &target.user, &target.password)
-            .virtual_host(&target.vhost)
-            .heartbeat(heartbeat.as_secs().clamp(1, u64::from(u16::MAX)) as u16)
-            .connection_name(name)
-            .finish();
+        let mut args = OpenConnectionArguments::new(&target.host, target.port, &target.user, &target.password);
+        args.virtual_host(&target.vhost).heartbeat(heartbeat.as_secs().min(u64::from(u16::MAX)) as u16).connection_name(name);
+        if target.external {
+            args.credentials(amqprs::security::SecurityCredentials::new_external());
+        }
+        if let Some(t) = &target.tls {
+            let config = broker_tls_config(t).map_err(|m| Error::new(ErrorKind::Config, format!("broker url {}: {m}", target.redacted)))?;
+            let domain = t.server_name.clone().unwrap_or_else(|| target.host.clone());
+            args.scheme("amqps").tls_adaptor(amqprs::tls::TlsAdaptor::new(tokio_rustls::TlsConnector::from(config), domain));
+        }
+        let args = args.finish();
         let (tx, events) = mpsc::unbounded_channel();
         let work = async {
             let connection = Connection::open(&args).await.map_err(|e| fail("connecting to", e))?;
@@ -239,6 +309,50 @@ impl BrokerChannel {
         })
         .await;
     }
+}
+
+/// rustls client configuration for the broker: the CA file (or the
+/// platform's roots), an optional client certificate, and verification on
+/// unless `verify_none`.
+fn broker_tls_config(t: &BrokerTls) -> std::result::Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match &t.ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+            for c in certs {
+                roots.add(c).map_err(|e| format!("CA file {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = match (&t.cert_file, &t.key_file) {
+        (Some(cert), Some(key)) => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| format!("cannot read client certificate {}: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read client key {}: {e}", key.display()))?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| format!("client certificate: {e}"))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err("tls_cert_file and tls_key_file go together".into()),
+    };
+    if !t.verify {
+        config.dangerous().set_certificate_verifier(crate::tls::no_verification());
+    }
+    Ok(std::sync::Arc::new(config))
 }
 
 fn field_value(v: &HeaderValue) -> FieldValue {

@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod consumer;
 pub mod http;
+pub mod pki;
 pub mod proxy;
 pub mod relay;
 
