@@ -23,6 +23,8 @@ mod restarts;
 mod tls;
 // Two instances on one slot: one active, one standby that takes over.
 mod standby;
+// Hostile and odd data, hostile identifiers, md5 and rotated secrets.
+mod hostile;
 // Metrics against the truth, probes, and logs without secrets.
 mod observability;
 // The preflight: one test per problem it must find.

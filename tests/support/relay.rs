@@ -180,6 +180,11 @@ pub struct Process {
 impl Process {
     /// Spawns `outbox-relay run --config FILE`.
     pub fn spawn(cfg: &RelayConfig) -> Process {
+        Process::spawn_env(cfg, &[])
+    }
+
+    /// Spawns it with extra environment variables.
+    pub fn spawn_env(cfg: &RelayConfig, env: &[(&str, &str)]) -> Process {
         let (dir, path) = cfg.write();
         let log = dir.path().join("relay.log");
         let logf = std::fs::File::create(&log).unwrap();
@@ -187,6 +192,7 @@ impl Process {
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(logf)
             .kill_on_drop(true)
