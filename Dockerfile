@@ -71,7 +71,7 @@ STOPSIGNAL SIGTERM
 
 # Liveness: /healthz answers 200 while the process is alive and not wedged.
 # (`healthcheck --ready` probes /readyz: streaming, or a healthy standby.)
-# The probe reads http.listen's port from --addr (or OUTBOX_RELAY_HTTP).
+# If http.listen uses another port, override this with that --addr.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/usr/local/bin/outbox-relay", "healthcheck", "--addr", "127.0.0.1:9187"]
 

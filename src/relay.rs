@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::Progress;
-use crate::config::{Config, RouteMatch, SecretString, UrlTarget};
+use crate::config::{Config, RouteMatch, SecretString, SourceMode, UrlTarget};
 use crate::error::{Error, ErrorKind, Policy, Result};
 use crate::event::Lsn;
 use crate::http::{Health, State};
@@ -115,12 +115,6 @@ fn backoff(failures: u32) -> Duration {
 /// One pipeline session, from connect to failure or graceful stop.
 async fn session(config: &Config, handles: &Handles, stop: &CancellationToken) -> Result<()> {
     let src = &config.source;
-    if src.mode == crate::config::SourceMode::Polling {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!("{}: source.mode = \"polling\" is not available in this version; use \"replication\" (needs wal_level = logical)", config.path.display()),
-        ));
-    }
     let target = PgTarget::parse(current_url(UrlTarget::Source, &config.source.url)?.expose())?;
     let broker = BrokerTarget::from_config(current_url(UrlTarget::Broker, &config.broker.url)?.expose(), &config.broker)?;
 
@@ -141,6 +135,9 @@ async fn session(config: &Config, handles: &Handles, stop: &CancellationToken) -
     }
     if !problems.is_empty() {
         return Err(Error::new(ErrorKind::Config, format!("{}: {}", config.path.display(), problems.join("; "))));
+    }
+    if src.mode == SourceMode::Polling {
+        return polling_session(sql, config, router, broker, handles, stop).await;
     }
     if src.create_slot {
         crate::setup::ensure(&sql, config, &router).await?;
@@ -180,13 +177,7 @@ async fn session(config: &Config, handles: &Handles, stop: &CancellationToken) -
     // 4. Publisher and reader.
     let (tx, rx) = mpsc::channel(TXN_CHANNEL);
     let (progress_tx, progress_rx) = watch::channel(Progress::default());
-    let settings = PublisherSettings {
-        max_in_flight: config.broker.max_in_flight,
-        confirm_timeout: config.broker.confirm_timeout,
-        on_unroutable: config.broker.on_unroutable,
-        dead_letter_exchange: config.broker.dead_letter_exchange.clone(),
-    };
-    let publisher = tokio::spawn(Publisher::new(channel, router, settings, progress_tx, handles.metrics.clone()).run(rx));
+    let publisher = tokio::spawn(Publisher::new(channel, router, publisher_settings(config), progress_tx, handles.metrics.clone()).run(rx));
     let reader = ReaderSettings { status_interval: src.status_interval, shutdown_timeout: config.broker.shutdown_timeout };
     let res = replication::stream(repl, start, tx, progress_rx, publisher, stop.clone(), reader, handles.metrics.clone()).await;
     health.abort();
@@ -194,6 +185,43 @@ async fn session(config: &Config, handles: &Handles, stop: &CancellationToken) -
         handles.health.set(State::Stopping);
     }
     res
+}
+
+/// A polling session: lock, then poll-publish-delete until stop.
+async fn polling_session(sql: tokio_postgres::Client, config: &Config, router: Router, broker: BrokerTarget, handles: &Handles, stop: &CancellationToken) -> Result<()> {
+    use crate::source::polling;
+    let src = &config.source;
+    if router.wants_messages() {
+        return Err(Error::new(ErrorKind::Config, format!("{}: message_prefix routes need source.mode = \"replication\"", config.path.display())));
+    }
+    polling::lock(&sql, &src.slot).await?;
+    let mut tables = Vec::new();
+    for (schema, table) in router.tables() {
+        let columns = slot::table_columns(&sql, &schema, &table).await?.unwrap_or_default();
+        let key = polling::primary_key(&sql, &schema, &table).await?;
+        tables.push(polling::PolledTable { schema, table, columns: Arc::new(columns), key });
+    }
+    let channel = BrokerChannel::open(&broker, config.broker.heartbeat, config.broker.connect_timeout, "outbox-relay").await?;
+    tracing::info!(broker = %broker.redacted, lock = %polling::lock_name(&src.slot), "polling (advisory lock held)");
+    handles.metrics.set_active(true);
+    handles.health.set(State::Streaming);
+    let (tx, rx) = mpsc::channel(1);
+    let (progress_tx, progress_rx) = watch::channel(Progress::default());
+    let publisher = tokio::spawn(Publisher::new(channel, Arc::new(router.without_lsn_headers()), publisher_settings(config), progress_tx, handles.metrics.clone()).run(rx));
+    let res = polling::run(sql, config, tables, tx, progress_rx, publisher, stop.clone()).await;
+    if stop.is_cancelled() {
+        handles.health.set(State::Stopping);
+    }
+    res
+}
+
+fn publisher_settings(config: &Config) -> PublisherSettings {
+    PublisherSettings {
+        max_in_flight: config.broker.max_in_flight,
+        confirm_timeout: config.broker.confirm_timeout,
+        on_unroutable: config.broker.on_unroutable,
+        dead_letter_exchange: config.broker.dead_letter_exchange.clone(),
+    }
 }
 
 /// Reads the slot's health every [`SLOT_HEALTH_INTERVAL`] into the metrics,

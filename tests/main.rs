@@ -17,6 +17,8 @@ mod broker_faults;
 mod policies;
 // PostgreSQL faults: walsender terminated, server restarted.
 mod postgres_faults;
+// The polling source: order, delete/mark after confirm, advisory lock.
+mod polling;
 // Restarts of a private PostgreSQL cluster and a private RabbitMQ node.
 mod restarts;
 // TLS: PostgreSQL sslmodes on both connections, AMQPS.

@@ -87,6 +87,9 @@ pub struct OutgoingMessage {
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<Route>,
+    /// Whether messages carry `x-outbox-lsn` (not in polling mode, where
+    /// there is no LSN).
+    lsn_headers: bool,
 }
 
 #[derive(Debug)]
@@ -101,7 +104,13 @@ impl Router {
     /// Routes in config order; call [`check_table`](Self::check_table) for
     /// each table route before rendering.
     pub fn new(routes: &[RouteConfig]) -> Self {
-        Router { routes: routes.iter().map(|r| Route { cfg: r.clone(), headers_column: r.headers_column.clone() }).collect() }
+        Router { routes: routes.iter().map(|r| Route { cfg: r.clone(), headers_column: r.headers_column.clone() }).collect(), lsn_headers: true }
+    }
+
+    /// Drops the `x-outbox-lsn` header (polling mode has no LSN).
+    pub fn without_lsn_headers(mut self) -> Self {
+        self.lsn_headers = false;
+        self
     }
 
     /// Route names, in order (metrics labels).
@@ -202,7 +211,7 @@ impl Router {
             }
             covered = true;
             if r.cfg.when.iter().all(|(c, v)| fields.get(c).as_deref() == Some(v.as_str())) {
-                return r.render(i, ev, &fields).map(Some);
+                return r.render(i, ev, &fields, self.lsn_headers).map(Some);
             }
         }
         if covered {
@@ -227,13 +236,13 @@ impl Router {
 }
 
 impl Route {
-    fn render(&self, idx: usize, ev: &OutboxEvent, f: &Fields<'_>) -> Result<OutgoingMessage> {
+    fn render(&self, idx: usize, ev: &OutboxEvent, f: &Fields<'_>, lsn_header: bool) -> Result<OutgoingMessage> {
         let name = &self.cfg.name;
         let event_id = f.get("id").map(|c| c.into_owned()).unwrap_or_else(|| String::from("?"));
         let data_err = |what: String| {
             Error::new(
                 ErrorKind::Data,
-                format!("route {name:?}: {} (event id {event_id}, LSN {}): {what}", f.origin(), ev.end_lsn),
+                format!("route {name:?}: {} (event id {event_id}, LSN {}): {what}", f.origin(), if lsn_header { ev.end_lsn.to_string() } else { "n/a (polling)".into() }),
             )
         };
         let render = |key: &str, tpl: &template::Template| {
@@ -272,7 +281,9 @@ impl Route {
             EventSource::Message { prefix, .. } => format!("message:{prefix}"),
         };
         headers.push(("x-outbox-table".into(), HeaderValue::Str(table)));
-        headers.push(("x-outbox-lsn".into(), HeaderValue::Str(ev.end_lsn.to_string())));
+        if lsn_header {
+            headers.push(("x-outbox-lsn".into(), HeaderValue::Str(ev.end_lsn.to_string())));
+        }
         headers.push(("x-outbox-commit-time".into(), HeaderValue::Str(ev.commit_time.to_rfc3339())));
         Ok(OutgoingMessage {
             route: idx,

@@ -6,4 +6,5 @@
 //! source alone turns that into the position it reports upstream.
 
 pub mod pgconfig;
+pub mod polling;
 pub mod replication;

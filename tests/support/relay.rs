@@ -120,8 +120,21 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    /// Starts the relay and waits for its HTTP listener.
+    /// Starts the relay and waits until it streams.
     pub async fn start(cfg: &RelayConfig) -> InProcess {
+        let relay = InProcess::start_any(cfg).await;
+        // Rows committed before the slot exists are not in its stream: wait for it.
+        super::wait_until(Duration::from_secs(30), "relay streaming", || {
+            let s = relay.streaming();
+            async move { s }
+        })
+        .await;
+        relay
+    }
+
+    /// Starts the relay and waits only for its HTTP listener (it may end up
+    /// streaming, standing by, or failing).
+    pub async fn start_any(cfg: &RelayConfig) -> InProcess {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,amqprs=warn".into()))
@@ -142,14 +155,7 @@ impl InProcess {
             },
         ));
         let (http, handles) = tokio::time::timeout(Duration::from_secs(10), ready_rx).await.expect("relay started").expect("relay reported");
-        let relay = InProcess { stop: Some(stop), task, http, handles };
-        // Rows committed before the slot exists are not in its stream: wait for it.
-        super::wait_until(Duration::from_secs(30), "relay streaming", || {
-            let s = relay.streaming();
-            async move { s }
-        })
-        .await;
-        relay
+        InProcess { stop: Some(stop), task, http, handles }
     }
 
     /// Requests a graceful stop and returns the relay's result.

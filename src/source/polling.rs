@@ -1,0 +1,233 @@
+//! The polling source, for databases without logical replication: under a
+//! session advisory lock (one active instance per slot name), read a batch of
+//! rows in `order_by` order, publish them through the same publisher, and
+//! only after the broker confirmed the whole batch delete them (or set
+//! `mark_column`). A crash between the confirm and the delete republishes the
+//! batch: at least once. Order is `order_by` among the rows one poll sees,
+//! which is not commit order when transactions overlap.
+//!
+//! Rows are identified for the delete by the table's single-column primary
+//! key. Polling publishes no `x-outbox-lsn` header, and `timestamp` is the
+//! time the row was read (the commit time is not known without the WAL).
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::Progress;
+use crate::config::{AfterPublish, Config};
+use crate::error::{from_pg, Error, ErrorKind, Result};
+use crate::event::{Column, Datum, EndLsn, EventSource, Lsn, OutboxEvent, PgTimestamp, Transaction};
+use crate::source::pgconfig::quote_ident;
+
+/// One table polled: its columns and its key.
+#[derive(Debug, Clone)]
+pub struct PolledTable {
+    /// Schema.
+    pub schema: String,
+    /// Table.
+    pub table: String,
+    /// Every column, in table order (what the router sees).
+    pub columns: Arc<Vec<Column>>,
+    /// The single-column primary key used to delete or mark rows.
+    pub key: String,
+}
+
+/// The advisory lock key for a slot name: one polling instance per name.
+pub fn lock_name(slot: &str) -> String {
+    format!("outbox-relay/{slot}")
+}
+
+/// Takes the session-level advisory lock, or fails with `SlotInUse` when
+/// another instance holds it (this one then stands by).
+///
+/// # Errors
+///
+/// `SlotInUse`, or `SourceQuery`.
+pub async fn lock(client: &Client, slot: &str) -> Result<()> {
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&lock_name(slot)])
+        .await
+        .map_err(|e| from_pg(ErrorKind::SourceQuery, "taking the polling advisory lock", e))?
+        .get(0);
+    if got {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorKind::SlotInUse, format!("another instance holds the polling lock {:?}", lock_name(slot))))
+    }
+}
+
+/// The single-column primary key of `schema.table`.
+///
+/// # Errors
+///
+/// `Config` when the table has no primary key or a composite one.
+pub async fn primary_key(client: &Client, schema: &str, table: &str) -> Result<String> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indisprimary AND n.nspname = $1 AND c.relname = $2",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("reading the primary key of {schema}.{table}"), e))?;
+    match rows.as_slice() {
+        [row] => Ok(row.get(0)),
+        _ => Err(Error::new(
+            ErrorKind::Config,
+            format!("polling needs a single-column primary key on {schema}.{table} to delete or mark published rows"),
+        )),
+    }
+}
+
+/// Runs the polling loop until `stop`, then drains.
+///
+/// # Errors
+///
+/// Database or publisher failures (the supervisor restarts), `Data` errors
+/// from the publisher (the supervisor stops).
+pub async fn run(
+    client: Client,
+    config: &Config,
+    tables: Vec<PolledTable>,
+    tx: mpsc::Sender<Transaction>,
+    mut progress: watch::Receiver<Progress>,
+    mut publisher: JoinHandle<Result<()>>,
+    stop: CancellationToken,
+) -> Result<()> {
+    let src = &config.source;
+    let mut seq: u64 = 0;
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        let mut found = 0;
+        for t in &tables {
+            let rows = read_batch(&client, t, config).await?;
+            if rows.is_empty() {
+                continue;
+            }
+            found += rows.len();
+            seq += 1;
+            let keys: Vec<String> = rows.iter().map(|(k, _)| k.clone()).collect();
+            let now = PgTimestamp::now();
+            let qualified = format!("{}.{}", t.schema, t.table);
+            let events = rows
+                .into_iter()
+                .enumerate()
+                .map(|(i, (_, values))| OutboxEvent {
+                    source: EventSource::Row { table: qualified.clone(), columns: t.columns.clone(), values },
+                    end_lsn: EndLsn(Lsn(seq)),
+                    commit_time: now,
+                    ordinal: i as u32,
+                })
+                .collect();
+            let txn = Transaction { end_lsn: EndLsn(Lsn(seq)), commit_time: now, events };
+            if tx.send(txn).await.is_err() {
+                return publisher_failure(publisher).await;
+            }
+            // Wait for the broker to confirm the whole batch (or the publisher to fail).
+            loop {
+                if progress.borrow().confirmed.is_some_and(|c| c.0 .0 >= seq) {
+                    break;
+                }
+                tokio::select! {
+                    res = progress.changed() => if res.is_err() { return publisher_failure(publisher).await; },
+                    res = &mut publisher => return match res {
+                        Ok(Err(e)) => Err(e),
+                        _ => Err(Error::new(ErrorKind::BrokerConnection, "publisher stopped unexpectedly")),
+                    },
+                    _ = tokio::time::sleep(config.broker.shutdown_timeout), if stop.is_cancelled() => {
+                        tracing::warn!("shutdown timeout: unconfirmed rows stay in the table and are published on the next start");
+                        publisher.abort();
+                        return Ok(());
+                    }
+                }
+            }
+            finish_batch(&client, t, config, &keys).await?;
+        }
+        if found == 0 {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(src.poll_interval) => {}
+                res = &mut publisher => return match res {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(Error::new(ErrorKind::BrokerConnection, "publisher stopped unexpectedly")),
+                },
+            }
+        }
+    }
+    drop(tx);
+    match tokio::time::timeout(config.broker.shutdown_timeout, &mut publisher).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(join)) => Err(Error::with_source(ErrorKind::BrokerConnection, "publisher task panicked", join)),
+        Err(_) => {
+            publisher.abort();
+            Ok(())
+        }
+    }
+}
+
+async fn publisher_failure(publisher: JoinHandle<Result<()>>) -> Result<()> {
+    match publisher.await {
+        Ok(Err(e)) => Err(e),
+        _ => Err(Error::new(ErrorKind::BrokerConnection, "publisher stopped unexpectedly")),
+    }
+}
+
+/// Reads up to `batch_size` unpublished rows, every column as text (the
+/// same text format pgoutput sends), with the key first.
+async fn read_batch(client: &Client, t: &PolledTable, config: &Config) -> Result<Vec<(String, Vec<Datum>)>> {
+    let src = &config.source;
+    let cols: Vec<String> = t.columns.iter().map(|c| format!("{}::text", quote_ident(&c.name))).collect();
+    let filter = match (src.after_publish, &src.mark_column) {
+        (AfterPublish::Mark, Some(m)) => format!(" WHERE {} IS NULL", quote_ident(m)),
+        _ => String::new(),
+    };
+    // order_by is validated to be a list of column names with ASC/DESC.
+    let sql = format!(
+        "SELECT {}::text, {} FROM {}.{}{filter} ORDER BY {} LIMIT {}",
+        quote_ident(&t.key),
+        cols.join(", "),
+        quote_ident(&t.schema),
+        quote_ident(&t.table),
+        src.order_by,
+        src.batch_size
+    );
+    let rows = client
+        .query(&sql, &[])
+        .await
+        .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("polling {}.{}", t.schema, t.table), e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let key: String = r.get(0);
+            let values = (1..r.len())
+                .map(|i| match r.get::<_, Option<String>>(i) {
+                    Some(s) => Datum::Text(s.into_bytes()),
+                    None => Datum::Null,
+                })
+                .collect();
+            (key, values)
+        })
+        .collect())
+}
+
+/// Deletes or marks the confirmed rows.
+async fn finish_batch(client: &Client, t: &PolledTable, config: &Config, keys: &[String]) -> Result<()> {
+    let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.table));
+    let sql = match (config.source.after_publish, &config.source.mark_column) {
+        (AfterPublish::Mark, Some(m)) => format!("UPDATE {table} SET {} = now() WHERE {}::text = ANY($1)", quote_ident(m), quote_ident(&t.key)),
+        _ => format!("DELETE FROM {table} WHERE {}::text = ANY($1)", quote_ident(&t.key)),
+    };
+    client
+        .execute(&sql, &[&keys])
+        .await
+        .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("removing published rows from {}.{}", t.schema, t.table), e))?;
+    Ok(())
+}
