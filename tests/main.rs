@@ -29,6 +29,8 @@ mod standby;
 mod hostile;
 // Metrics against the truth, probes, and logs without secrets.
 mod observability;
+// deploy/: alert rules and dashboard name only metrics that exist.
+mod deploy;
 // The preflight: one test per problem it must find.
 mod check;
 // The command line: --version, setup, bad configs.
