@@ -122,3 +122,25 @@ fn an_invalid_config_is_reported_with_exit_2() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("source.slot") && text.contains("broker"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_level_replica_and_exhausted_slots_are_problems_with_their_fix() {
+    use crate::support::cluster::{PgCluster, PgOptions};
+    // GIVEN a cluster without logical WAL and with a single replication slot, already taken
+    let pg = PgCluster::start(PgOptions {
+        extra_conf: vec!["wal_level = replica".into(), "max_replication_slots = 1".into()],
+        ..PgOptions::default()
+    })
+    .await;
+    let admin = pg.local_client("postgres").await;
+    admin.batch_execute("CREATE DATABASE app").await.unwrap();
+    admin.batch_execute("SELECT pg_create_physical_replication_slot('someone_else')").await.unwrap();
+    pg.local_client("app").await.batch_execute(outbox_relay::setup::DEFAULT_OUTBOX_TABLE).await.unwrap();
+    let consumer = Consumer::start("#").await;
+    let cfg = RelayConfig::new(&pg.url("app"), &consumer.exchange);
+    // THEN check names both, with the fix
+    let (code, text) = check(&cfg);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("wal_level = replica") && text.contains("ALTER SYSTEM SET wal_level = logical"), "{text}");
+    assert!(text.contains("all 1 replication slots are in use") && text.contains("max_replication_slots"), "{text}");
+}
