@@ -111,3 +111,29 @@ async fn amqps_with_hostname_verification_and_a_wrong_ca_refused() {
     }
     db.drop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_logs_in_where_the_server_requires_one() {
+    use crate::support::cluster::PgAuth;
+    // GIVEN a cluster that authenticates by client certificate (CN = user name)
+    let pki = Pki::new(&["localhost"], "relay");
+    let pg = PgCluster::start(PgOptions {
+        ssl: Some(TlsFiles { cert: pki.server_cert.clone(), key: pki.server_key.clone(), ca: Some(pki.ca.clone()) }),
+        require_ssl: true,
+        host_auth: PgAuth::Cert,
+        ..PgOptions::default()
+    })
+    .await;
+    let admin = pg.local_client("postgres").await;
+    admin.batch_execute("CREATE ROLE relay LOGIN REPLICATION").await.unwrap();
+    admin.batch_execute("CREATE DATABASE app OWNER relay").await.unwrap();
+    let port = pg.port();
+    let base = format!("postgres://relay@localhost:{port}/app?sslmode=verify-full&sslrootcert={}", pki.ca.display());
+    // THEN with sslcert/sslkey both connections log in, without a password
+    let with_cert = format!("{base}&sslcert={}&sslkey={}", pki.client_cert.display(), pki.client_key.display());
+    repl(&with_cert).await.expect("replication connection with a client certificate");
+    sql(&with_cert).await.expect("sql connection with a client certificate");
+    // AND without one the server refuses, and says so
+    let e = repl(&base).await.expect_err("no certificate, no login");
+    assert!(!e.chain().is_empty());
+}

@@ -274,6 +274,9 @@ pub enum PgAuth {
     Trust,
     /// `password`: the password travels in clear text.
     Password,
+    /// `cert`: a client certificate whose CN is the user name (needs `ssl`
+    /// with a CA and `require_ssl`).
+    Cert,
 }
 
 impl PgAuth {
@@ -283,6 +286,7 @@ impl PgAuth {
             PgAuth::Md5 => "md5",
             PgAuth::Trust => "trust",
             PgAuth::Password => "password",
+            PgAuth::Cert => "cert",
         }
     }
 }
