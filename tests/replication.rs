@@ -224,3 +224,30 @@ async fn a_scram_role_streams_and_a_wrong_password_is_refused_without_leaking_it
     assert!(!text.contains("Wrong-Password-9"), "password leaked: {text}");
     db.drop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_position_reaches_the_slot_within_a_second_not_a_status_interval() {
+    // GIVEN a relay whose regular status updates are 30 s apart
+    let db = TestDb::new().await;
+    let consumer = Consumer::start("#").await;
+    let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    cfg.source_extra = "status_interval = \"30s\"".into();
+    cfg.source_url = db.url.clone();
+    let toml = cfg.toml().replace("status_interval = \"1s\"\n", "");
+    assert!(toml.contains("status_interval = \"30s\""));
+    let relay = InProcess::start_toml(&toml).await;
+    // WHEN an event is delivered
+    let ids = insert_events(&db.client().await, "wallet", &["a".into()], "Prompt").await;
+    consumer.wait_for_ids(&ids, Duration::from_secs(10)).await;
+    let lsn = support::lsn(&consumer.received()[0].header("x-outbox-lsn").unwrap());
+    let delivered = std::time::Instant::now();
+    // THEN the slot's confirmed position passes its commit within about a second
+    support::wait_until(Duration::from_millis(1500), "confirmed_flush_lsn within a second of the confirm", || {
+        let db = &db;
+        async move { db.confirmed_flush().await.unwrap_or(0) >= lsn }
+    })
+    .await;
+    println!("slot confirmed {:?} after delivery", delivered.elapsed());
+    relay.stop().await.unwrap();
+    db.drop_all().await;
+}

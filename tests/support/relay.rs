@@ -132,14 +132,32 @@ impl InProcess {
         relay
     }
 
+    /// Starts the relay from raw TOML text and waits until it streams.
+    pub async fn start_toml(toml: &str) -> InProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let config = outbox_relay::config::load(&path, &|_| None).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let relay = InProcess::launch(config).await;
+        super::wait_until(Duration::from_secs(30), "relay streaming", || {
+            let s = relay.streaming();
+            async move { s }
+        })
+        .await;
+        relay
+    }
+
     /// Starts the relay and waits only for its HTTP listener (it may end up
     /// streaming, standing by, or failing).
     pub async fn start_any(cfg: &RelayConfig) -> InProcess {
+        InProcess::launch(cfg.load()).await
+    }
+
+    async fn launch(config: outbox_relay::Config) -> InProcess {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,amqprs=warn".into()))
             .try_init();
-        let config = cfg.load();
         let (stop, stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = tokio::spawn(outbox_relay::run_with(
