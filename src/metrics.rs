@@ -104,7 +104,7 @@ impl Metrics {
         let replication_lag_bytes = Gauge::<i64, AtomicI64>::default();
         let lag_seconds = Gauge::<f64, AtomicU64>::default();
         // 1 ms to about 8.7 minutes.
-        let commit_to_confirm = Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 520.0].into_iter());
+        let commit_to_confirm = Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 520.0]);
         let reconnects = Family::<TargetLabel, Counter>::default();
         let active = Gauge::default();
         let build_info = Family::<VersionLabel, Gauge>::default();

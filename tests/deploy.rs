@@ -34,7 +34,7 @@ async fn every_metric_the_alerts_and_the_dashboard_use_exists_in_metrics() {
     let exposed: BTreeSet<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| l.split(|c| c == '{' || c == ' ').next().unwrap_or(""))
+        .map(|l| l.split(['{', ' ']).next().unwrap_or(""))
         .collect();
     // A histogram's base name (in prose) stands for its _bucket/_sum/_count series.
     let missing: Vec<&String> = names.iter().filter(|n| !exposed.contains(n.as_str()) && !exposed.contains(format!("{n}_bucket").as_str())).collect();

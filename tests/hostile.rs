@@ -130,9 +130,7 @@ async fn hostile_identifiers_are_quoted_and_cannot_inject_sql() {
     let client = db.client().await;
     client.batch_execute("CREATE TABLE canary (x int); INSERT INTO canary VALUES (1)").await.unwrap();
     client
-        .batch_execute(&format!(
-            "CREATE TABLE \"evil'; DROP TABLE canary; --\" (LIKE outbox INCLUDING ALL)"
-        ))
+        .batch_execute("CREATE TABLE \"evil'; DROP TABLE canary; --\" (LIKE outbox INCLUDING ALL)")
         .await
         .unwrap();
     let consumer = Consumer::start("#").await;
@@ -149,7 +147,7 @@ async fn hostile_identifiers_are_quoted_and_cannot_inject_sql() {
         ))
         .await
         .unwrap();
-    consumer.wait_for_ids(&[id.clone()], Duration::from_secs(20)).await;
+    consumer.wait_for_ids(std::slice::from_ref(&id), Duration::from_secs(20)).await;
 
     // THEN the canary table still exists and the publication has the hostile name verbatim
     let n: i64 = client.query_one("SELECT count(*) FROM canary", &[]).await.unwrap().get(0);

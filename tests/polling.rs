@@ -34,7 +34,7 @@ async fn polling_publishes_in_order_and_deletes_only_confirmed_rows() {
     let mut expected = Vec::new();
     for i in 0..300 {
         let agg = format!("p{}", i % 5);
-        let ids = insert_events(&client, "wallet", &[agg.clone()], "Polled").await;
+        let ids = insert_events(&client, "wallet", std::slice::from_ref(&agg), "Polled").await;
         expected.push((agg, ids[0].clone()));
     }
     // THEN all arrive in order, without the LSN header, and the table empties

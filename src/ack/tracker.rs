@@ -65,7 +65,7 @@ impl Tracker {
     /// In debug builds, if `end_lsn` is not newer than the previous one.
     pub fn register(&mut self, end_lsn: EndLsn, commit_time: PgTimestamp, events: usize) -> TxnId {
         debug_assert!(
-            self.entries.back().map_or(true, |e| e.end_lsn < end_lsn),
+            self.entries.back().is_none_or(|e| e.end_lsn < end_lsn),
             "transactions registered out of commit order"
         );
         let id = TxnId(self.front_id + self.entries.len() as u64);
@@ -193,7 +193,7 @@ mod tests {
                 .map(|(i, &n)| t.register(lsn((i as u64 + 1) * 10), PgTimestamp(0), n))
                 .collect();
             let mut confirms: Vec<usize> = sizes.iter().enumerate()
-                .flat_map(|(i, &n)| std::iter::repeat(i).take(n)).collect();
+                .flat_map(|(i, &n)| std::iter::repeat_n(i, n)).collect();
             let mut rng = fastrand::Rng::with_seed(seed);
             rng.shuffle(&mut confirms);
             let mut left = sizes.clone();

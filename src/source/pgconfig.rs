@@ -123,7 +123,7 @@ impl PgTarget {
             }
         }
         if target.config.get_user().is_none() {
-            target.config.user(&std::env::var("USER").unwrap_or_else(|_| "postgres".into()));
+            target.config.user(std::env::var("USER").unwrap_or_else(|_| "postgres".into()));
         }
         Ok(target)
     }

@@ -325,7 +325,7 @@ impl ReplicationConnection {
                 b'c' => return Ok(None),
                 b'E' => {
                     let mut b = BytesMut::with_capacity(frame.body.len() + 5);
-                    b.extend_from_slice(&[b'E']);
+                    b.extend_from_slice(b"E");
                     b.extend_from_slice(&((frame.body.len() + 4) as i32).to_be_bytes());
                     b.extend_from_slice(&frame.body);
                     let db = match backend::Message::parse(&mut b) {
