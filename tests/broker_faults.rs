@@ -1,3 +1,5 @@
+//! Broker faults through a proxy: cuts, black holes.
+
 use std::time::Duration;
 
 use crate::support::consumer::{check_delivery, Consumer};

@@ -1,3 +1,5 @@
+//! The preflight: one test per problem it must find.
+
 use std::process::Output;
 use std::time::{Duration, Instant};
 

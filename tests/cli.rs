@@ -1,3 +1,5 @@
+//! The command line: --version, setup, bad configs.
+
 use std::process::Command;
 
 fn bin() -> Command {

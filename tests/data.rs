@@ -1,3 +1,5 @@
+//! Bad rows: a clear stop, never a skip; logical messages routed by prefix.
+
 use std::time::Duration;
 
 use crate::support::consumer::{check_delivery, Consumer};

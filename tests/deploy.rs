@@ -1,3 +1,5 @@
+//! deploy/: alert rules and dashboard name only metrics that exist.
+
 use std::collections::BTreeSet;
 
 use crate::support::consumer::Consumer;

@@ -1,3 +1,5 @@
+//! Hostile and odd data, hostile identifiers, md5 and rotated secrets.
+
 use std::time::Duration;
 
 use crate::support::cluster::{PgAuth, PgCluster, PgOptions};

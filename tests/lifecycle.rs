@@ -1,3 +1,5 @@
+//! Crashes and graceful stops of the relay binary: SIGKILL, SIGTERM.
+
 use std::time::Duration;
 
 use crate::support::consumer::{check_delivery, Consumer};

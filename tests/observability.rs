@@ -1,3 +1,5 @@
+//! Metrics against the truth, probes, and logs without secrets.
+
 use std::time::Duration;
 
 use crate::broker_faults::broker_addr;

@@ -1,3 +1,5 @@
+//! on_unroutable policies: block, dead_letter, drop.
+
 use std::time::Duration;
 
 use crate::support::consumer::Consumer;

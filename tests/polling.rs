@@ -1,3 +1,5 @@
+//! The polling source: order, delete/mark after confirm, advisory lock.
+
 use std::time::Duration;
 
 use crate::broker_faults::broker_addr;

@@ -1,3 +1,5 @@
+//! PostgreSQL faults: walsender terminated, server restarted.
+
 use std::time::Duration;
 
 use crate::broker_faults::writer;

@@ -1,3 +1,5 @@
+//! Delivery through logical replication: properties, order, rollbacks, SCRAM, slot position.
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -1,3 +1,5 @@
+//! Restarts of a private PostgreSQL cluster and a private RabbitMQ node.
+
 use std::time::Duration;
 
 use tokio_postgres::Client;

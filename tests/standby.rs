@@ -1,3 +1,5 @@
+//! Two instances on one slot: one active, one standby that takes over.
+
 use std::time::{Duration, Instant};
 
 use crate::broker_faults::writer;

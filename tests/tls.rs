@@ -1,3 +1,5 @@
+//! TLS: PostgreSQL sslmodes on both connections, AMQPS.
+
 use std::time::Duration;
 
 use outbox_relay::source::pgconfig::PgTarget;

@@ -1,3 +1,5 @@
+//! Unroutable messages and confirm correlation under pipelining.
+
 use std::time::Duration;
 
 use crate::support::consumer::Consumer;
