@@ -65,7 +65,10 @@ async fn cutting_the_broker_connection_five_times_during_20k_events_loses_nothin
     consumer.wait_for_ids(&ids, Duration::from_secs(120)).await;
     let dups = check_delivery(&expected, &consumer.received());
     println!("broker cut x5 over {} events: {dups} duplicates", ids.len());
-    assert!(dups <= 5 * 2 * 500, "duplicates {dups} exceed twice the window per fault");
+    // Per cut, at most the window (500) plus the rest of one 50-event
+    // transaction: what the broker confirmed before the cut is reported to
+    // the slot before the pipeline restarts.
+    assert!(dups <= 5 * (500 + 50), "duplicates {dups} exceed what was in flight per fault");
     relay.stop().await.unwrap();
     db.drop_all().await;
 }

@@ -109,6 +109,10 @@ pub async fn stream(
                     Ok(Ok(())) => Error::new(ErrorKind::BrokerConnection, "publisher stopped unexpectedly"),
                     Err(join) => Error::with_source(ErrorKind::BrokerConnection, "publisher task panicked", join),
                 };
+                // What the broker confirmed before the failure is confirmed:
+                // report it, so the restart replays only what was in flight.
+                r.refresh_position(&progress);
+                let _ = r.send_status(false).await;
                 r.conn.close().await;
                 return Err(err);
             }
@@ -141,6 +145,11 @@ pub async fn stream(
     };
     if let Err(e) = outcome {
         publisher.abort();
+        if e.kind() != ErrorKind::SourceConnection && e.kind() != ErrorKind::SourceProtocol {
+            // The replication connection still works: hand back what was confirmed.
+            r.refresh_position(&progress);
+            let _ = r.send_status(false).await;
+        }
         r.conn.close().await;
         return Err(e);
     }
