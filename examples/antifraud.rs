@@ -40,8 +40,8 @@
 use std::time::Duration;
 
 use amqprs::channel::{
-    BasicAckArguments, BasicConsumeArguments, BasicPublishArguments, BasicQosArguments, BasicRejectArguments, Channel, ExchangeDeclareArguments,
-    QueueBindArguments, QueueDeclareArguments, QueuePurgeArguments,
+    BasicAckArguments, BasicConsumeArguments, BasicPublishArguments, BasicQosArguments, BasicRejectArguments, Channel,
+    ExchangeDeclareArguments, QueueBindArguments, QueueDeclareArguments, QueuePurgeArguments,
 };
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::BasicProperties;
@@ -182,7 +182,8 @@ async fn main() -> Result<(), BoxError> {
         println!("purged {n} message(s) left in {}", args.queue);
     }
     ch.basic_qos(BasicQosArguments::new(0, 16, false)).await?;
-    let (_tag, mut rx) = ch.basic_consume_rx(BasicConsumeArguments::new(&args.queue, "antifraud").manual_ack(true).finish()).await?;
+    let (_tag, mut rx) =
+        ch.basic_consume_rx(BasicConsumeArguments::new(&args.queue, "antifraud").manual_ack(true).finish()).await?;
     println!(
         "consuming {} ({} -> {}), suspicious from {} in one transaction",
         args.queue,
@@ -229,11 +230,13 @@ async fn main() -> Result<(), BoxError> {
 
         // ONE local transaction: the dedup record and the outgoing event commit together.
         let tx = db.transaction().await?;
-        let inserted = tx.execute("INSERT INTO processed_events (message_id) VALUES ($1) ON CONFLICT DO NOTHING", &[&id]).await?;
+        let inserted =
+            tx.execute("INSERT INTO processed_events (message_id) VALUES ($1) ON CONFLICT DO NOTHING", &[&id]).await?;
         let verdict = if inserted == 0 {
             None
         } else if t.amount_cents.abs() >= args.threshold_cents {
-            let reason = format!("single transaction of {} (limit {})", money(t.amount_cents), money(args.threshold_cents));
+            let reason =
+                format!("single transaction of {} (limit {})", money(t.amount_cents), money(args.threshold_cents));
             let payload = json!({
                 "account": t.account,
                 "reason": reason,
@@ -258,7 +261,9 @@ async fn main() -> Result<(), BoxError> {
 
         match verdict {
             None => println!("duplicate TransactionAdded id={id} ignored (already in processed_events)"),
-            Some(None) => println!("TransactionAdded id={id} account={} amount={}: ok", t.account, money(t.amount_cents)),
+            Some(None) => {
+                println!("TransactionAdded id={id} account={} amount={}: ok", t.account, money(t.amount_cents))
+            }
             Some(Some(reason)) => {
                 println!("TransactionAdded id={id} account={} amount={}: SUSPICIOUS, {reason} -> FraudDetected in the outbox", t.account, money(t.amount_cents))
             }

@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use amqprs::callbacks::ChannelCallback;
 use amqprs::channel::{
-    BasicConsumeArguments, BasicPublishArguments, Channel, ConfirmSelectArguments, ExchangeDeclareArguments, ExchangeDeleteArguments, QueueBindArguments, QueueDeclareArguments,
-    QueueDeleteArguments, QueuePurgeArguments,
+    BasicConsumeArguments, BasicPublishArguments, Channel, ConfirmSelectArguments, ExchangeDeclareArguments,
+    ExchangeDeleteArguments, QueueBindArguments, QueueDeclareArguments, QueueDeleteArguments, QueuePurgeArguments,
 };
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, FieldTable, FieldValue, Nack, Return};
@@ -163,7 +163,12 @@ impl Confirms {
 /// The body the relay sends for bench row `seq` (jsonb's text form of the
 /// object `scripts/bench.sh` inserts: keys by length, then bytewise).
 fn body(seq: u64) -> Vec<u8> {
-    format!(r#"{{"seq": {seq}, "note": "benchmark event", "account": "acct-{}", "amount_cents": {}}}"#, seq % 100, seq * 7 % 10_000).into_bytes()
+    format!(
+        r#"{{"seq": {seq}, "note": "benchmark event", "account": "acct-{}", "amount_cents": {}}}"#,
+        seq % 100,
+        seq * 7 % 10_000
+    )
+    .into_bytes()
 }
 
 fn properties(seq: u64, now_secs: u64, commit_time: &str) -> BasicProperties {
@@ -213,7 +218,8 @@ async fn spawn_consumer(
         .await
         .map_err(|_| "connecting the consumer timed out")??;
     let ch = conn.open_channel(None).await?;
-    let (_tag, mut rx) = ch.basic_consume_rx(BasicConsumeArguments::new(&args.queue, "bench_broker").manual_ack(false).finish()).await?;
+    let (_tag, mut rx) =
+        ch.basic_consume_rx(BasicConsumeArguments::new(&args.queue, "bench_broker").manual_ack(false).finish()).await?;
     let (tx, watch) = tokio::sync::watch::channel((0u64, None));
     let count = args.count;
     tokio::spawn(async move {
@@ -239,13 +245,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("--window must be at least 1".into());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
-    let conn = tokio::time::timeout_at(deadline, Connection::open(&open_args(&args.url, "bench_broker")?)).await.map_err(|_| "connecting timed out")??;
+    let conn = tokio::time::timeout_at(deadline, Connection::open(&open_args(&args.url, "bench_broker")?))
+        .await
+        .map_err(|_| "connecting timed out")??;
 
     // Declarations on their own channel.
     let admin = conn.open_channel(None).await?;
     admin.exchange_declare(ExchangeDeclareArguments::new(&args.exchange, "topic").durable(true).finish()).await?;
-    let (_, depth_before, _) =
-        admin.queue_declare(QueueDeclareArguments::durable_client_named(&args.queue)).await?.ok_or("queue.declare-ok missing")?;
+    let (_, depth_before, _) = admin
+        .queue_declare(QueueDeclareArguments::durable_client_named(&args.queue))
+        .await?
+        .ok_or("queue.declare-ok missing")?;
     admin.queue_bind(QueueBindArguments::new(&args.queue, &args.exchange, &args.binding)).await?;
 
     let mut consumer = None;
@@ -273,7 +283,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             while next_tag <= args.count && c.outstanding.len() < args.window {
                 let seq = next_tag;
-                let publish = ch.basic_publish(properties(seq, now_secs, &commit_time), body(seq), publish_args.clone());
+                let publish =
+                    ch.basic_publish(properties(seq, now_secs, &commit_time), body(seq), publish_args.clone());
                 tokio::time::timeout_at(deadline, publish).await.map_err(|_| "publishing timed out (--timeout)")??;
                 c.outstanding.insert(next_tag);
                 next_tag += 1;
@@ -302,7 +313,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut done_at = confirmed_at;
         if let Some((cconn, mut watch)) = consumer.take() {
             // all confirmed; now until the consumer has them all
-            let got = tokio::time::timeout_at(deadline, watch.wait_for(|(_, at)| at.is_some())).await.map(|r| r.map(|v| *v));
+            let got =
+                tokio::time::timeout_at(deadline, watch.wait_for(|(_, at)| at.is_some())).await.map(|r| r.map(|v| *v));
             let (n, at) = match got {
                 Ok(Ok(v)) => v,
                 _ => *watch.borrow(),
@@ -333,7 +345,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), ch.close()).await;
         if c.nacked > 0 || c.returned > 0 {
-            eprintln!("bench_broker: warning: {} nacked, {} returned (is the queue bound with {:?}?)", c.nacked, c.returned, args.binding);
+            eprintln!(
+                "bench_broker: warning: {} nacked, {} returned (is the queue bound with {:?}?)",
+                c.nacked, c.returned, args.binding
+            );
         }
     }
 
@@ -345,7 +360,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("bench_broker purged={n} queue={}", args.queue);
     }
     if args.delete {
-        tokio::time::timeout_at(deadline, admin.queue_delete(QueueDeleteArguments::new(&args.queue))).await.map_err(|_| "queue.delete timed out")??;
+        tokio::time::timeout_at(deadline, admin.queue_delete(QueueDeleteArguments::new(&args.queue)))
+            .await
+            .map_err(|_| "queue.delete timed out")??;
         tokio::time::timeout_at(deadline, admin.exchange_delete(ExchangeDeleteArguments::new(&args.exchange)))
             .await
             .map_err(|_| "exchange.delete timed out")??;

@@ -65,12 +65,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .virtual_host(if vhost.is_empty() { "/" } else { &vhost })
     .connection_name("bench_drain")
     .finish();
-    let conn = tokio::time::timeout_at(deadline, Connection::open(&open)).await.map_err(|_| "connecting timed out")??;
+    let conn =
+        tokio::time::timeout_at(deadline, Connection::open(&open)).await.map_err(|_| "connecting timed out")??;
     let ch = conn.open_channel(None).await?;
     // passive: the queue must exist (bench_broker or the script declared it)
-    let (_, depth_at_start, _) =
-        ch.queue_declare(QueueDeclareArguments::new(&args.queue).passive(true).finish()).await?.ok_or("queue.declare-ok missing")?;
-    let (_tag, mut rx) = ch.basic_consume_rx(BasicConsumeArguments::new(&args.queue, "bench_drain").manual_ack(false).finish()).await?;
+    let (_, depth_at_start, _) = ch
+        .queue_declare(QueueDeclareArguments::new(&args.queue).passive(true).finish())
+        .await?
+        .ok_or("queue.declare-ok missing")?;
+    let (_tag, mut rx) =
+        ch.basic_consume_rx(BasicConsumeArguments::new(&args.queue, "bench_drain").manual_ack(false).finish()).await?;
     if args.ready_line {
         println!("ready");
     }

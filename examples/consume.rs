@@ -56,13 +56,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     let ch = conn.open_channel(None).await?;
     ch.exchange_declare(ExchangeDeclareArguments::new(&args.exchange, "topic").durable(true).finish()).await?;
-    let (queue, _, _) = ch.queue_declare(QueueDeclareArguments::default().exclusive(true).finish()).await?.expect("queue");
+    let (queue, _, _) =
+        ch.queue_declare(QueueDeclareArguments::default().exclusive(true).finish()).await?.expect("queue");
     ch.queue_bind(QueueBindArguments::new(&queue, &args.exchange, &args.binding)).await?;
     let (_tag, mut rx) = ch.basic_consume_rx(BasicConsumeArguments::new(&queue, "").manual_ack(false).finish()).await?;
     if args.ready_line {
         println!("ready");
     }
-    let deadline = if args.timeout == 0 { None } else { Some(tokio::time::Instant::now() + Duration::from_secs(args.timeout)) };
+    let deadline =
+        if args.timeout == 0 { None } else { Some(tokio::time::Instant::now() + Duration::from_secs(args.timeout)) };
     let mut seen = HashSet::new();
     loop {
         let next = async {
@@ -77,7 +79,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let body = String::from_utf8_lossy(m.content.as_deref().unwrap_or_default()).into_owned();
         let key = m.deliver.map(|d| d.routing_key().clone()).unwrap_or_default();
         if seen.insert(id.clone()) {
-            println!("received {} id={id} key={key} body={body}", props.message_type().map(String::as_str).unwrap_or("-"));
+            println!(
+                "received {} id={id} key={key} body={body}",
+                props.message_type().map(String::as_str).unwrap_or("-")
+            );
         } else {
             println!("duplicate id={id} ignored (already processed)");
         }

@@ -25,8 +25,8 @@
 use std::time::Duration;
 
 use amqprs::channel::{
-    BasicAckArguments, BasicConsumeArguments, BasicQosArguments, BasicRejectArguments, ExchangeDeclareArguments, QueueBindArguments,
-    QueueDeclareArguments, QueuePurgeArguments,
+    BasicAckArguments, BasicConsumeArguments, BasicQosArguments, BasicRejectArguments, ExchangeDeclareArguments,
+    QueueBindArguments, QueueDeclareArguments, QueuePurgeArguments,
 };
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use clap::Parser;
@@ -101,7 +101,8 @@ async fn main() -> Result<(), BoxError> {
         println!("purged {n} message(s) left in {}", args.queue);
     }
     ch.basic_qos(BasicQosArguments::new(0, 16, false)).await?;
-    let (_tag, mut rx) = ch.basic_consume_rx(BasicConsumeArguments::new(&args.queue, "wallet_flags").manual_ack(true).finish()).await?;
+    let (_tag, mut rx) =
+        ch.basic_consume_rx(BasicConsumeArguments::new(&args.queue, "wallet_flags").manual_ack(true).finish()).await?;
     println!("consuming {} ({} -> {})", args.queue, args.exchange, args.binding);
     if args.ready_line {
         println!("ready");
@@ -141,8 +142,13 @@ async fn main() -> Result<(), BoxError> {
 
         // ONE local transaction: the dedup record and the effect commit together.
         let tx = db.transaction().await?;
-        let inserted = tx.execute("INSERT INTO processed_events (message_id) VALUES ($1) ON CONFLICT DO NOTHING", &[&id]).await?;
-        let updated = if inserted == 1 { Some(tx.execute("UPDATE accounts SET flagged = true WHERE name = $1", &[&account]).await?) } else { None };
+        let inserted =
+            tx.execute("INSERT INTO processed_events (message_id) VALUES ($1) ON CONFLICT DO NOTHING", &[&id]).await?;
+        let updated = if inserted == 1 {
+            Some(tx.execute("UPDATE accounts SET flagged = true WHERE name = $1", &[&account]).await?)
+        } else {
+            None
+        };
         tx.commit().await?;
         // only now: a crash before this line redelivers, and the dedup record catches it
         ch.basic_ack(BasicAckArguments::new(tag, false)).await?;

@@ -86,7 +86,13 @@ impl Report {
                 let _ = writeln!(out, "        fix: {fix}");
             }
         }
-        let _ = writeln!(out, "{} problem(s), {} warning(s): {}", self.problems(), self.warnings(), if self.problems() == 0 { "the relay can run" } else { "the relay cannot run" });
+        let _ = writeln!(
+            out,
+            "{} problem(s), {} warning(s): {}",
+            self.problems(),
+            self.warnings(),
+            if self.problems() == 0 { "the relay can run" } else { "the relay cannot run" }
+        );
         out
     }
 }
@@ -140,7 +146,10 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
     if wal_level == "logical" {
         r.ok("wal_level = logical");
     } else {
-        r.problem(format!("wal_level = {wal_level}; logical replication needs logical"), "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL");
+        r.problem(
+            format!("wal_level = {wal_level}; logical replication needs logical"),
+            "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
+        );
     }
     let row = client
         .query_one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
@@ -149,7 +158,10 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
     if row.get::<_, bool>(0) {
         r.ok(format!("role {user:?} has REPLICATION"));
     } else {
-        r.problem(format!("role {user:?} lacks the REPLICATION privilege"), format!("ALTER ROLE {} REPLICATION;", quote_ident(user)));
+        r.problem(
+            format!("role {user:?} lacks the REPLICATION privilege"),
+            format!("ALTER ROLE {} REPLICATION;", quote_ident(user)),
+        );
     }
     let slot_state = slot::slot_state(client, &src.slot).await?;
     let limits = client
@@ -164,13 +176,22 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
     let (max_slots, used_slots, max_senders, used_senders, keep): (i32, i32, i32, i32, String) =
         (limits.get(0), limits.get(1), limits.get(2), limits.get(3), limits.get(4));
     if slot_state.is_none() && used_slots >= max_slots {
-        r.problem(format!("all {max_slots} replication slots are in use (max_replication_slots)"), "raise max_replication_slots (restart needed) or drop an unused slot");
+        r.problem(
+            format!("all {max_slots} replication slots are in use (max_replication_slots)"),
+            "raise max_replication_slots (restart needed) or drop an unused slot",
+        );
     }
     if used_senders >= max_senders {
-        r.problem(format!("all {max_senders} WAL senders are in use (max_wal_senders)"), "raise max_wal_senders (restart needed)");
+        r.problem(
+            format!("all {max_senders} WAL senders are in use (max_wal_senders)"),
+            "raise max_wal_senders (restart needed)",
+        );
     }
     if keep == "-1" {
-        r.warn("max_slot_wal_keep_size = -1: a stuck slot can fill the disk with WAL", "set max_slot_wal_keep_size to a bound you can afford, and alert on outbox_relay_replication_lag_bytes");
+        r.warn(
+            "max_slot_wal_keep_size = -1: a stuck slot can fill the disk with WAL",
+            "set max_slot_wal_keep_size to a bound you can afford, and alert on outbox_relay_replication_lag_bytes",
+        );
     }
 
     // Routes: tables, privileges, template columns.
@@ -178,15 +199,35 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
     for (schema, table) in router.tables() {
         let name = format!("{schema}.{table}");
         match slot::table_columns(client, &schema, &table).await? {
-            None => r.problem(format!("table {name} named by a route does not exist"), "create it (`outbox-relay setup --print-sql` shows the default outbox table) or fix the route's table"),
+            None => r.problem(
+                format!("table {name} named by a route does not exist"),
+                "create it (`outbox-relay setup --print-sql` shows the default outbox table) or fix the route's table",
+            ),
             Some(cols) => {
                 let select: bool = client
-                    .query_one("SELECT has_table_privilege(format('%I.%I', $1::text, $2::text), 'SELECT')", &[&schema, &table])
+                    .query_one(
+                        "SELECT has_table_privilege(format('%I.%I', $1::text, $2::text), 'SELECT')",
+                        &[&schema, &table],
+                    )
                     .await
-                    .map_err(|e| crate::error::from_pg(crate::ErrorKind::SourceQuery, format!("checking privileges on {name}"), e))?
+                    .map_err(|e| {
+                        crate::error::from_pg(
+                            crate::ErrorKind::SourceQuery,
+                            format!("checking privileges on {name}"),
+                            e,
+                        )
+                    })?
                     .get(0);
                 if !select {
-                    r.problem(format!("role {user:?} cannot SELECT from {name}"), format!("GRANT SELECT ON {}.{} TO {};", quote_ident(&schema), quote_ident(&table), quote_ident(user)));
+                    r.problem(
+                        format!("role {user:?} cannot SELECT from {name}"),
+                        format!(
+                            "GRANT SELECT ON {}.{} TO {};",
+                            quote_ident(&schema),
+                            quote_ident(&table),
+                            quote_ident(user)
+                        ),
+                    );
                 }
                 let problems = router.check_table(&schema, &table, &cols);
                 if problems.is_empty() {
@@ -202,8 +243,14 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
     // Publication.
     let wanted = router.tables();
     match slot::publication_state(client, &src.publication).await? {
-        None if src.create_slot => r.ok(format!("publication {:?} does not exist yet: will be created at start (create_slot = true)", src.publication)),
-        None => r.problem(format!("publication {:?} does not exist", src.publication), "run `outbox-relay setup --config FILE`, or set source.create_slot = true"),
+        None if src.create_slot => r.ok(format!(
+            "publication {:?} does not exist yet: will be created at start (create_slot = true)",
+            src.publication
+        )),
+        None => r.problem(
+            format!("publication {:?} does not exist", src.publication),
+            "run `outbox-relay setup --config FILE`, or set source.create_slot = true",
+        ),
         Some(p) => {
             let missing: Vec<String> = if p.all_tables {
                 Vec::new()
@@ -211,14 +258,24 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
                 wanted.iter().map(|(s, t)| format!("{s}.{t}")).filter(|t| !p.tables.contains(t)).collect()
             };
             if !p.publishes_insert {
-                r.problem(format!("publication {:?} does not publish inserts", src.publication), format!("ALTER PUBLICATION {} SET (publish = 'insert');", quote_ident(&src.publication)));
+                r.problem(
+                    format!("publication {:?} does not publish inserts", src.publication),
+                    format!("ALTER PUBLICATION {} SET (publish = 'insert');", quote_ident(&src.publication)),
+                );
             }
             if missing.is_empty() {
                 r.ok(format!("publication {:?} covers every route's table", src.publication));
             } else if src.create_slot {
-                r.ok(format!("publication {:?} lacks {}: will be added at start (create_slot = true)", src.publication, missing.join(", ")));
+                r.ok(format!(
+                    "publication {:?} lacks {}: will be added at start (create_slot = true)",
+                    src.publication,
+                    missing.join(", ")
+                ));
             } else {
-                r.problem(format!("publication {:?} does not cover {}", src.publication, missing.join(", ")), "run `outbox-relay setup --config FILE` (or ALTER PUBLICATION ... ADD TABLE ...)");
+                r.problem(
+                    format!("publication {:?} does not cover {}", src.publication, missing.join(", ")),
+                    "run `outbox-relay setup --config FILE` (or ALTER PUBLICATION ... ADD TABLE ...)",
+                );
             }
         }
     }
@@ -251,7 +308,9 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
 
 async fn check_broker(config: &Config) -> Report {
     let mut r = Report::default();
-    let target = match current_url(UrlTarget::Broker, &config.broker.url).and_then(|u| BrokerTarget::from_config(u.expose(), &config.broker)) {
+    let target = match current_url(UrlTarget::Broker, &config.broker.url)
+        .and_then(|u| BrokerTarget::from_config(u.expose(), &config.broker))
+    {
         Ok(t) => t,
         Err(e) => {
             r.problem(e.chain(), "fix broker.url or OUTBOX_RELAY_BROKER_URL[_FILE]");
@@ -274,7 +333,8 @@ async fn check_broker(config: &Config) -> Report {
                     continue; // the default exchange always exists
                 }
                 // A failed passive declare closes the channel: one connection per exchange.
-                match BrokerChannel::open(&target, config.broker.heartbeat, CONNECT_TIMEOUT, "outbox-relay check").await {
+                match BrokerChannel::open(&target, config.broker.heartbeat, CONNECT_TIMEOUT, "outbox-relay check").await
+                {
                     Err(e) => r.problem(format!("RabbitMQ: {}", e.chain()), e.kind().hint()),
                     Ok(ch) => {
                         match ch.exchange_exists(ex).await {

@@ -120,9 +120,9 @@ impl PgTimestamp {
         let micros = i128::from(PG_EPOCH_UNIX_SECS) * 1_000_000 + i128::from(self.0);
         let nanos = micros * 1000;
         match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-            Ok(t) => t
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_else(|_| String::from("invalid")),
+            Ok(t) => {
+                t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| String::from("invalid"))
+            }
             Err(_) => String::from("invalid"),
         }
     }

@@ -56,11 +56,17 @@ impl Health {
 /// # Errors
 ///
 /// `Io` when the address cannot be bound.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>, stop: CancellationToken) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::with_source(ErrorKind::Io, format!("binding the HTTP listener on {addr} (http.listen)"), e))?;
-    let local = listener.local_addr().map_err(|e| Error::with_source(ErrorKind::Io, "reading the HTTP listener address", e))?;
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Error::with_source(ErrorKind::Io, format!("binding the HTTP listener on {addr} (http.listen)"), e)
+    })?;
+    let local =
+        listener.local_addr().map_err(|e| Error::with_source(ErrorKind::Io, "reading the HTTP listener address", e))?;
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {

@@ -77,11 +77,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// # Errors
 ///
 /// As [`run`].
-pub async fn run_with(config: Config, shutdown: impl Future<Output = ()>, started: impl FnOnce(&Running)) -> Result<()> {
+pub async fn run_with(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    started: impl FnOnce(&Running),
+) -> Result<()> {
     let stop = CancellationToken::new();
-    let handles = relay::Handles { metrics: metrics::Metrics::new(relay::route_names(&config)), health: Arc::new(http::Health::default()) };
+    let handles = relay::Handles {
+        metrics: metrics::Metrics::new(relay::route_names(&config)),
+        health: Arc::new(http::Health::default()),
+    };
     let http_stop = CancellationToken::new();
-    let http_addr = http::serve(config.http.listen, handles.metrics.clone(), handles.health.clone(), http_stop.clone()).await?;
+    let http_addr =
+        http::serve(config.http.listen, handles.metrics.clone(), handles.health.clone(), http_stop.clone()).await?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), http = %http_addr, config = %config.path.display(), "outbox-relay starting");
     notify::spawn(handles.health.clone(), http_stop.clone());
     started(&Running { http_addr, handles: handles.clone() });

@@ -60,14 +60,22 @@ fn try_main(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             init_logging(&cfg);
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async {
-                let target = outbox_relay::source::pgconfig::PgTarget::parse(outbox_relay::relay::current_url(config::UrlTarget::Source, &cfg.source.url)?.expose())?;
+                let target = outbox_relay::source::pgconfig::PgTarget::parse(
+                    outbox_relay::relay::current_url(config::UrlTarget::Source, &cfg.source.url)?.expose(),
+                )?;
                 let sql = target.connect_sql(cfg.source.connect_timeout).await?;
                 let router = outbox_relay::route::Router::new(&cfg.routes);
                 let report = outbox_relay::setup::ensure(&sql, &cfg, &router).await?;
                 println!(
                     "publication {:?}: {}; slot {:?}: {}",
                     cfg.source.publication,
-                    if report.created_publication { "created".to_owned() } else if report.added_tables.is_empty() { "exists".to_owned() } else { format!("added {}", report.added_tables.join(", ")) },
+                    if report.created_publication {
+                        "created".to_owned()
+                    } else if report.added_tables.is_empty() {
+                        "exists".to_owned()
+                    } else {
+                        format!("added {}", report.added_tables.join(", "))
+                    },
                     cfg.source.slot,
                     if report.created_slot { "created" } else { "exists" },
                 );
@@ -132,7 +140,10 @@ fn init_logging(cfg: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},amqprs=warn", cfg.log.level)));
     use std::io::IsTerminal;
     // Colours only on a terminal: journald and `docker logs` would show raw escapes.
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match cfg.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),

@@ -104,15 +104,26 @@ impl Metrics {
         let replication_lag_bytes = Gauge::<i64, AtomicI64>::default();
         let lag_seconds = Gauge::<f64, AtomicU64>::default();
         // 1 ms to about 8.7 minutes.
-        let commit_to_confirm = Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 520.0]);
+        let commit_to_confirm = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+            520.0,
+        ]);
         let reconnects = Family::<TargetLabel, Counter>::default();
         let active = Gauge::default();
         let build_info = Family::<VersionLabel, Gauge>::default();
         let slot_retained = Gauge::<i64, AtomicI64>::default();
         let slot_safe = Gauge::<i64, AtomicI64>::default();
         let slot_status = Family::<StatusLabel, Gauge>::default();
-        registry.register(SLOT_RETAINED_WAL, "WAL bytes the replication slot retains (pg_current_wal_lsn - restart_lsn)", slot_retained.clone());
-        registry.register(SLOT_SAFE_WAL_SIZE, "WAL bytes that can be written before the slot is at risk; -1 when unbounded", slot_safe.clone());
+        registry.register(
+            SLOT_RETAINED_WAL,
+            "WAL bytes the replication slot retains (pg_current_wal_lsn - restart_lsn)",
+            slot_retained.clone(),
+        );
+        registry.register(
+            SLOT_SAFE_WAL_SIZE,
+            "WAL bytes that can be written before the slot is at risk; -1 when unbounded",
+            slot_safe.clone(),
+        );
         registry.register(SLOT_WAL_STATUS, "1 for the slot's current wal_status", slot_status.clone());
         for st in ["reserved", "extended", "unreserved", "lost"] {
             let _ = slot_status.get_or_create(&StatusLabel { status: st.into() });
@@ -122,7 +133,11 @@ impl Metrics {
         registry.register(PUBLISH_NACKS, "basic.nack received", nacks.clone());
         registry.register(IN_FLIGHT, "Published, not yet confirmed", in_flight.clone());
         registry.register(CONFIRMED_LSN, "Last flush LSN acknowledged to PostgreSQL", confirmed_lsn.clone());
-        registry.register(REPLICATION_LAG_BYTES, "Server WAL end minus the confirmed flush LSN", replication_lag_bytes.clone());
+        registry.register(
+            REPLICATION_LAG_BYTES,
+            "Server WAL end minus the confirmed flush LSN",
+            replication_lag_bytes.clone(),
+        );
         registry.register(LAG_SECONDS, "Age of the oldest committed but unconfirmed event", lag_seconds.clone());
         registry.register(COMMIT_TO_CONFIRM, "From commit time to broker confirm", commit_to_confirm.clone());
         registry.register(RECONNECTS, "Reconnections by target", reconnects.clone());

@@ -21,7 +21,8 @@ pub fn spawn(health: Arc<Health>, stop: CancellationToken) {
         return;
     }
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_millis(500)).min(Duration::from_millis(500)));
+        let mut tick =
+            tokio::time::interval(watchdog.unwrap_or(Duration::from_millis(500)).min(Duration::from_millis(500)));
         let mut last = None;
         let mut ready = false;
         let mut last_ping = tokio::time::Instant::now();

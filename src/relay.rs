@@ -94,7 +94,14 @@ pub async fn supervise(config: &Config, handles: &Handles, stop: &CancellationTo
             handles.health.set(State::Starting);
             failures = failures.saturating_add(1);
             let d = backoff(failures);
-            let target = if matches!(err.kind(), ErrorKind::BrokerConnection | ErrorKind::BrokerChannel | ErrorKind::ConfirmTimeout) { "broker" } else { "source" };
+            let target = if matches!(
+                err.kind(),
+                ErrorKind::BrokerConnection | ErrorKind::BrokerChannel | ErrorKind::ConfirmTimeout
+            ) {
+                "broker"
+            } else {
+                "source"
+            };
             handles.metrics.reconnect(target);
             tracing::error!(error = %err.chain(), kind = err.kind().as_str(), hint = err.kind().hint(), retry_in = ?d, attempt = failures, "pipeline failed; restarting from the slot's confirmed position");
             d
@@ -116,7 +123,8 @@ fn backoff(failures: u32) -> Duration {
 async fn session(config: &Config, handles: &Handles, stop: &CancellationToken) -> Result<()> {
     let src = &config.source;
     let target = PgTarget::parse(current_url(UrlTarget::Source, &config.source.url)?.expose())?;
-    let broker = BrokerTarget::from_config(current_url(UrlTarget::Broker, &config.broker.url)?.expose(), &config.broker)?;
+    let broker =
+        BrokerTarget::from_config(current_url(UrlTarget::Broker, &config.broker.url)?.expose(), &config.broker)?;
 
     // 1. Tables, templates, publication and slot.
     let sql = target.connect_sql(src.connect_timeout).await?;
@@ -143,31 +151,38 @@ async fn session(config: &Config, handles: &Handles, stop: &CancellationToken) -
         crate::setup::ensure(&sql, config, &router).await?;
     } else {
         if slot::slot_state(&sql, &src.slot).await?.is_none() {
-            return Err(Error::new(ErrorKind::SlotMissing, format!("replication slot {:?} does not exist and source.create_slot = false", src.slot)));
+            return Err(Error::new(
+                ErrorKind::SlotMissing,
+                format!("replication slot {:?} does not exist and source.create_slot = false", src.slot),
+            ));
         }
         if slot::publication_state(&sql, &src.publication).await?.is_none() {
-            return Err(Error::new(ErrorKind::SlotMissing, format!("publication {:?} does not exist and source.create_slot = false", src.publication)));
+            return Err(Error::new(
+                ErrorKind::SlotMissing,
+                format!("publication {:?} does not exist and source.create_slot = false", src.publication),
+            ));
         }
     }
     let router = Arc::new(router);
     // Another instance streaming? Stand by before touching the broker. (The
     // race-free check is START_REPLICATION itself, below.)
     if let Some(pid) = slot::slot_state(&sql, &src.slot).await?.and_then(|s| s.active_pid) {
-        return Err(Error::new(ErrorKind::SlotInUse, format!("replication slot {:?} is active for PID {pid}", src.slot)));
+        return Err(Error::new(
+            ErrorKind::SlotInUse,
+            format!("replication slot {:?} is active for PID {pid}", src.slot),
+        ));
     }
 
     // 2. Broker.
-    let channel = BrokerChannel::open(&broker, config.broker.heartbeat, config.broker.connect_timeout, "outbox-relay").await?;
+    let channel =
+        BrokerChannel::open(&broker, config.broker.heartbeat, config.broker.connect_timeout, "outbox-relay").await?;
     tracing::info!(broker = %broker.redacted, "connected to RabbitMQ (confirm mode)");
 
     // 3. Replication.
     let mut repl = ReplicationConnection::connect(&target, src.connect_timeout).await?;
     let ident = repl.identify_system().await?;
     repl.start_replication(&src.slot, &src.publication, Lsn::ZERO, router.wants_messages()).await?;
-    let start = slot::slot_state(&sql, &src.slot)
-        .await?
-        .and_then(|s| s.confirmed_flush)
-        .unwrap_or(Lsn::ZERO);
+    let start = slot::slot_state(&sql, &src.slot).await?.and_then(|s| s.confirmed_flush).unwrap_or(Lsn::ZERO);
     let health = spawn_slot_health(sql, src.slot.clone(), handles.metrics.clone());
     tracing::info!(slot = %src.slot, publication = %src.publication, from = %start, server_wal = %ident.xlog_pos, "streaming");
     handles.metrics.set_active(true);
@@ -177,9 +192,14 @@ async fn session(config: &Config, handles: &Handles, stop: &CancellationToken) -
     // 4. Publisher and reader.
     let (tx, rx) = mpsc::channel(TXN_CHANNEL);
     let (progress_tx, progress_rx) = watch::channel(Progress::default());
-    let publisher = tokio::spawn(Publisher::new(channel, router, publisher_settings(config), progress_tx, handles.metrics.clone()).run(rx));
-    let reader = ReaderSettings { status_interval: src.status_interval, shutdown_timeout: config.broker.shutdown_timeout };
-    let res = replication::stream(repl, start, tx, progress_rx, publisher, stop.clone(), reader, handles.metrics.clone()).await;
+    let publisher = tokio::spawn(
+        Publisher::new(channel, router, publisher_settings(config), progress_tx, handles.metrics.clone()).run(rx),
+    );
+    let reader =
+        ReaderSettings { status_interval: src.status_interval, shutdown_timeout: config.broker.shutdown_timeout };
+    let res =
+        replication::stream(repl, start, tx, progress_rx, publisher, stop.clone(), reader, handles.metrics.clone())
+            .await;
     health.abort();
     if stop.is_cancelled() {
         handles.health.set(State::Stopping);
@@ -188,11 +208,21 @@ async fn session(config: &Config, handles: &Handles, stop: &CancellationToken) -
 }
 
 /// A polling session: lock, then poll-publish-delete until stop.
-async fn polling_session(sql: tokio_postgres::Client, config: &Config, router: Router, broker: BrokerTarget, handles: &Handles, stop: &CancellationToken) -> Result<()> {
+async fn polling_session(
+    sql: tokio_postgres::Client,
+    config: &Config,
+    router: Router,
+    broker: BrokerTarget,
+    handles: &Handles,
+    stop: &CancellationToken,
+) -> Result<()> {
     use crate::source::polling;
     let src = &config.source;
     if router.wants_messages() {
-        return Err(Error::new(ErrorKind::Config, format!("{}: message_prefix routes need source.mode = \"replication\"", config.path.display())));
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("{}: message_prefix routes need source.mode = \"replication\"", config.path.display()),
+        ));
     }
     polling::lock(&sql, &src.slot).await?;
     let mut tables = Vec::new();
@@ -201,13 +231,23 @@ async fn polling_session(sql: tokio_postgres::Client, config: &Config, router: R
         let key = polling::primary_key(&sql, &schema, &table).await?;
         tables.push(polling::PolledTable { schema, table, columns: Arc::new(columns), key });
     }
-    let channel = BrokerChannel::open(&broker, config.broker.heartbeat, config.broker.connect_timeout, "outbox-relay").await?;
+    let channel =
+        BrokerChannel::open(&broker, config.broker.heartbeat, config.broker.connect_timeout, "outbox-relay").await?;
     tracing::info!(broker = %broker.redacted, lock = %polling::lock_name(&src.slot), "polling (advisory lock held)");
     handles.metrics.set_active(true);
     handles.health.set(State::Streaming);
     let (tx, rx) = mpsc::channel(1);
     let (progress_tx, progress_rx) = watch::channel(Progress::default());
-    let publisher = tokio::spawn(Publisher::new(channel, Arc::new(router.without_lsn_headers()), publisher_settings(config), progress_tx, handles.metrics.clone()).run(rx));
+    let publisher = tokio::spawn(
+        Publisher::new(
+            channel,
+            Arc::new(router.without_lsn_headers()),
+            publisher_settings(config),
+            progress_tx,
+            handles.metrics.clone(),
+        )
+        .run(rx),
+    );
     let res = polling::run(sql, config, tables, tx, progress_rx, publisher, stop.clone()).await;
     if stop.is_cancelled() {
         handles.health.set(State::Stopping);
@@ -251,7 +291,15 @@ pub fn route_names(config: &Config) -> Vec<String> {
     config
         .routes
         .iter()
-        .map(|r| if r.name.is_empty() { match &r.matcher { RouteMatch::Table { .. } | RouteMatch::MessagePrefix(_) => r.matcher.label() } } else { r.name.clone() })
+        .map(|r| {
+            if r.name.is_empty() {
+                match &r.matcher {
+                    RouteMatch::Table { .. } | RouteMatch::MessagePrefix(_) => r.matcher.label(),
+                }
+            } else {
+                r.name.clone()
+            }
+        })
         .collect()
 }
 

@@ -68,7 +68,8 @@ pub fn client_config(target: &PgTarget) -> Result<Option<Arc<ClientConfig>>> {
         }
         None => None,
     };
-    let verify_chain = matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) || (mode == SslMode::Require && roots.is_some());
+    let verify_chain =
+        matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) || (mode == SslMode::Require && roots.is_some());
     if verify_chain && roots.is_none() {
         return Err(cfg_err(format!(
             "sslmode={} needs sslrootcert (a CA file, or \"system\" for the platform's roots)",
@@ -94,7 +95,8 @@ pub fn client_config(target: &PgTarget) -> Result<Option<Arc<ClientConfig>>> {
                 .map_err(|e| cfg_err(format!("cannot read sslcert {cert}: {e}")))?
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| cfg_err(format!("sslcert {cert} is not PEM: {e}")))?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| cfg_err(format!("cannot read sslkey {key}: {e}")))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| cfg_err(format!("cannot read sslkey {key}: {e}")))?;
             builder.with_client_auth_cert(certs, key).map_err(|e| cfg_err(format!("sslcert/sslkey: {e}")))?
         }
         (None, None) => builder.with_no_client_auth(),
@@ -122,20 +124,28 @@ impl ServerCertVerifier for Verifier {
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
         let Some(inner) = &self.inner else { return Ok(ServerCertVerified::assertion()) };
         match inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
-            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }))
-                if !self.check_name =>
-            {
-                Ok(ServerCertVerified::assertion())
-            }
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
     }
 
@@ -152,7 +162,8 @@ pub fn no_verification() -> Arc<dyn ServerCertVerifier> {
 
 /// The server name for SNI and verification: the host, or an IP address.
 pub fn server_name(host: &str) -> Result<ServerName<'static>> {
-    ServerName::try_from(host.to_owned()).map_err(|e| Error::new(ErrorKind::Config, format!("{host:?} is not a valid TLS server name: {e}")))
+    ServerName::try_from(host.to_owned())
+        .map_err(|e| Error::new(ErrorKind::Config, format!("{host:?} is not a valid TLS server name: {e}")))
 }
 
 /// The `tls-server-end-point` channel binding data (RFC 5929): a hash of the
@@ -181,7 +192,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> tokio_postgres::tls::Ma
     type Error = io::Error;
 
     fn make_tls_connect(&mut self, domain: &str) -> io::Result<RustlsConnect> {
-        let name = ServerName::try_from(domain.to_owned()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let name =
+            ServerName::try_from(domain.to_owned()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         Ok(RustlsConnect { config: self.config.clone(), name })
     }
 }

@@ -14,7 +14,12 @@ pub fn broker_addr() -> std::net::SocketAddr {
 }
 
 /// A writer committing `txns` transactions of `per_txn` events over 20 aggregates.
-pub fn writer(url: String, tag: &'static str, txns: usize, per_txn: usize) -> tokio::task::JoinHandle<Vec<(String, String)>> {
+pub fn writer(
+    url: String,
+    tag: &'static str,
+    txns: usize,
+    per_txn: usize,
+) -> tokio::task::JoinHandle<Vec<(String, String)>> {
     tokio::spawn(async move {
         let client = support::connect(&url).await;
         let mut expected = Vec::new();
@@ -56,7 +61,10 @@ async fn cutting_the_broker_connection_five_times_during_20k_events_loses_nothin
         .await;
         proxy.cut();
         let http = relay.http;
-        support::wait_until(Duration::from_secs(30), "the relay notices the cut", || async move { reconnects(http, "broker").await >= cut as f64 }).await;
+        support::wait_until(Duration::from_secs(30), "the relay notices the cut", || async move {
+            reconnects(http, "broker").await >= cut as f64
+        })
+        .await;
     }
     let expected = w.await.unwrap();
     let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
@@ -81,7 +89,8 @@ async fn a_black_holed_broker_trips_the_confirm_timeout_and_the_relay_recovers()
     let proxy = Proxy::start(broker_addr()).await;
     let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
     cfg.broker_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
-    cfg.broker_extra = "confirm_timeout = \"2s\"\nheartbeat = \"60s\"\nconnect_timeout = \"2s\"\nshutdown_timeout = \"5s\"".into();
+    cfg.broker_extra =
+        "confirm_timeout = \"2s\"\nheartbeat = \"60s\"\nconnect_timeout = \"2s\"\nshutdown_timeout = \"5s\"".into();
     let relay = InProcess::start(&cfg).await;
     let client = db.client().await;
     let before = insert_events(&client, "wallet", &["a".into()], "Before").await;

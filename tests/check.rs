@@ -53,7 +53,10 @@ async fn unreachable_ends_are_reported_within_ten_seconds() {
     let (code, text) = check(&cfg);
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     assert_eq!(code, 1, "{text}");
-    assert!(text.contains("PROBLEM PostgreSQL") && text.contains("PROBLEM RabbitMQ"), "both ends reported at once: {text}");
+    assert!(
+        text.contains("PROBLEM PostgreSQL") && text.contains("PROBLEM RabbitMQ"),
+        "both ends reported at once: {text}"
+    );
     assert!(text.contains("fix:"), "{text}");
 }
 
@@ -94,7 +97,13 @@ async fn a_missing_table_column_publication_slot_and_exchange_are_each_named() {
     cfg.tail = "[[routes]]\ntable = \"public.no_such_table\"\nexchange = \"no.such.exchange\"\n".into();
     let (code, text) = check(&cfg);
     assert_eq!(code, 1, "{text}");
-    for needle in ["public.no_such_table named by a route does not exist", "no_such_column", "publication \"outbox_relay\" does not exist", "does not exist", "exchange \"no.such.exchange\" does not exist"] {
+    for needle in [
+        "public.no_such_table named by a route does not exist",
+        "no_such_column",
+        "publication \"outbox_relay\" does not exist",
+        "does not exist",
+        "exchange \"no.such.exchange\" does not exist",
+    ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
     assert!(text.contains(&format!("slot \"{}\" does not exist", db.name)), "{text}");
@@ -119,7 +128,11 @@ fn an_invalid_config_is_reported_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[source]\nurl = \"postgres://x@127.0.0.1/app\"\nslot = \"Bad Slot\"\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay")).args(["check", "--config"]).arg(&path).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("source.slot") && text.contains("broker"), "{text}");

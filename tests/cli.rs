@@ -45,13 +45,17 @@ fn setup_print_sql_shows_the_default_table_publication_and_slot() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let sql = String::from_utf8_lossy(&out.stdout);
     assert!(sql.contains("CREATE TABLE IF NOT EXISTS outbox"), "{sql}");
-    assert!(sql.contains("CREATE PUBLICATION \"p1\" FOR TABLE \"public\".\"outbox\" WITH (publish = 'insert')"), "{sql}");
+    assert!(
+        sql.contains("CREATE PUBLICATION \"p1\" FOR TABLE \"public\".\"outbox\" WITH (publish = 'insert')"),
+        "{sql}"
+    );
     assert!(sql.contains("pg_create_logical_replication_slot('s1', 'pgoutput')"), "{sql}");
 }
 
 #[test]
 fn the_shipped_example_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
-    let out = bin().args(["setup", "--print-sql", "--config", path]).env_remove("OUTBOX_RELAY_SOURCE_URL").output().unwrap();
+    let out =
+        bin().args(["setup", "--print-sql", "--config", path]).env_remove("OUTBOX_RELAY_SOURCE_URL").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

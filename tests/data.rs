@@ -38,7 +38,10 @@ async fn a_null_payload_stops_the_relay_naming_table_id_and_lsn_and_is_never_ski
     let err = stopped_with_error(relay).await;
     assert_eq!(err.kind(), outbox_relay::ErrorKind::Data, "{}", err.chain());
     let text = err.to_string();
-    assert!(text.contains("public.outbox") && text.contains(&bad_id) && text.contains("LSN") && text.contains("payload"), "{text}");
+    assert!(
+        text.contains("public.outbox") && text.contains(&bad_id) && text.contains("LSN") && text.contains("payload"),
+        "{text}"
+    );
 
     // AND the good event before it was delivered, nothing after it, and the slot stays before the bad row
     consumer.wait_for_ids(&good, Duration::from_secs(10)).await;
@@ -89,8 +92,13 @@ async fn logical_decoding_messages_are_routed_by_prefix() {
 
     // WHEN a transaction emits a transactional message and inserts a row
     let msg_id = support::uuid();
-    let content = format!(r#"{{"id":"{msg_id}","aggregate_type":"wallet","event_type":"FraudDetected","payload":{{"account":"acc-1"}}}}"#);
-    client.batch_execute(&format!("BEGIN; SELECT pg_logical_emit_message(true, 'wallet', '{content}');")).await.unwrap();
+    let content = format!(
+        r#"{{"id":"{msg_id}","aggregate_type":"wallet","event_type":"FraudDetected","payload":{{"account":"acc-1"}}}}"#
+    );
+    client
+        .batch_execute(&format!("BEGIN; SELECT pg_logical_emit_message(true, 'wallet', '{content}');"))
+        .await
+        .unwrap();
     let row_ids = insert_events(&client, "wallet", &["acc-1".into()], "TransactionAdded").await;
     // (insert_events ran its own BEGIN/COMMIT inside the open transaction: the COMMIT commits both)
     let _ = client.batch_execute("COMMIT").await;

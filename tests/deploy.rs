@@ -39,7 +39,10 @@ async fn every_metric_the_alerts_and_the_dashboard_use_exists_in_metrics() {
         .map(|l| l.split(['{', ' ']).next().unwrap_or(""))
         .collect();
     // A histogram's base name (in prose) stands for its _bucket/_sum/_count series.
-    let missing: Vec<&String> = names.iter().filter(|n| !exposed.contains(n.as_str()) && !exposed.contains(format!("{n}_bucket").as_str())).collect();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !exposed.contains(n.as_str()) && !exposed.contains(format!("{n}_bucket").as_str()))
+        .collect();
     assert!(missing.is_empty(), "named in deploy/ but not in /metrics: {missing:?}\n{text}");
     relay.stop().await.unwrap();
     db.drop_all().await;

@@ -100,7 +100,12 @@ async fn a_renamed_route_table_or_a_non_json_payload_stops_with_a_clear_error() 
     // A text payload that is not JSON in a JSON route
     let db = TestDb::new().await;
     let client = db.client().await;
-    client.batch_execute("CREATE TABLE text_outbox (id uuid PRIMARY KEY, aggregate_type text, event_type text, payload text)").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE text_outbox (id uuid PRIMARY KEY, aggregate_type text, event_type text, payload text)",
+        )
+        .await
+        .unwrap();
     let consumer = Consumer::start("#").await;
     let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
     cfg.tail = format!("[[routes]]\ntable = \"text_outbox\"\nexchange = \"{}\"\n", consumer.exchange);
@@ -108,7 +113,13 @@ async fn a_renamed_route_table_or_a_non_json_payload_stops_with_a_clear_error() 
     let id = support::uuid();
     client.batch_execute(&format!("INSERT INTO text_outbox VALUES ('{id}', 'w', 'E', 'not {{json')")).await.unwrap();
     let e = stopped_with_error(relay).await;
-    assert!(e.to_string().contains("not valid JSON") && e.to_string().contains(&id) && e.to_string().contains("public.text_outbox"), "{}", e.chain());
+    assert!(
+        e.to_string().contains("not valid JSON")
+            && e.to_string().contains(&id)
+            && e.to_string().contains("public.text_outbox"),
+        "{}",
+        e.chain()
+    );
     db.drop_all().await;
 
     // The route's table renamed under the relay
@@ -121,7 +132,11 @@ async fn a_renamed_route_table_or_a_non_json_payload_stops_with_a_clear_error() 
         .await
         .unwrap();
     let e = stopped_with_error(relay).await;
-    assert!(e.to_string().contains("public.outbox_renamed") && e.to_string().contains("matches no route"), "{}", e.chain());
+    assert!(
+        e.to_string().contains("public.outbox_renamed") && e.to_string().contains("matches no route"),
+        "{}",
+        e.chain()
+    );
     db.drop_all().await;
 }
 
@@ -131,14 +146,14 @@ async fn hostile_identifiers_are_quoted_and_cannot_inject_sql() {
     let db = TestDb::new().await;
     let client = db.client().await;
     client.batch_execute("CREATE TABLE canary (x int); INSERT INTO canary VALUES (1)").await.unwrap();
-    client
-        .batch_execute("CREATE TABLE \"evil'; DROP TABLE canary; --\" (LIKE outbox INCLUDING ALL)")
-        .await
-        .unwrap();
+    client.batch_execute("CREATE TABLE \"evil'; DROP TABLE canary; --\" (LIKE outbox INCLUDING ALL)").await.unwrap();
     let consumer = Consumer::start("#").await;
     let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
     cfg.source_extra = "publication = \"pub\\\"; DROP TABLE canary; --\"".into();
-    cfg.tail = format!("[[routes]]\nname = \"evil\"\ntable = \"public.evil'; DROP TABLE canary; --\"\nexchange = \"{}\"\n", consumer.exchange);
+    cfg.tail = format!(
+        "[[routes]]\nname = \"evil\"\ntable = \"public.evil'; DROP TABLE canary; --\"\nexchange = \"{}\"\n",
+        consumer.exchange
+    );
 
     // WHEN the relay creates its publication and streams from both tables
     let relay = InProcess::start(&cfg).await;
@@ -154,7 +169,11 @@ async fn hostile_identifiers_are_quoted_and_cannot_inject_sql() {
     // THEN the canary table still exists and the publication has the hostile name verbatim
     let n: i64 = client.query_one("SELECT count(*) FROM canary", &[]).await.unwrap().get(0);
     assert_eq!(n, 1);
-    let pubs: i64 = client.query_one("SELECT count(*) FROM pg_publication WHERE pubname = 'pub\"; DROP TABLE canary; --'", &[]).await.unwrap().get(0);
+    let pubs: i64 = client
+        .query_one("SELECT count(*) FROM pg_publication WHERE pubname = 'pub\"; DROP TABLE canary; --'", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(pubs, 1);
     let m = consumer.received().into_iter().find(|m| m.message_id == id).unwrap();
     assert_eq!(m.header("x-outbox-table").as_deref(), Some("public.evil'; DROP TABLE canary; --"));
@@ -170,10 +189,16 @@ async fn md5_login_and_a_rotated_password_file_is_picked_up_without_a_restart() 
     admin.batch_execute("SET password_encryption = 'md5'").await.unwrap();
     admin.batch_execute("CREATE ROLE relay LOGIN REPLICATION PASSWORD 'first-Pass-1'").await.unwrap();
     admin.batch_execute("CREATE DATABASE app OWNER relay").await.unwrap();
-    let stored: bool = admin.query_one("SELECT rolpassword LIKE 'md5%' FROM pg_authid WHERE rolname = 'relay'", &[]).await.unwrap().get(0);
+    let stored: bool = admin
+        .query_one("SELECT rolpassword LIKE 'md5%' FROM pg_authid WHERE rolname = 'relay'", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(stored, "the password is stored as md5");
     let app = pg.local_client("app").await;
-    app.batch_execute(&format!("{} ALTER TABLE outbox OWNER TO relay;", outbox_relay::setup::DEFAULT_OUTBOX_TABLE)).await.unwrap();
+    app.batch_execute(&format!("{} ALTER TABLE outbox OWNER TO relay;", outbox_relay::setup::DEFAULT_OUTBOX_TABLE))
+        .await
+        .unwrap();
     let url_with = |pw: &str| format!("postgres://relay:{pw}@127.0.0.1:{}/app", pg.port());
 
     // WHEN the relay reads its URL from a _FILE that holds a wrong password

@@ -8,7 +8,12 @@ use crate::support::{self, insert_events, TestDb};
 
 /// Starts a background writer: `txns` transactions of `per_txn` events,
 /// aggregates spread over 20 keys; returns (aggregate, id) in commit order.
-fn writer(url: String, tag: &'static str, txns: usize, per_txn: usize) -> tokio::task::JoinHandle<Vec<(String, String)>> {
+fn writer(
+    url: String,
+    tag: &'static str,
+    txns: usize,
+    per_txn: usize,
+) -> tokio::task::JoinHandle<Vec<(String, String)>> {
     tokio::spawn(async move {
         let client = support::connect(&url).await;
         let mut expected = Vec::new();

@@ -71,7 +71,10 @@ async fn metrics_tell_the_truth_about_delivery_lag_and_position() {
     })
     .await;
     let confirmed = metric(&scrape(http).await, "outbox_relay_confirmed_lsn", "").unwrap();
-    assert!(confirmed as u64 >= db.confirmed_flush().await.unwrap().saturating_sub(1024 * 1024), "confirmed_lsn follows the slot");
+    assert!(
+        confirmed as u64 >= db.confirmed_flush().await.unwrap().saturating_sub(1024 * 1024),
+        "confirmed_lsn follows the slot"
+    );
 
     // WHEN the broker goes silent while events commit
     proxy.set_mode(Mode::Blackhole);
@@ -80,12 +83,16 @@ async fn metrics_tell_the_truth_about_delivery_lag_and_position() {
     // THEN the replication lag and the lag in seconds grow
     support::wait_until(Duration::from_secs(20), "lag grows while the broker is cut off", || async move {
         let t = scrape(http).await;
-        metric(&t, "outbox_relay_replication_lag_bytes", "").is_some_and(|v| v > 0.0) && metric(&t, "outbox_relay_lag_seconds", "").is_some_and(|v| v >= 1.0)
+        metric(&t, "outbox_relay_replication_lag_bytes", "").is_some_and(|v| v > 0.0)
+            && metric(&t, "outbox_relay_lag_seconds", "").is_some_and(|v| v >= 1.0)
     })
     .await;
     proxy.set_mode(Mode::Pass);
     consumer.wait_for_ids(&held, Duration::from_secs(30)).await;
-    support::wait_until(Duration::from_secs(15), "lag back to 0", || async move { metric(&scrape(http).await, "outbox_relay_lag_seconds", "") == Some(0.0) }).await;
+    support::wait_until(Duration::from_secs(15), "lag back to 0", || async move {
+        metric(&scrape(http).await, "outbox_relay_lag_seconds", "") == Some(0.0)
+    })
+    .await;
 
     // AND the probes answer
     assert_eq!(get(http, "/healthz").await.0, 200);
@@ -116,7 +123,10 @@ async fn no_password_appears_in_any_log_line_in_either_format() {
         let status = relay.terminate(Duration::from_secs(20)).await;
         assert!(status.success(), "{log}");
         // THEN neither password appears anywhere, and json lines are JSON
-        assert!(!log.contains("Leaky-Secret-42") && !log.contains("Broker-Secret-43"), "password in the {format} log:\n{log}");
+        assert!(
+            !log.contains("Leaky-Secret-42") && !log.contains("Broker-Secret-43"),
+            "password in the {format} log:\n{log}"
+        );
         if format == "json" {
             for line in log.lines().filter(|l| !l.trim().is_empty()) {
                 serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));

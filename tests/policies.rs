@@ -25,7 +25,10 @@ async fn block_holds_the_position_until_a_queue_is_bound_and_loses_nothing() {
     let after = db.current_wal().await;
     let http = relay.http;
     // THEN the relay keeps retrying (the counter grows past one round) and the slot stays before them
-    support::wait_until(Duration::from_secs(20), "at least two rounds of returns", || async move { unroutable(http).await >= 6.0 }).await;
+    support::wait_until(Duration::from_secs(20), "at least two rounds of returns", || async move {
+        unroutable(http).await >= 6.0
+    })
+    .await;
     assert!(db.confirmed_flush().await.unwrap() < after, "block never moves the position past an unroutable message");
 
     // WHEN a queue is bound THEN the retried messages arrive and the slot moves on
@@ -47,7 +50,8 @@ async fn dead_letter_sends_unroutable_messages_with_their_origin_and_moves_on() 
     let main = Consumer::start("routable.#").await;
     let dead = Consumer::start("#").await;
     let mut cfg = RelayConfig::new(&db.url, &main.exchange);
-    cfg.broker_extra.push_str(&format!("\non_unroutable = \"dead_letter\"\ndead_letter_exchange = \"{}\"", dead.exchange));
+    cfg.broker_extra
+        .push_str(&format!("\non_unroutable = \"dead_letter\"\ndead_letter_exchange = \"{}\"", dead.exchange));
     let relay = InProcess::start(&cfg).await;
     let client = db.client().await;
 
@@ -85,7 +89,10 @@ async fn drop_counts_and_moves_on() {
     insert_events(&db.client().await, "wallet", &["a".into(), "b".into()], "Dropped").await;
     let after = db.current_wal().await;
     let http = relay.http;
-    support::wait_until(Duration::from_secs(20), "both counted as unroutable", || async move { unroutable(http).await == 2.0 }).await;
+    support::wait_until(Duration::from_secs(20), "both counted as unroutable", || async move {
+        unroutable(http).await == 2.0
+    })
+    .await;
     support::wait_until(Duration::from_secs(15), "slot moves past the dropped events", || {
         let db = &db;
         async move { db.confirmed_flush().await.unwrap_or(0) >= after }

@@ -119,7 +119,10 @@ async fn writes_to_unpublished_tables_advance_the_slot_while_the_outbox_is_quiet
     client.batch_execute("CREATE TABLE unrelated (id serial primary key, v text)").await.unwrap();
     // WHEN only the unrelated table is written
     for _ in 0..50 {
-        client.batch_execute("INSERT INTO unrelated (v) SELECT repeat('x', 1000) FROM generate_series(1, 20)").await.unwrap();
+        client
+            .batch_execute("INSERT INTO unrelated (v) SELECT repeat('x', 1000) FROM generate_series(1, 20)")
+            .await
+            .unwrap();
     }
     let target = db.current_wal().await;
     // THEN the slot's confirmed position moves past those writes (no WAL retained for nothing)
@@ -217,9 +220,10 @@ async fn a_scram_role_streams_and_a_wrong_password_is_refused_without_leaking_it
     // AND a wrong password is refused with an authentication error that never shows the password
     url.set_password(Some("Wrong-Password-9")).unwrap();
     let target = outbox_relay::source::pgconfig::PgTarget::parse(url.as_str()).unwrap();
-    let err = outbox_relay::source::replication::connection::ReplicationConnection::connect(&target, Duration::from_secs(5))
-        .await
-        .expect_err("wrong password must fail");
+    let err =
+        outbox_relay::source::replication::connection::ReplicationConnection::connect(&target, Duration::from_secs(5))
+            .await
+            .expect_err("wrong password must fail");
     assert_eq!(err.kind(), outbox_relay::ErrorKind::SourceAuth, "{}", err.chain());
     let text = format!("{} {:?} {}", err, err, err.chain());
     assert!(text.contains("28P01"), "names the SQLSTATE: {text}");

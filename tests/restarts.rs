@@ -38,7 +38,11 @@ fn resilient_writer(url: String, txns: usize, per_txn: usize) -> tokio::task::Jo
                     // Unknown outcome: ask the database once it is back.
                     client = connect_retry(&url).await;
                     let c = client.as_ref().expect("reconnected");
-                    let n: i64 = c.query_one(&format!("SELECT count(*) FROM outbox WHERE id = '{}'", ids[0]), &[]).await.unwrap().get(0);
+                    let n: i64 = c
+                        .query_one(&format!("SELECT count(*) FROM outbox WHERE id = '{}'", ids[0]), &[])
+                        .await
+                        .unwrap()
+                        .get(0);
                     n == 1
                 }
             };

@@ -37,7 +37,10 @@ async fn two_instances_one_active_and_the_standby_takes_over_within_15s_of_a_sig
     support::wait_until(Duration::from_secs(30), "exactly one active, one standby", || async move {
         let roles = (role(a_http).await, role(b_http).await);
         let metrics = (active(a_http).await, active(b_http).await);
-        matches!((roles.0.as_str(), roles.1.as_str(), metrics), ("active", "standby", (Some(true), Some(false))) | ("standby", "active", (Some(false), Some(true))))
+        matches!(
+            (roles.0.as_str(), roles.1.as_str(), metrics),
+            ("active", "standby", (Some(true), Some(false))) | ("standby", "active", (Some(false), Some(true)))
+        )
     })
     .await;
     let (active_proc, active_http, standby_proc, standby_http) =
@@ -58,7 +61,10 @@ async fn two_instances_one_active_and_the_standby_takes_over_within_15s_of_a_sig
     let killed = Instant::now();
 
     // THEN the standby takes over within 15 seconds and nothing is lost
-    support::wait_until(Duration::from_secs(15), "the standby becomes active", || async move { active(standby_http).await == Some(true) }).await;
+    support::wait_until(Duration::from_secs(15), "the standby becomes active", || async move {
+        active(standby_http).await == Some(true)
+    })
+    .await;
     println!("standby took over {:?} after the SIGKILL", killed.elapsed());
     let expected = w.await.unwrap();
     let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();

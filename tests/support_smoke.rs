@@ -30,7 +30,10 @@ async fn stored_password(pg: &PgCluster) -> String {
 /// Opens an AMQP connection to `node` as guest.
 async fn amqp_connect(node: &RabbitNode) -> Result<Connection, amqprs::error::Error> {
     let a = node.addr();
-    Connection::open(&OpenConnectionArguments::new(&a.ip().to_string(), a.port(), "guest", "guest").virtual_host("/").finish()).await
+    Connection::open(
+        &OpenConnectionArguments::new(&a.ip().to_string(), a.port(), "guest", "guest").virtual_host("/").finish(),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,7 +43,8 @@ async fn private_pg_cluster_accepts_scram_and_survives_restart_and_stop() {
     assert_ne!(pg.port(), 54329, "not the shared cluster");
 
     // WHEN a client logs in over TCP with the superuser password
-    let client = try_connect(&pg.url("postgres")).await.unwrap_or_else(|e| panic!("SCRAM login: {e}\n{}", pg.log_tail()));
+    let client =
+        try_connect(&pg.url("postgres")).await.unwrap_or_else(|e| panic!("SCRAM login: {e}\n{}", pg.log_tail()));
 
     // THEN it is a SCRAM login on a logical-replication server
     assert!(stored_password(&pg).await.starts_with("SCRAM-SHA-256$"), "password stored as SCRAM");
@@ -57,7 +61,9 @@ async fn private_pg_cluster_accepts_scram_and_survives_restart_and_stop() {
 
     // THEN the old connection is gone and a new one works on the same port, with a new postmaster
     assert!(client.simple_query("SELECT 1").await.is_err(), "the old session was terminated");
-    let client = try_connect(&pg.url("postgres")).await.unwrap_or_else(|e| panic!("login after restart: {e}\n{}", pg.log_tail()));
+    let client = try_connect(&pg.url("postgres"))
+        .await
+        .unwrap_or_else(|e| panic!("login after restart: {e}\n{}", pg.log_tail()));
     let restarted: String = client.query_one("SELECT pg_postmaster_start_time()::text", &[]).await.unwrap().get(0);
     assert_ne!(started, restarted, "a new postmaster");
 
@@ -65,7 +71,9 @@ async fn private_pg_cluster_accepts_scram_and_survives_restart_and_stop() {
     pg.stop().await;
     assert!(!support::cluster::port_accepts(pg.addr()).await, "port closed while stopped");
     pg.start_again().await;
-    let client = try_connect(&pg.url("postgres")).await.unwrap_or_else(|e| panic!("login after start_again: {e}\n{}", pg.log_tail()));
+    let client = try_connect(&pg.url("postgres"))
+        .await
+        .unwrap_or_else(|e| panic!("login after start_again: {e}\n{}", pg.log_tail()));
     client.simple_query("SELECT 1").await.unwrap();
 }
 
@@ -115,7 +123,8 @@ async fn private_rabbit_node_accepts_amqp_and_survives_restart() {
     .await;
 
     // AND a new connection works and finds the durable queue (the same broker came back)
-    let conn = amqp_connect(&node).await.unwrap_or_else(|e| panic!("AMQP connection after restart: {e}\n{}", node.log_tail()));
+    let conn =
+        amqp_connect(&node).await.unwrap_or_else(|e| panic!("AMQP connection after restart: {e}\n{}", node.log_tail()));
     let ch = conn.open_channel(None).await.unwrap();
     ch.queue_declare(QueueDeclareArguments::new(&queue).passive(true).finish())
         .await
@@ -150,7 +159,9 @@ async fn private_rabbit_node_survives_process_restart_and_kill() {
             async move { !conn.is_open() }
         })
         .await;
-        let conn = amqp_connect(&node).await.unwrap_or_else(|e| panic!("AMQP connection after {how}: {e}\n{}", node.log_tail()));
+        let conn = amqp_connect(&node)
+            .await
+            .unwrap_or_else(|e| panic!("AMQP connection after {how}: {e}\n{}", node.log_tail()));
         let ch = conn.open_channel(None).await.unwrap();
         ch.queue_declare(QueueDeclareArguments::new(&queue).passive(true).finish())
             .await

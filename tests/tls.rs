@@ -57,7 +57,9 @@ async fn postgres_tls_modes_verify_what_libpq_verifies_on_both_connections() {
     let e = repl(&wrong_host).await.expect_err("wrong host name must fail");
     assert!(e.chain().to_lowercase().contains("not valid for"), "{}", e.chain());
     assert!(sql(&wrong_host).await.is_err());
-    repl(&url(port, "127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}"))).await.expect("verify-ca ignores the name");
+    repl(&url(port, "127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}")))
+        .await
+        .expect("verify-ca ignores the name");
 
     // AND require without a CA encrypts without verifying
     repl(&url(port, "127.0.0.1", "sslmode=require")).await.expect("require without CA");
@@ -86,7 +88,12 @@ async fn postgres_tls_modes_verify_what_libpq_verifies_on_both_connections() {
 async fn amqps_with_hostname_verification_and_a_wrong_ca_refused() {
     // GIVEN a RabbitMQ node with a TLS listener whose certificate names "localhost"
     let pki = Pki::new(&["localhost"], "relay");
-    let rabbit = RabbitNode::start_with_tls(TlsFiles { cert: pki.server_cert.clone(), key: pki.server_key.clone(), ca: Some(pki.ca.clone()) }).await;
+    let rabbit = RabbitNode::start_with_tls(TlsFiles {
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        ca: Some(pki.ca.clone()),
+    })
+    .await;
     let tls_port = rabbit.tls_addr().expect("TLS listener").port();
     let (exchange, queue) = Consumer::declare_durable(&rabbit.amqp_url(), "#").await;
     let db = support::TestDb::new().await;
@@ -108,7 +115,13 @@ async fn amqps_with_hostname_verification_and_a_wrong_ca_refused() {
         (format!("amqps://guest:guest@127.0.0.1:{tls_port}/%2f?cacertfile={}", pki.ca.display()), "wrong host name"),
     ] {
         let target = outbox_relay::publish::channel::BrokerTarget::parse(&url).unwrap();
-        let r = outbox_relay::publish::channel::BrokerChannel::open(&target, Duration::from_secs(10), Duration::from_secs(5), "t").await;
+        let r = outbox_relay::publish::channel::BrokerChannel::open(
+            &target,
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+            "t",
+        )
+        .await;
         assert!(r.is_err(), "{what} must be refused");
     }
     db.drop_all().await;

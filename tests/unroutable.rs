@@ -48,4 +48,3 @@ async fn every_seventh_of_20k_pipelined_messages_is_unroutable_and_each_return_i
     relay.stop().await.unwrap();
     db.drop_all().await;
 }
-

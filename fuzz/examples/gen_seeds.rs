@@ -13,31 +13,19 @@ use std::path::{Path, PathBuf};
 
 use outbox_relay::event::{Column, Datum, EndLsn, Lsn, PgTimestamp};
 use outbox_relay::source::replication::pgoutput::{encode, PgOutputMessage, Relation};
-use outbox_relay::source::replication::protocol::{
-    copy_data_frame, encode_keepalive, encode_xlog_data,
-};
+use outbox_relay::source::replication::protocol::{copy_data_frame, encode_keepalive, encode_xlog_data};
 
 fn relation(id: u32, namespace: &str, name: &str, cols: &[(&str, u32)]) -> PgOutputMessage {
     PgOutputMessage::Relation(Relation {
         id,
         namespace: namespace.into(),
         name: name.into(),
-        columns: cols
-            .iter()
-            .map(|(name, type_oid)| Column {
-                name: (*name).into(),
-                type_oid: *type_oid,
-            })
-            .collect(),
+        columns: cols.iter().map(|(name, type_oid)| Column { name: (*name).into(), type_oid: *type_oid }).collect(),
     })
 }
 
 fn begin(final_lsn: u64, xid: u32) -> PgOutputMessage {
-    PgOutputMessage::Begin {
-        final_lsn: Lsn(final_lsn),
-        commit_time: PgTimestamp(829_000_000_000_000),
-        xid,
-    }
+    PgOutputMessage::Begin { final_lsn: Lsn(final_lsn), commit_time: PgTimestamp(829_000_000_000_000), xid }
 }
 
 fn commit(commit_lsn: u64, end_lsn: u64) -> PgOutputMessage {
@@ -49,10 +37,7 @@ fn commit(commit_lsn: u64, end_lsn: u64) -> PgOutputMessage {
 }
 
 fn insert(relation_id: u32, values: Vec<Datum>) -> PgOutputMessage {
-    PgOutputMessage::Insert {
-        relation_id,
-        values,
-    }
+    PgOutputMessage::Insert { relation_id, values }
 }
 
 fn text(s: &str) -> Datum {
@@ -69,19 +54,11 @@ fn message(transactional: bool, lsn: u64, prefix: &str, content: &str) -> PgOutp
 }
 
 fn outbox_relation() -> PgOutputMessage {
-    relation(
-        16_384,
-        "public",
-        "outbox",
-        &[("id", 20), ("topic", 25), ("payload", 3802)],
-    )
+    relation(16_384, "public", "outbox", &[("id", 20), ("topic", 25), ("payload", 3802)])
 }
 
 fn outbox_row(id: &str) -> PgOutputMessage {
-    insert(
-        16_384,
-        vec![text(id), text("orders.created"), text("{\"order\":7}")],
-    )
+    insert(16_384, vec![text(id), text("orders.created"), text("{\"order\":7}")])
 }
 
 /// One of each message kind the decoder handles.
@@ -90,17 +67,8 @@ fn single_messages() -> Vec<(&'static str, PgOutputMessage)> {
         ("begin", begin(0x16_B374_D848, 812)),
         ("commit", commit(0x16_B374_D848, 0x16_B374_D878)),
         ("relation", outbox_relation()),
-        (
-            "relation_catalog",
-            relation(1259, "", "pg_class", &[("relname", 19)]),
-        ),
-        (
-            "insert",
-            insert(
-                16_384,
-                vec![text("42"), Datum::Null, Datum::UnchangedToast, text("")],
-            ),
-        ),
+        ("relation_catalog", relation(1259, "", "pg_class", &[("relname", 19)])),
+        ("insert", insert(16_384, vec![text("42"), Datum::Null, Datum::UnchangedToast, text("")])),
         ("message_tx", message(true, 0x16_B374_D860, "outbox", "{\"a\":1}")),
         ("message_standalone", message(false, 0x16_B374_D900, "outbox", "hi")),
         ("skipped_update", PgOutputMessage::Skipped { tag: b'U' }),
@@ -162,26 +130,13 @@ fn main() {
         )));
         wal += 0x10;
     }
-    replication.extend_from_slice(&copy_data_frame(&encode_keepalive(
-        Lsn(0x1000),
-        829_000_000_000_002,
-        true,
-    )));
+    replication.extend_from_slice(&copy_data_frame(&encode_keepalive(Lsn(0x1000), 829_000_000_000_002, true)));
     write(&dir, "stream", &replication);
-    write(
-        &dir,
-        "keepalive",
-        &copy_data_frame(&encode_keepalive(Lsn(0x16_B374_D878), 1, false)),
-    );
+    write(&dir, "keepalive", &copy_data_frame(&encode_keepalive(Lsn(0x16_B374_D878), 1, false)));
     // CopyDone ('c', empty body), then ReadyForQuery ('Z', "I"), then a frame
     // cut short.
     let mut other = vec![b'c', 0, 0, 0, 4, b'Z', 0, 0, 0, 5, b'I'];
-    other.extend_from_slice(&copy_data_frame(&encode_xlog_data(
-        Lsn(1),
-        Lsn(2),
-        3,
-        &encode(&begin(9, 1)),
-    ))[..20]);
+    other.extend_from_slice(&copy_data_frame(&encode_xlog_data(Lsn(1), Lsn(2), 3, &encode(&begin(9, 1))))[..20]);
     write(&dir, "copy_done_ready_partial", &other);
 
     let dir = root.join("transaction_assembler");

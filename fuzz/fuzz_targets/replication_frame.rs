@@ -20,8 +20,7 @@ use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use outbox_relay::source::replication::pgoutput;
 use outbox_relay::source::replication::protocol::{
-    decode_copy_data, encode_keepalive, encode_xlog_data, parse_frame, ProtocolError,
-    ReplicationMessage,
+    decode_copy_data, encode_keepalive, encode_xlog_data, parse_frame, ProtocolError, ReplicationMessage,
 };
 
 /// Small enough that most fuzzed lengths are rejected as too long.
@@ -47,11 +46,7 @@ fn split_frames(data: &[u8], max_len: usize) {
                     "frame of declared length {} returned with max_len {max_len}",
                     body_len + 4
                 );
-                assert_eq!(
-                    buf.len() + 5 + body_len,
-                    before.len(),
-                    "consumed more or less than one frame"
-                );
+                assert_eq!(buf.len() + 5 + body_len, before.len(), "consumed more or less than one frame");
                 assert_eq!(frame.tag, before[0]);
                 let declared = i32::from_be_bytes([before[1], before[2], before[3], before[4]]);
                 assert_eq!(usize::try_from(declared).ok(), Some(body_len + 4));
@@ -63,8 +58,7 @@ fn split_frames(data: &[u8], max_len: usize) {
                 assert_eq!(buf, before, "Ok(None) consumed bytes");
                 assert!(
                     before.len() < 5 || {
-                        let declared =
-                            i32::from_be_bytes([before[1], before[2], before[3], before[4]]);
+                        let declared = i32::from_be_bytes([before[1], before[2], before[3], before[4]]);
                         usize::try_from(declared).map_or(false, |d| before.len() < 1 + d)
                     },
                     "Ok(None) although a complete frame was present"
@@ -86,12 +80,7 @@ fn split_frames(data: &[u8], max_len: usize) {
 
 fn check_copy_data(body: Bytes) {
     match decode_copy_data(body.clone()) {
-        Ok(ReplicationMessage::XLogData {
-            wal_start,
-            wal_end,
-            server_clock,
-            data,
-        }) => {
+        Ok(ReplicationMessage::XLogData { wal_start, wal_end, server_clock, data }) => {
             assert_eq!(
                 encode_xlog_data(wal_start, wal_end, server_clock, &data),
                 body,
@@ -107,11 +96,7 @@ fn check_copy_data(body: Bytes) {
                 }
             }
         }
-        Ok(ReplicationMessage::PrimaryKeepalive {
-            wal_end,
-            server_clock,
-            reply_requested,
-        }) => {
+        Ok(ReplicationMessage::PrimaryKeepalive { wal_end, server_clock, reply_requested }) => {
             assert_eq!(body.len(), 18, "keepalive of the wrong size accepted");
             assert_eq!(reply_requested, body[17] != 0);
             let mut expected = body.to_vec();

@@ -51,16 +51,10 @@ impl Model {
                 Ok(None)
             }
             PgOutputMessage::Relation(rel) => {
-                self.relations.insert(
-                    rel.id,
-                    (rel.qualified_name(), Arc::new(rel.columns.clone())),
-                );
+                self.relations.insert(rel.id, (rel.qualified_name(), Arc::new(rel.columns.clone())));
                 Ok(None)
             }
-            PgOutputMessage::Insert {
-                relation_id,
-                values,
-            } => {
+            PgOutputMessage::Insert { relation_id, values } => {
                 let Some((_, events)) = self.open.as_mut() else {
                     return Err("InsertOutsideTransaction");
                 };
@@ -77,39 +71,19 @@ impl Model {
                 });
                 Ok(None)
             }
-            PgOutputMessage::Message {
-                transactional: true,
-                prefix,
-                content,
-                ..
-            } => {
+            PgOutputMessage::Message { transactional: true, prefix, content, .. } => {
                 let Some((_, events)) = self.open.as_mut() else {
                     return Err("MessageOutsideTransaction");
                 };
-                events.push(EventSource::Message {
-                    prefix: prefix.clone(),
-                    content: content.clone(),
-                });
+                events.push(EventSource::Message { prefix: prefix.clone(), content: content.clone() });
                 Ok(None)
             }
-            PgOutputMessage::Message {
-                transactional: false,
-                lsn,
-                prefix,
-                content,
-            } => Ok(Some(transaction(
+            PgOutputMessage::Message { transactional: false, lsn, prefix, content } => Ok(Some(transaction(
                 EndLsn(*lsn),
                 NOW,
-                vec![EventSource::Message {
-                    prefix: prefix.clone(),
-                    content: content.clone(),
-                }],
+                vec![EventSource::Message { prefix: prefix.clone(), content: content.clone() }],
             ))),
-            PgOutputMessage::Commit {
-                commit_lsn,
-                end_lsn,
-                commit_time,
-            } => match &self.open {
+            PgOutputMessage::Commit { commit_lsn, end_lsn, commit_time } => match &self.open {
                 None => Err("CommitOutsideTransaction"),
                 Some((final_lsn, _)) if final_lsn != commit_lsn => Err("CommitLsnMismatch"),
                 Some(_) => {
@@ -133,11 +107,7 @@ fn transaction(end_lsn: EndLsn, commit_time: PgTimestamp, sources: Vec<EventSour
             ordinal: u32::try_from(i).expect("fuzz inputs hold far fewer than 2^32 events"),
         })
         .collect();
-    Transaction {
-        end_lsn,
-        commit_time,
-        events,
-    }
+    Transaction { end_lsn, commit_time, events }
 }
 
 fn error_kind(err: &AssembleError) -> &'static str {
@@ -183,11 +153,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 match &msg {
                     PgOutputMessage::Commit { end_lsn, .. } => assert_eq!(tx.end_lsn, *end_lsn),
-                    PgOutputMessage::Message {
-                        transactional: false,
-                        lsn,
-                        ..
-                    } => {
+                    PgOutputMessage::Message { transactional: false, lsn, .. } => {
                         assert_eq!(tx.end_lsn, EndLsn(*lsn));
                         assert_eq!(tx.events.len(), 1);
                     }

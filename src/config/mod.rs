@@ -281,10 +281,7 @@ pub struct Problem {
 impl Problem {
     /// A problem at `key`.
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Problem {
-        Problem {
-            key: key.into(),
-            message: message.into(),
-        }
+        Problem { key: key.into(), message: message.into() }
     }
 }
 
@@ -327,11 +324,7 @@ impl fmt::Display for ConfigError {
     /// One line per problem: `{path}: {key}: {message}`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::Io { path, source } => write!(
-                f,
-                "{}: cannot read the config file: {source}",
-                path.display()
-            ),
+            ConfigError::Io { path, source } => write!(f, "{}: cannot read the config file: {source}", path.display()),
             ConfigError::Invalid { path, problems } => {
                 for (i, problem) in problems.iter().enumerate() {
                     if i > 0 {
@@ -381,24 +374,16 @@ mod tests {
             path: PathBuf::from("/nope.toml"),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         };
-        assert!(err
-            .to_string()
-            .starts_with("/nope.toml: cannot read the config file"));
+        assert!(err.to_string().starts_with("/nope.toml: cannot read the config file"));
         assert!(std::error::Error::source(&err).is_some());
         assert!(err.problems().is_empty());
     }
 
     #[test]
     fn labels_and_names() {
-        let table = RouteMatch::Table {
-            schema: "public".into(),
-            table: "outbox".into(),
-        };
+        let table = RouteMatch::Table { schema: "public".into(), table: "outbox".into() };
         assert_eq!(table.label(), "public.outbox");
-        assert_eq!(
-            RouteMatch::MessagePrefix("wallet".into()).label(),
-            "message:wallet"
-        );
+        assert_eq!(RouteMatch::MessagePrefix("wallet".into()).label(), "message:wallet");
         assert_eq!(OnUnroutable::DeadLetter.as_str(), "dead_letter");
         assert_eq!(OnUnroutable::Block.as_str(), "block");
         assert_eq!(OnUnroutable::Drop.as_str(), "drop");

@@ -142,11 +142,7 @@ const MAX_SERDE_PROBLEMS: usize = 32;
 
 /// Parses `text` into the raw mirror, collecting as many serde-level problems as it can.
 pub(super) fn parse(text: &str) -> Parsed {
-    let mut parsed = Parsed {
-        raw: None,
-        problems: Vec::new(),
-        suppressed: Vec::new(),
-    };
+    let mut parsed = Parsed { raw: None, problems: Vec::new(), suppressed: Vec::new() };
     if let Err(e) = text.parse::<toml::Table>() {
         parsed.problems.push(problem_at(text, &e, "invalid TOML: "));
         return parsed;
@@ -186,10 +182,7 @@ fn problem_at(text: &str, err: &toml::de::Error, prefix: &str) -> Problem {
         Some(span) => {
             let start = floor_boundary(text, span.start);
             let (line, column) = line_column(text, start);
-            Problem::new(
-                key_path_at(text, start),
-                format!("{prefix}{message} (line {line}, column {column})"),
-            )
+            Problem::new(key_path_at(text, start), format!("{prefix}{message} (line {line}, column {column})"))
         }
         None => Problem::new("(document)", format!("{prefix}{message}")),
     }
@@ -207,10 +200,7 @@ fn floor_boundary(text: &str, mut i: usize) -> usize {
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset];
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (
-        before.matches('\n').count() + 1,
-        before[line_start..].chars().count() + 1,
-    )
+    (before.matches('\n').count() + 1, before[line_start..].chars().count() + 1)
 }
 
 /// Best-effort key path (`routes[1].headers.x`) of the statement at `offset`, found from
@@ -241,11 +231,7 @@ fn key_path_parts(text: &str, offset: usize) -> String {
     };
     // An error on the key itself (unknown or duplicate) names the key up to the dotted
     // part it points into; an error on the value names the whole key.
-    let key_end = if column < eq {
-        segment_end(line, column, ['.', '='])
-    } else {
-        eq
-    };
+    let key_end = if column < eq { segment_end(line, column, ['.', '=']) } else { eq };
     push_parts(&mut path, dotted(&line[..key_end]));
     if column > eq {
         // Inside an inline table: add the inner key whose entry holds the offset.
@@ -285,11 +271,9 @@ fn table_context(before: &str) -> String {
         } else if let Some(rest) = t.strip_prefix('[') {
             current = dotted(rest.split(']').next().unwrap_or_default()).join(".");
             // `[routes.headers]` after `[[routes]]` belongs to the latest route.
-            let array = counts.iter().filter(|(name, _)| {
-                current
-                    .strip_prefix(name.as_str())
-                    .is_some_and(|r| r.starts_with('.'))
-            });
+            let array = counts
+                .iter()
+                .filter(|(name, _)| current.strip_prefix(name.as_str()).is_some_and(|r| r.starts_with('.')));
             if let Some((name, count)) = array.max_by_key(|(name, _)| name.len()) {
                 current = format!("{name}[{}]{}", count - 1, &current[name.len()..]);
             }
@@ -309,12 +293,7 @@ fn trim_line(line: &str) -> &str {
 fn dotted(key: &str) -> Vec<String> {
     key.split('.')
         .map(|part| part.trim().trim_matches(['"', '\'']))
-        .take_while(|part| {
-            !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        })
+        .take_while(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
         .map(str::to_owned)
         .collect()
 }
@@ -353,13 +332,7 @@ fn blank_range(text: &str, start: usize, end: usize) -> std::ops::Range<usize> {
 fn blank(buf: &mut String, range: std::ops::Range<usize>) {
     let blanked: String = buf[range.clone()]
         .chars()
-        .map(|c| {
-            if c == '\n' {
-                "\n".to_owned()
-            } else {
-                " ".repeat(c.len_utf8())
-            }
-        })
+        .map(|c| if c == '\n' { "\n".to_owned() } else { " ".repeat(c.len_utf8()) })
         .collect();
     buf.replace_range(range, &blanked);
 }
@@ -386,13 +359,8 @@ fn scrub(message: &str) -> String {
             }
         }
         let content = &after[..end];
-        let suspicious = content.contains(['@', ':', '/', '='])
-            || content.to_ascii_lowercase().contains("password");
-        out.push_str(&if suspicious {
-            redact_url(content)
-        } else {
-            content.to_owned()
-        });
+        let suspicious = content.contains(['@', ':', '/', '=']) || content.to_ascii_lowercase().contains("password");
+        out.push_str(&if suspicious { redact_url(content) } else { content.to_owned() });
         rest = &after[end..];
     }
     out.push_str(rest);
@@ -420,11 +388,7 @@ mod tests {
         let route = &raw.routes.unwrap()[0];
         assert_eq!(route.message_type.as_deref(), Some(""));
         let headers = &route.headers.as_ref().unwrap().0;
-        assert_eq!(
-            headers[0],
-            ("b".to_owned(), "2".to_owned()),
-            "file order kept"
-        );
+        assert_eq!(headers[0], ("b".to_owned(), "2".to_owned()), "file order kept");
     }
 
     #[test]
@@ -432,10 +396,7 @@ mod tests {
         for (text, key) in [
             ("[source]\nslott = \"x\"\n", "source.slott"),
             ("[broker]\nmax_inflight = 1\n", "broker.max_inflight"),
-            (
-                "[[routes]]\n[[routes]]\nexchang = \"x\"\n",
-                "routes[1].exchang",
-            ),
+            ("[[routes]]\n[[routes]]\nexchang = \"x\"\n", "routes[1].exchang"),
             ("[http]\nport = 1\n", "http.port"),
             ("[log]\nlvl = \"x\"\n", "log.lvl"),
             ("[sourc]\nurl = \"x\"\n", "sourc"),
@@ -445,11 +406,7 @@ mod tests {
             assert_eq!(parsed.problems.len(), 1, "{text}: {:?}", parsed.problems);
             let problem = &parsed.problems[0];
             assert_eq!(problem.key, key, "{text}");
-            assert!(
-                problem.message.starts_with("unknown key"),
-                "{}",
-                problem.message
-            );
+            assert!(problem.message.starts_with("unknown key"), "{}", problem.message);
             assert!(problem.message.contains("expected"), "{}", problem.message);
         }
     }
@@ -458,11 +415,7 @@ mod tests {
     fn wrong_type_names_key_and_line() {
         let parsed = parse("[source]\nurl = \"postgres://h\"\nbatch_size = \"lots\"\n");
         assert_eq!(parsed.problems[0].key, "source.batch_size");
-        assert!(
-            parsed.problems[0].message.contains("line 3"),
-            "{:?}",
-            parsed.problems
-        );
+        assert!(parsed.problems[0].message.contains("line 3"), "{:?}", parsed.problems);
         assert!(parsed.problems[0].message.contains("\"lots\""));
     }
 
@@ -478,14 +431,7 @@ mod tests {
                     [[routes]]\ntable = 5\n[bogus]\na = 1\n[log]\nlvl = 1\n";
         assert_eq!(
             keys(text),
-            [
-                "source.slott",
-                "source.batch_size",
-                "broker.nope",
-                "routes[0].table",
-                "bogus",
-                "log.lvl"
-            ]
+            ["source.slott", "source.batch_size", "broker.nope", "routes[0].table", "bogus", "log.lvl"]
         );
         let parsed = parse(text);
         assert!(parsed.raw.is_some(), "parsing went on after blanking");
@@ -498,11 +444,7 @@ mod tests {
         assert!(parsed.raw.is_none());
         let problem = &parsed.problems[0];
         assert_eq!(problem.key, "source.url");
-        assert!(
-            problem.message.starts_with("invalid TOML"),
-            "{}",
-            problem.message
-        );
+        assert!(problem.message.starts_with("invalid TOML"), "{}", problem.message);
         assert!(problem.message.contains("line 2"), "{}", problem.message);
         assert!(!problem.message.contains("s3cr3t-pw"));
     }

@@ -29,15 +29,10 @@ pub(super) fn identifier_defect(name: &str) -> Result<(), String> {
     if name.is_empty() {
         Err("must not be empty".into())
     } else if name.contains('\0') {
-        Err(format!(
-            "\"{}\" contains a NUL character",
-            name.escape_debug()
-        ))
+        Err(format!("\"{}\" contains a NUL character", name.escape_debug()))
     } else if name.len() > MAX_IDENTIFIER {
         let len = name.len();
-        Err(format!(
-            "\"{name}\" is {len} bytes long, PostgreSQL allows at most 63"
-        ))
+        Err(format!("\"{name}\" is {len} bytes long, PostgreSQL allows at most 63"))
     } else {
         Ok(())
     }
@@ -74,11 +69,9 @@ pub(super) fn header_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 255 {
         Err("header names must be 1 to 255 bytes long".into())
     } else if name.to_ascii_lowercase().starts_with("x-outbox-") {
-        Err(
-            "is reserved: the relay sets x-outbox-table, x-outbox-lsn and \
+        Err("is reserved: the relay sets x-outbox-table, x-outbox-lsn and \
              x-outbox-commit-time itself; choose another header name"
-                .into(),
-        )
+            .into())
     } else {
         Ok(())
     }
@@ -138,13 +131,10 @@ fn split_qualified(text: &str) -> Option<Vec<String>> {
 /// An `ORDER BY` list that is safe to put into SQL as is: `col [ASC|DESC]`, separated by
 /// commas, with bare names or double-quoted names without spaces, commas or quotes.
 pub(super) fn order_by(text: &str) -> Result<(), String> {
-    let quoted = |c: &str| {
-        c.len() > 2 && c.starts_with('"') && c.ends_with('"') && !c[1..c.len() - 1].contains('"')
-    };
+    let quoted = |c: &str| c.len() > 2 && c.starts_with('"') && c.ends_with('"') && !c[1..c.len() - 1].contains('"');
     let bare = |c: &str| {
         c.starts_with(|f: char| f.is_alphabetic() || f == '_')
-            && c.chars()
-                .all(|ch| ch.is_alphanumeric() || ch == '_' || ch == '$')
+            && c.chars().all(|ch| ch.is_alphanumeric() || ch == '_' || ch == '$')
     };
     let direction = |d: &str| d.eq_ignore_ascii_case("asc") || d.eq_ignore_ascii_case("desc");
     let valid = text.split(',').all(|item| {
@@ -166,11 +156,7 @@ pub(super) fn order_by(text: &str) -> Result<(), String> {
 /// filter syntax allows, is refused: it is far more often a misspelt level).
 pub(super) fn log_level(text: &str) -> Result<(), String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    let is_level = |l: &str| {
-        LEVELS
-            .iter()
-            .any(|known| known.eq_ignore_ascii_case(l.trim()))
-    };
+    let is_level = |l: &str| LEVELS.iter().any(|known| known.eq_ignore_ascii_case(l.trim()));
     let valid = !text.trim().is_empty()
         && text.split(',').all(|d| match d.split_once('=') {
             Some((target, level)) => !target.trim().is_empty() && is_level(level),
@@ -228,10 +214,7 @@ pub(super) fn listen_addr(text: &str) -> Result<SocketAddr, String> {
 
 /// A table key as written in a key path: bare when TOML allows it, quoted otherwise.
 pub(super) fn key_part(name: &str) -> String {
-    let bare = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let bare = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if bare {
         name.to_owned()
     } else {
@@ -247,12 +230,8 @@ mod tests {
     fn identifiers() {
         assert!(identifier("Outbox Table", "table").is_ok());
         assert!(identifier(&"t".repeat(63), "table").is_ok());
-        assert!(identifier(&"é".repeat(32), "table")
-            .unwrap_err()
-            .contains("64 bytes"));
-        assert!(identifier("", "column")
-            .unwrap_err()
-            .contains("expected a column name"));
+        assert!(identifier(&"é".repeat(32), "table").unwrap_err().contains("64 bytes"));
+        assert!(identifier("", "column").unwrap_err().contains("expected a column name"));
         assert!(identifier("a\0", "column").unwrap_err().contains("NUL"));
     }
 
@@ -269,9 +248,7 @@ mod tests {
         assert!(exchange("").is_ok());
         assert!(exchange("amq.topic:v1-x_y").is_ok());
         assert!(exchange("a/b").is_err());
-        assert!(header_name("X-Outbox-Table")
-            .unwrap_err()
-            .contains("reserved"));
+        assert!(header_name("X-Outbox-Table").unwrap_err().contains("reserved"));
         assert!(header_name("x-outboxish").is_ok());
     }
 
@@ -290,9 +267,7 @@ mod tests {
     fn durations() {
         assert_eq!(duration("1m 30s"), Ok(Duration::from_secs(90)));
         assert_eq!(duration("0s"), Ok(Duration::ZERO));
-        assert!(nonzero_duration("0ms")
-            .unwrap_err()
-            .contains("longer than zero"));
+        assert!(nonzero_duration("0ms").unwrap_err().contains("longer than zero"));
         assert!(duration("10").unwrap_err().contains("\"10s\""));
         assert_eq!(heartbeat("0s"), Ok(Duration::ZERO));
         assert!(heartbeat("1.5s").is_err());

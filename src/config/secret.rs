@@ -113,16 +113,12 @@ fn redact_uri(s: &str, rest_start: usize) -> String {
         None => out.push_str(tail),
         Some(q) => {
             out.push_str(&tail[..=q]);
-            let params = tail[q + 1..]
-                .split('&')
-                .map(|param| match param.split_once('=') {
-                    Some((key, _))
-                        if is_password_key(&percent_decode_str(key).decode_utf8_lossy()) =>
-                    {
-                        format!("{key}=***")
-                    }
-                    _ => param.to_owned(),
-                });
+            let params = tail[q + 1..].split('&').map(|param| match param.split_once('=') {
+                Some((key, _)) if is_password_key(&percent_decode_str(key).decode_utf8_lossy()) => {
+                    format!("{key}=***")
+                }
+                _ => param.to_owned(),
+            });
             out.push_str(&params.collect::<Vec<_>>().join("&"));
         }
     }
@@ -242,8 +238,7 @@ impl UrlTarget {
 
 const SOURCE_EXPECTED: &str = "expected a postgres:// or postgresql:// URL such as \
      postgres://relay@db:5432/app, or a libpq keyword string such as \"host=db user=relay dbname=app\"";
-const BROKER_EXPECTED: &str =
-    "expected an amqp:// or amqps:// URL such as amqp://relay:PASSWORD@rabbit:5672/%2f";
+const BROKER_EXPECTED: &str = "expected an amqp:// or amqps:// URL such as amqp://relay:PASSWORD@rabbit:5672/%2f";
 const NO_SPACES: &str = "contains whitespace or a control character; percent-encode it \
      (a _FILE value loses only one trailing newline)";
 
@@ -266,9 +261,7 @@ fn check_source_url(url: &str) -> Result<(), String> {
     if url.contains('=') {
         Ok(())
     } else {
-        Err(format!(
-            "is neither a URL nor a keyword string; {SOURCE_EXPECTED}"
-        ))
+        Err(format!("is neither a URL nor a keyword string; {SOURCE_EXPECTED}"))
     }
 }
 
@@ -285,9 +278,7 @@ fn check_broker_url(url: &str) -> Result<(), String> {
     // url::ParseError's text describes the defect without quoting the input.
     match url::Url::parse(url) {
         Err(e) => Err(format!("is not a valid URL ({e}); {BROKER_EXPECTED}")),
-        Ok(parsed) if parsed.host_str().is_none_or(str::is_empty) => {
-            Err(format!("has no host; {BROKER_EXPECTED}"))
-        }
+        Ok(parsed) if parsed.host_str().is_none_or(str::is_empty) => Err(format!("has no host; {BROKER_EXPECTED}")),
         Ok(_) => Ok(()),
     }
 }
@@ -327,9 +318,7 @@ pub fn resolve_url_override(
             (value, format!("env {file_var}"))
         }
     };
-    target
-        .check(&value)
-        .map_err(|message| Problem::new(key, format!("the URL {message}")))?;
+    target.check(&value).map_err(|message| Problem::new(key, format!("the URL {message}")))?;
     Ok(Some(SecretString(value)))
 }
 
@@ -348,27 +337,17 @@ pub(super) fn configured_url(
         let message = format!("is required: set it here, or through {var} or {file_var}");
         Problem::new(key, message)
     })?;
-    target
-        .check(url.expose())
-        .map_err(|message| Problem::new(key, message))?;
+    target.check(url.expose()).map_err(|message| Problem::new(key, message))?;
     Ok(url)
 }
 
 /// Reads a secret file, stripping one trailing `\n` or `\r\n`. The error names the path
 /// and the reason, never the content.
 fn read_secret_file(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        format!(
-            "cannot read \"{}\": {e}; expected a readable file holding the URL",
-            path.display()
-        )
-    })?;
-    let mut text = String::from_utf8(bytes).map_err(|_| {
-        format!(
-            "\"{}\" is not UTF-8 text; expected a file holding the URL",
-            path.display()
-        )
-    })?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read \"{}\": {e}; expected a readable file holding the URL", path.display()))?;
+    let mut text = String::from_utf8(bytes)
+        .map_err(|_| format!("\"{}\" is not UTF-8 text; expected a file holding the URL", path.display()))?;
     if text.ends_with("\r\n") {
         text.truncate(text.len() - 2);
     } else if text.ends_with('\n') {
@@ -383,10 +362,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |name| map.get(name).cloned()
     }
 
@@ -405,23 +381,11 @@ mod tests {
             redact_url("postgres://relay:pw@db:5432/app?sslmode=verify-full"),
             "postgres://relay:***@db:5432/app?sslmode=verify-full"
         );
-        assert_eq!(
-            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(
-            redact_url("postgres://relay@db/app"),
-            "postgres://relay@db/app"
-        );
+        assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(redact_url("postgres://relay@db/app"), "postgres://relay@db/app");
         assert_eq!(redact_url("postgres://db/app"), "postgres://db/app");
-        assert_eq!(
-            redact_url("postgres://u:p@ss@db/app"),
-            "postgres://u:***@db/app"
-        );
-        assert_eq!(
-            redact_url("postgres://u:p/s@db/app"),
-            "postgres://u:***@db/app"
-        );
+        assert_eq!(redact_url("postgres://u:p@ss@db/app"), "postgres://u:***@db/app");
+        assert_eq!(redact_url("postgres://u:p/s@db/app"), "postgres://u:***@db/app");
     }
 
     #[test]
@@ -430,10 +394,7 @@ mod tests {
             redact_url("postgresql:///app?host=/run/pg&password=pw&sslpassword=k"),
             "postgresql:///app?host=/run/pg&password=***&sslpassword=***"
         );
-        assert_eq!(
-            redact_url("postgres://db/app?pass%77ord=pw"),
-            "postgres://db/app?pass%77ord=***"
-        );
+        assert_eq!(redact_url("postgres://db/app?pass%77ord=pw"), "postgres://db/app?pass%77ord=***");
     }
 
     #[test]
@@ -450,21 +411,12 @@ mod tests {
             redact_url("host=db user=relay password=pw dbname=app"),
             "host=db user=relay password=*** dbname=app"
         );
-        assert_eq!(
-            redact_url("host=db password = 'p w\\' x' dbname=app"),
-            "host=db password = *** dbname=app"
-        );
+        assert_eq!(redact_url("host=db password = 'p w\\' x' dbname=app"), "host=db password = *** dbname=app");
         assert_eq!(redact_url("password=a\\ b host=x"), "password=*** host=x");
         assert_eq!(redact_url("sslpassword=k host=x"), "sslpassword=*** host=x");
-        assert_eq!(
-            redact_url("host=db password='unterminated"),
-            "host=db password=***"
-        );
+        assert_eq!(redact_url("host=db password='unterminated"), "host=db password=***");
         assert_eq!(redact_url("host=db oops password=pw"), "host=db ***");
-        assert_eq!(
-            redact_url("host=é password=é\\é x=y"),
-            "host=é password=*** x=y"
-        );
+        assert_eq!(redact_url("host=é password=é\\é x=y"), "host=é password=*** x=y");
     }
 
     #[test]
@@ -474,15 +426,9 @@ mod tests {
         assert!(t.check("postgresql://u@h/db").is_ok());
         assert!(t.check("host=h dbname=db").is_ok());
         assert!(t.check("").is_err());
-        assert!(t
-            .check("mysql://u@h/db")
-            .unwrap_err()
-            .contains("unsupported scheme"));
+        assert!(t.check("mysql://u@h/db").unwrap_err().contains("unsupported scheme"));
         assert!(t.check("just-a-host").is_err());
-        assert!(t
-            .check("postgres://u@h/db\n")
-            .unwrap_err()
-            .contains("whitespace"));
+        assert!(t.check("postgres://u@h/db\n").unwrap_err().contains("whitespace"));
     }
 
     #[test]
@@ -490,15 +436,9 @@ mod tests {
         let t = UrlTarget::Broker;
         assert!(t.check("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
         assert!(t.check("amqps://rabbit/vh?cacertfile=/ca.pem").is_ok());
-        assert!(t
-            .check("http://rabbit")
-            .unwrap_err()
-            .contains("unsupported scheme"));
+        assert!(t.check("http://rabbit").unwrap_err().contains("unsupported scheme"));
         assert!(t.check("amqp://").unwrap_err().contains("no host"));
-        assert!(t
-            .check("amqp://h:99999/")
-            .unwrap_err()
-            .contains("not a valid URL"));
+        assert!(t.check("amqp://h:99999/").unwrap_err().contains("not a valid URL"));
         assert!(t.check("amqp://h/ x").is_err());
     }
 
@@ -511,9 +451,7 @@ mod tests {
     #[test]
     fn plain_override() {
         let env = env_of(&[("OUTBOX_RELAY_BROKER_URL", "amqp://h/")]);
-        let got = resolve_url_override(UrlTarget::Broker, &env)
-            .unwrap()
-            .unwrap();
+        let got = resolve_url_override(UrlTarget::Broker, &env).unwrap().unwrap();
         assert_eq!(got.expose(), "amqp://h/");
     }
 
@@ -531,17 +469,13 @@ mod tests {
     #[test]
     fn file_override_strips_one_trailing_newline() {
         let dir = tempfile::tempdir().unwrap();
-        for (content, expected) in [
-            ("amqp://h/\n", "amqp://h/"),
-            ("amqp://h/\r\n", "amqp://h/"),
-            ("amqp://h/", "amqp://h/"),
-        ] {
+        for (content, expected) in
+            [("amqp://h/\n", "amqp://h/"), ("amqp://h/\r\n", "amqp://h/"), ("amqp://h/", "amqp://h/")]
+        {
             let path = dir.path().join("url");
             std::fs::write(&path, content).unwrap();
             let env = env_of(&[("OUTBOX_RELAY_BROKER_URL_FILE", path.to_str().unwrap())]);
-            let got = resolve_url_override(UrlTarget::Broker, &env)
-                .unwrap()
-                .unwrap();
+            let got = resolve_url_override(UrlTarget::Broker, &env).unwrap().unwrap();
             assert_eq!(got.expose(), expected);
         }
         // Only one newline goes: a second one is kept and then rejected as whitespace.
@@ -550,11 +484,7 @@ mod tests {
         let env = env_of(&[("OUTBOX_RELAY_BROKER_URL_FILE", path.to_str().unwrap())]);
         let problem = resolve_url_override(UrlTarget::Broker, &env).unwrap_err();
         assert_eq!(problem.key, "env OUTBOX_RELAY_BROKER_URL_FILE");
-        assert!(
-            problem.message.contains("whitespace"),
-            "{}",
-            problem.message
-        );
+        assert!(problem.message.contains("whitespace"), "{}", problem.message);
     }
 
     #[test]
@@ -563,17 +493,10 @@ mod tests {
         let path = dir.path().join("url");
         let env = env_of(&[("OUTBOX_RELAY_BROKER_URL_FILE", path.to_str().unwrap())]);
         std::fs::write(&path, "amqp://old/\n").unwrap();
-        let first = resolve_url_override(UrlTarget::Broker, &env)
-            .unwrap()
-            .unwrap();
+        let first = resolve_url_override(UrlTarget::Broker, &env).unwrap().unwrap();
         std::fs::write(&path, "amqp://rotated/\n").unwrap();
-        let second = resolve_url_override(UrlTarget::Broker, &env)
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (first.expose(), second.expose()),
-            ("amqp://old/", "amqp://rotated/")
-        );
+        let second = resolve_url_override(UrlTarget::Broker, &env).unwrap().unwrap();
+        assert_eq!((first.expose(), second.expose()), ("amqp://old/", "amqp://rotated/"));
     }
 
     #[test]
@@ -595,9 +518,7 @@ mod tests {
         let path = dir.path().join("pg");
         std::fs::write(&path, "host=db password='a b '\n").unwrap();
         let env = env_of(&[("OUTBOX_RELAY_SOURCE_URL_FILE", path.to_str().unwrap())]);
-        let got = resolve_url_override(UrlTarget::Source, &env)
-            .unwrap()
-            .unwrap();
+        let got = resolve_url_override(UrlTarget::Source, &env).unwrap().unwrap();
         assert_eq!(got.expose(), "host=db password='a b '");
     }
 
@@ -606,11 +527,7 @@ mod tests {
         let env = env_of(&[("OUTBOX_RELAY_SOURCE_URL_FILE", "/nonexistent/pg-url")]);
         let problem = resolve_url_override(UrlTarget::Source, &env).unwrap_err();
         assert_eq!(problem.key, "env OUTBOX_RELAY_SOURCE_URL_FILE");
-        assert!(
-            problem.message.contains("/nonexistent/pg-url"),
-            "{}",
-            problem.message
-        );
+        assert!(problem.message.contains("/nonexistent/pg-url"), "{}", problem.message);
     }
 
     #[test]

@@ -14,8 +14,8 @@ use super::raw::{self, RawBroker, RawConfig, RawRoute, RawSource};
 use super::rules;
 use super::secret::{configured_url, SecretString, UrlTarget};
 use super::{
-    AfterPublish, BrokerConfig, Config, ConfigError, HttpConfig, LogConfig, LogFormat,
-    OnUnroutable, Problem, RouteConfig, RouteMatch, SourceConfig, SourceMode,
+    AfterPublish, BrokerConfig, Config, ConfigError, HttpConfig, LogConfig, LogFormat, OnUnroutable, Problem,
+    RouteConfig, RouteMatch, SourceConfig, SourceMode,
 };
 use crate::route::template::Template;
 
@@ -34,10 +34,7 @@ pub fn process_env(name: &str) -> Option<String> {
 /// [`ConfigError::Io`] when the file cannot be read; [`ConfigError::Invalid`] listing
 /// every problem otherwise.
 pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
     from_str(&text, path, env)
 }
 
@@ -47,19 +44,12 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
 /// # Errors
 ///
 /// [`ConfigError::Invalid`] listing every problem found.
-pub fn from_str(
-    text: &str,
-    path: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigError> {
+pub fn from_str(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let parsed = raw::parse(text);
     let mut problems = parsed.problems;
     if let Some(raw) = parsed.raw {
         let base_dir = path.parent().unwrap_or_else(|| Path::new(""));
-        let mut validator = Validator {
-            problems: Vec::new(),
-            base_dir,
-        };
+        let mut validator = Validator { problems: Vec::new(), base_dir };
         let config = validator.config(raw, path, env);
         // A key blanked after a serde error would also show up here as missing.
         let suppressed = &parsed.suppressed;
@@ -69,40 +59,26 @@ pub fn from_str(
             return Ok(config);
         }
     }
-    Err(ConfigError::Invalid {
-        path: path.to_owned(),
-        problems,
-    })
+    Err(ConfigError::Invalid { path: path.to_owned(), problems })
 }
 
 /// True when `key` is `prefix` or a key inside it.
 fn is_under(key: &str, prefix: &str) -> bool {
-    key.strip_prefix(prefix)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+    key.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
 type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
 
 /// Accepted spellings of each enum key; the first is the default.
-const MODES: [(&str, SourceMode); 2] = [
-    ("replication", SourceMode::Replication),
-    ("polling", SourceMode::Polling),
-];
-const AFTER_PUBLISH: [(&str, AfterPublish); 2] = [
-    ("delete", AfterPublish::Delete),
-    ("mark", AfterPublish::Mark),
-];
-const ON_UNROUTABLE: [(&str, OnUnroutable); 3] = [
-    ("block", OnUnroutable::Block),
-    ("dead_letter", OnUnroutable::DeadLetter),
-    ("drop", OnUnroutable::Drop),
-];
+const MODES: [(&str, SourceMode); 2] = [("replication", SourceMode::Replication), ("polling", SourceMode::Polling)];
+const AFTER_PUBLISH: [(&str, AfterPublish); 2] = [("delete", AfterPublish::Delete), ("mark", AfterPublish::Mark)];
+const ON_UNROUTABLE: [(&str, OnUnroutable); 3] =
+    [("block", OnUnroutable::Block), ("dead_letter", OnUnroutable::DeadLetter), ("drop", OnUnroutable::Drop)];
 const LOG_FORMATS: [(&str, LogFormat); 2] = [("text", LogFormat::Text), ("json", LogFormat::Json)];
 
 const MARK_COLUMN_REQUIRED: &str = "is required when source.after_publish = \"mark\": \
     name the column to set once a row is published, such as mark_column = \"published_at\"";
-const TLS_WITHOUT_AMQPS: &str =
-    "is set but the broker URL is amqp:// (no TLS): use an amqps:// URL, or remove the key";
+const TLS_WITHOUT_AMQPS: &str = "is set but the broker URL is amqp:// (no TLS): use an amqps:// URL, or remove the key";
 const NO_ROUTES: &str = "at least one route is required: add a [[routes]] table, such as \
     [[routes]] with table = \"public.outbox\" and exchange = \"outbox.events\"";
 const TABLE_AND_PREFIX: &str = "cannot be set together with table: a route takes either a \
@@ -125,25 +101,14 @@ impl Validator<'_> {
         let routes = self.routes(raw.routes.unwrap_or_default());
         let listen = raw.http.unwrap_or_default().listen;
         let listen = listen.unwrap_or_else(|| "127.0.0.1:9187".into());
-        let listen = self.value(
-            "http.listen",
-            rules::listen_addr(&listen),
-            ([127, 0, 0, 1], 9187).into(),
-        );
+        let listen = self.value("http.listen", rules::listen_addr(&listen), ([127, 0, 0, 1], 9187).into());
         let log = raw.log.unwrap_or_default();
         let format = self.choice("log.format", log.format, &LOG_FORMATS);
         let level = log.level.unwrap_or_else(|| "info".into());
         self.check("log.level", rules::log_level(&level));
         let (http, log) = (HttpConfig { listen }, LogConfig { format, level });
         let path = path.to_owned();
-        Config {
-            path,
-            source,
-            broker,
-            routes,
-            http,
-            log,
-        }
+        Config { path, source, broker, routes, http, log }
     }
 
     fn source(&mut self, r: RawSource, env: Env) -> SourceConfig {
@@ -152,10 +117,7 @@ impl Validator<'_> {
         let slot = r.slot.unwrap_or_else(|| "outbox_relay".into());
         self.check("source.slot", rules::slot(&slot));
         let publication = r.publication.unwrap_or_else(|| "outbox_relay".into());
-        self.check(
-            "source.publication",
-            rules::identifier(&publication, "publication"),
-        );
+        self.check("source.publication", rules::identifier(&publication, "publication"));
         let order_by = r.order_by.unwrap_or_else(|| "created_at, id".into());
         self.check("source.order_by", rules::order_by(&order_by));
         let after_publish = self.choice("source.after_publish", r.after_publish, &AFTER_PUBLISH);
@@ -190,30 +152,18 @@ impl Validator<'_> {
         let tls_ca_file = self.path(r.tls_ca_file);
         let tls_cert_file = self.path(r.tls_cert_file);
         let tls_key_file = self.path(r.tls_key_file);
-        let tls = [
-            ("ca", &tls_ca_file),
-            ("cert", &tls_cert_file),
-            ("key", &tls_key_file),
-        ];
+        let tls = [("ca", &tls_ca_file), ("cert", &tls_cert_file), ("key", &tls_key_file)];
         let first_tls = tls.into_iter().find(|(_, path)| path.is_some());
         if let Some((name, _)) = first_tls.filter(|_| url.expose().starts_with("amqp://")) {
             self.problem(format!("broker.tls_{name}_file"), TLS_WITHOUT_AMQPS);
         }
         match (&tls_cert_file, &tls_key_file) {
-            (Some(_), None) => self.problem(
-                "broker.tls_key_file",
-                "is required with tls_cert_file: its private key",
-            ),
-            (None, Some(_)) => self.problem(
-                "broker.tls_cert_file",
-                "is required with tls_key_file: the certificate",
-            ),
+            (Some(_), None) => self.problem("broker.tls_key_file", "is required with tls_cert_file: its private key"),
+            (None, Some(_)) => self.problem("broker.tls_cert_file", "is required with tls_key_file: the certificate"),
             _ => {}
         }
         let on_unroutable = self.choice("broker.on_unroutable", r.on_unroutable, &ON_UNROUTABLE);
-        let dlx = r
-            .dead_letter_exchange
-            .unwrap_or_else(|| "outbox.dead".into());
+        let dlx = r.dead_letter_exchange.unwrap_or_else(|| "outbox.dead".into());
         self.check("broker.dead_letter_exchange", rules::exchange(&dlx));
         if dlx.is_empty() && on_unroutable == OnUnroutable::DeadLetter {
             let message = "must name an exchange when on_unroutable = \"dead_letter\"";
@@ -246,16 +196,9 @@ impl Validator<'_> {
         if raw.is_empty() {
             self.problem("routes", NO_ROUTES);
         }
-        let routes: Vec<_> = raw
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| self.route(i, r))
-            .collect();
+        let routes: Vec<_> = raw.into_iter().enumerate().map(|(i, r)| self.route(i, r)).collect();
         for (i, route) in routes.iter().enumerate() {
-            if let Some(j) = routes[..i]
-                .iter()
-                .position(|other| other.name == route.name)
-            {
+            if let Some(j) = routes[..i].iter().position(|other| other.name == route.name) {
                 let message = format!(
                     "\"{}\" is also the name of routes[{j}]; names label metrics and logs \
                      and must be unique: set name = \"…\" on one of them",
@@ -290,20 +233,14 @@ impl Validator<'_> {
             RouteMatch::MessagePrefix(prefix) => prefix.clone(),
         });
         if name.is_empty() {
-            self.problem(
-                key("name"),
-                "must not be empty; it labels the route's metrics and logs",
-            );
+            self.problem(key("name"), "must not be empty; it labels the route's metrics and logs");
         }
         let exchange = r.exchange.unwrap_or_else(|| {
             self.problem(key("exchange"), EXCHANGE_REQUIRED);
             String::new()
         });
         self.check(&key("exchange"), rules::exchange(&exchange));
-        let routing_key = r
-            .routing_key
-            .as_deref()
-            .unwrap_or("{aggregate_type}.{event_type}");
+        let routing_key = r.routing_key.as_deref().unwrap_or("{aggregate_type}.{event_type}");
         let routing_key = self.template(&key("routing_key"), routing_key);
         let message_id = r.message_id.as_deref().unwrap_or("{id}");
         let message_id = self.template(&key("message_id"), message_id);
@@ -374,8 +311,7 @@ impl Validator<'_> {
     fn template(&mut self, key: &str, source: &str) -> Template {
         let fallback = Template::literal("");
         let escaped = source.escape_debug();
-        let parsed =
-            Template::parse(source).map_err(|e| format!("invalid template \"{escaped}\": {e}"));
+        let parsed = Template::parse(source).map_err(|e| format!("invalid template \"{escaped}\": {e}"));
         let template = self.value(key, parsed, fallback);
         for column in template.columns() {
             if let Err(why) = rules::identifier_defect(column) {
@@ -395,9 +331,7 @@ impl Validator<'_> {
 
     /// A config path: `""` means unset; relative paths are taken from the config's directory.
     fn path(&self, value: Option<String>) -> Option<PathBuf> {
-        value
-            .filter(|v| !v.is_empty())
-            .map(|v| self.base_dir.join(v))
+        value.filter(|v| !v.is_empty()).map(|v| self.base_dir.join(v))
     }
 
     /// A duration that must not be zero; the default is in milliseconds.
@@ -410,13 +344,7 @@ impl Validator<'_> {
     }
 
     /// An integer in `1..=max` (`max` must fit in `T`).
-    fn int_in<T: TryFrom<i64>>(
-        &mut self,
-        key: &str,
-        value: Option<i64>,
-        default: T,
-        max: i64,
-    ) -> T {
+    fn int_in<T: TryFrom<i64>>(&mut self, key: &str, value: Option<i64>, default: T, max: i64) -> T {
         let Some(v) = value else { return default };
         match T::try_from(v) {
             Ok(n) if (1..=max).contains(&v) => n,
@@ -435,10 +363,7 @@ impl Validator<'_> {
         if let Some((_, v)) = choices.iter().find(|(name, _)| *name == text) {
             return *v;
         }
-        let names: Vec<String> = choices
-            .iter()
-            .map(|(name, _)| format!("\"{name}\""))
-            .collect();
+        let names: Vec<String> = choices.iter().map(|(name, _)| format!("\"{name}\"")).collect();
         let (names, text) = (names.join(", "), text.escape_debug());
         self.problem(key, format!("expected one of {names}, got \"{text}\""));
         choices[0].1
@@ -480,10 +405,7 @@ mod tests {
     }
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |name| map.get(name).cloned()
     }
 
@@ -547,10 +469,7 @@ mod tests {
     fn broker_defaults() {
         let b = ok(MINIMAL).broker;
         assert_eq!(b.url.expose(), "amqp://relay@rabbit/%2f");
-        assert_eq!(
-            (b.tls_ca_file, b.tls_cert_file, b.tls_key_file),
-            (None, None, None)
-        );
+        assert_eq!((b.tls_ca_file, b.tls_cert_file, b.tls_key_file), (None, None, None));
         assert_eq!(b.max_in_flight, 1000);
         assert_eq!(b.confirm_timeout, secs(30));
         assert_eq!(b.connect_timeout, secs(10));
@@ -565,20 +484,11 @@ mod tests {
         let config = ok(MINIMAL);
         let r = &config.routes[0];
         assert_eq!(r.name, "public.outbox");
-        assert_eq!(
-            r.matcher,
-            RouteMatch::Table {
-                schema: "public".into(),
-                table: "outbox".into()
-            }
-        );
+        assert_eq!(r.matcher, RouteMatch::Table { schema: "public".into(), table: "outbox".into() });
         assert_eq!(r.exchange, "wallet.events");
         assert_eq!(r.routing_key.source(), "{aggregate_type}.{event_type}");
         assert_eq!(r.message_id.source(), "{id}");
-        assert_eq!(
-            r.message_type.as_ref().map(Template::source),
-            Some("{event_type}")
-        );
+        assert_eq!(r.message_type.as_ref().map(Template::source), Some("{event_type}"));
         assert_eq!(r.payload.as_deref(), Some("payload"));
         assert_eq!(r.content_type, "application/json");
         assert!(r.headers.is_empty());
@@ -589,9 +499,7 @@ mod tests {
 
     #[test]
     fn message_route_defaults() {
-        let config = ok(&route(
-            "[[routes]]\nmessage_prefix = \"wallet\"\nexchange = \"w\"",
-        ));
+        let config = ok(&route("[[routes]]\nmessage_prefix = \"wallet\"\nexchange = \"w\""));
         let r = &config.routes[1];
         assert_eq!(r.matcher, RouteMatch::MessagePrefix("wallet".into()));
         assert_eq!(r.name, "wallet");
@@ -658,10 +566,7 @@ mod tests {
         "#);
         let s = &config.source;
         assert_eq!(s.mode, SourceMode::Polling);
-        assert_eq!(
-            (s.slot.as_str(), s.publication.as_str()),
-            ("s_1", "Pub Lication")
-        );
+        assert_eq!((s.slot.as_str(), s.publication.as_str()), ("s_1", "Pub Lication"));
         assert!(!s.create_slot);
         assert_eq!((s.status_interval, s.connect_timeout), (secs(2), secs(3)));
         assert_eq!(s.poll_interval, Duration::from_millis(1500));
@@ -676,22 +581,13 @@ mod tests {
             "relative to the config file"
         );
         assert_eq!(b.max_in_flight, 65535);
-        assert_eq!(
-            (b.confirm_timeout, b.connect_timeout, b.shutdown_timeout),
-            (secs(5), secs(6), secs(7))
-        );
+        assert_eq!((b.confirm_timeout, b.connect_timeout, b.shutdown_timeout), (secs(5), secs(6), secs(7)));
         assert_eq!(b.on_unroutable, OnUnroutable::DeadLetter);
         assert_eq!(b.dead_letter_exchange, "dlx");
         assert_eq!(b.heartbeat, Duration::ZERO);
         let r = &config.routes[0];
         assert_eq!(r.name, "wallet-events");
-        assert_eq!(
-            r.matcher,
-            RouteMatch::Table {
-                schema: "billing".into(),
-                table: "events".into()
-            }
-        );
+        assert_eq!(r.matcher, RouteMatch::Table { schema: "billing".into(), table: "events".into() });
         assert_eq!(r.exchange, "");
         assert_eq!(r.routing_key.columns().collect::<Vec<_>>(), ["kind"]);
         assert_eq!(r.message_type, None);
@@ -699,17 +595,8 @@ mod tests {
         assert_eq!(r.content_type, "text/plain");
         let names: Vec<&str> = r.headers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["z", "a"]);
-        assert_eq!(
-            (r.headers_column.as_deref(), r.headers_column_explicit),
-            (None, true)
-        );
-        assert_eq!(
-            r.when,
-            [
-                ("kind".into(), "TransactionAdded".into()),
-                ("region".into(), "eu".into())
-            ]
-        );
+        assert_eq!((r.headers_column.as_deref(), r.headers_column_explicit), (None, true));
+        assert_eq!(r.when, [("kind".into(), "TransactionAdded".into()), ("region".into(), "eu".into())]);
         assert_eq!(config.http.listen, "[::]:0".parse().unwrap());
         assert_eq!(config.log.format, LogFormat::Json);
     }
@@ -759,10 +646,7 @@ format = "text"
 level = "info"
 "#);
         assert_eq!(config.routes[0].name, "wallet-events");
-        assert_eq!(
-            config.broker.tls_ca_file, None,
-            "empty means the system roots"
-        );
+        assert_eq!(config.broker.tls_ca_file, None, "empty means the system roots");
         assert!(config.routes[0].headers_column_explicit);
     }
 
@@ -773,22 +657,10 @@ level = "info"
             assert_eq!(got.len(), 1, "{got:?}");
             assert_eq!(got[0].key, format!("source.{key}"));
             assert!(got[0].message.contains("\"250ms\""), "{}", got[0].message);
-            assert!(
-                got[0].message.contains("\"ten seconds\""),
-                "{}",
-                got[0].message
-            );
+            assert!(got[0].message.contains("\"ten seconds\""), "{}", got[0].message);
         }
-        for key in [
-            "confirm_timeout",
-            "connect_timeout",
-            "shutdown_timeout",
-            "heartbeat",
-        ] {
-            assert_eq!(
-                keys(&with("broker", &format!("{key} = \"5 parsecs\""))),
-                [format!("broker.{key}")]
-            );
+        for key in ["confirm_timeout", "connect_timeout", "shutdown_timeout", "heartbeat"] {
+            assert_eq!(keys(&with("broker", &format!("{key} = \"5 parsecs\""))), [format!("broker.{key}")]);
         }
     }
 
@@ -796,11 +668,7 @@ level = "info"
     fn duration_must_be_a_string() {
         let got = problems(&with("source", "status_interval = 10"));
         assert_eq!(got[0].key, "source.status_interval");
-        assert!(
-            got[0].message.contains("expected a string"),
-            "{}",
-            got[0].message
-        );
+        assert!(got[0].message.contains("expected a string"), "{}", got[0].message);
     }
 
     #[test]
@@ -810,66 +678,35 @@ level = "info"
             assert!(got[0].message.contains("longer than zero"), "{got:?}");
         }
         for key in ["confirm_timeout", "connect_timeout", "shutdown_timeout"] {
-            assert_eq!(
-                keys(&with("broker", &format!("{key} = \"0ms\""))),
-                [format!("broker.{key}")]
-            );
+            assert_eq!(keys(&with("broker", &format!("{key} = \"0ms\""))), [format!("broker.{key}")]);
         }
     }
 
     #[test]
     fn heartbeat_is_whole_seconds() {
-        assert_eq!(
-            ok(&with("broker", "heartbeat = \"0s\"")).broker.heartbeat,
-            Duration::ZERO
-        );
-        assert_eq!(
-            keys(&with("broker", "heartbeat = \"1500ms\"")),
-            ["broker.heartbeat"]
-        );
-        assert_eq!(
-            keys(&with("broker", "heartbeat = \"2days\"")),
-            ["broker.heartbeat"]
-        );
+        assert_eq!(ok(&with("broker", "heartbeat = \"0s\"")).broker.heartbeat, Duration::ZERO);
+        assert_eq!(keys(&with("broker", "heartbeat = \"1500ms\"")), ["broker.heartbeat"]);
+        assert_eq!(keys(&with("broker", "heartbeat = \"2days\"")), ["broker.heartbeat"]);
     }
 
     #[test]
     fn unknown_key_in_each_section() {
-        for (section, key) in [
-            ("source", "slots"),
-            ("broker", "prefetch"),
-            ("routes", "queue"),
-            ("http", "port"),
-            ("log", "colour"),
-        ] {
+        for (section, key) in
+            [("source", "slots"), ("broker", "prefetch"), ("routes", "queue"), ("http", "port"), ("log", "colour")]
+        {
             let text = if section == "routes" {
-                route(&format!(
-                    "[[routes]]\nname = \"n\"\nexchange = \"x\"\n{key} = 1"
-                ))
+                route(&format!("[[routes]]\nname = \"n\"\nexchange = \"x\"\n{key} = 1"))
             } else {
                 with(section, &format!("{key} = 1"))
             };
             let got = problems(&text);
             assert_eq!(got.len(), 1, "{got:?}");
-            let expected = if section == "routes" {
-                format!("routes[1].{key}")
-            } else {
-                format!("{section}.{key}")
-            };
+            let expected = if section == "routes" { format!("routes[1].{key}") } else { format!("{section}.{key}") };
             assert_eq!(got[0].key, expected);
-            assert!(
-                got[0]
-                    .message
-                    .starts_with(&format!("unknown key `{key}`, expected")),
-                "{}",
-                got[0].message
-            );
+            assert!(got[0].message.starts_with(&format!("unknown key `{key}`, expected")), "{}", got[0].message);
             assert!(got[0].message.contains("(line "), "{}", got[0].message);
         }
-        assert_eq!(
-            keys(&format!("{MINIMAL}[metrics]\nport = 1\n")),
-            ["metrics"]
-        );
+        assert_eq!(keys(&format!("{MINIMAL}[metrics]\nport = 1\n")), ["metrics"]);
     }
 
     #[test]
@@ -884,9 +721,7 @@ level = "info"
 
     #[test]
     fn table_and_message_prefix_together() {
-        let got = problems(&route(
-            "[[routes]]\ntable = \"a\"\nmessage_prefix = \"b\"\nexchange = \"x\"\nname = \"n\"",
-        ));
+        let got = problems(&route("[[routes]]\ntable = \"a\"\nmessage_prefix = \"b\"\nexchange = \"x\"\nname = \"n\""));
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].key, "routes[1].message_prefix");
         assert!(got[0].message.contains("table"));
@@ -895,34 +730,23 @@ level = "info"
     #[test]
     fn table_names() {
         let m = |table: &str| {
-            ok(&route(&format!(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\ntable = '{table}'"
-            )))
-            .routes[1]
+            ok(&route(&format!("[[routes]]\nname = \"n\"\nexchange = \"x\"\ntable = '{table}'"))).routes[1]
                 .matcher
                 .clone()
         };
-        let t = |schema: &str, table: &str| RouteMatch::Table {
-            schema: schema.into(),
-            table: table.into(),
-        };
+        let t = |schema: &str, table: &str| RouteMatch::Table { schema: schema.into(), table: table.into() };
         assert_eq!(m("events"), t("public", "events"));
         assert_eq!(m("app.Events"), t("app", "Events"));
         assert_eq!(m("\"my.schema\".\"a\"\"b\""), t("my.schema", "a\"b"));
         for bad in ["a.b.c", "", ".x", "x.", "\"open", &"t".repeat(64), "a\0"] {
-            let text = route(&format!(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\ntable = \"{}\"",
-                bad.escape_default()
-            ));
+            let text =
+                route(&format!("[[routes]]\nname = \"n\"\nexchange = \"x\"\ntable = \"{}\"", bad.escape_default()));
             assert_eq!(keys(&text), ["routes[1].table"], "{bad:?}");
         }
         assert!(
-            ok(&route(&format!(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\ntable = \"{}\"",
-                "t".repeat(63)
-            )))
-            .routes
-            .len()
+            ok(&route(&format!("[[routes]]\nname = \"n\"\nexchange = \"x\"\ntable = \"{}\"", "t".repeat(63))))
+                .routes
+                .len()
                 == 2
         );
     }
@@ -930,9 +754,7 @@ level = "info"
     #[test]
     fn message_prefix_must_not_be_empty() {
         assert_eq!(
-            keys(&route(
-                "[[routes]]\nmessage_prefix = \"\"\nexchange = \"x\"\nname = \"m\""
-            )),
+            keys(&route("[[routes]]\nmessage_prefix = \"\"\nexchange = \"x\"\nname = \"m\"")),
             ["routes[1].message_prefix"]
         );
     }
@@ -943,17 +765,8 @@ level = "info"
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].key, "source.mark_column");
         assert!(got[0].message.contains("after_publish = \"mark\""));
-        assert_eq!(
-            keys(&with(
-                "source",
-                "after_publish = \"mark\"\nmark_column = \"\""
-            )),
-            ["source.mark_column"]
-        );
-        assert_eq!(
-            keys(&with("source", "after_publish = \"archive\"")),
-            ["source.after_publish"]
-        );
+        assert_eq!(keys(&with("source", "after_publish = \"mark\"\nmark_column = \"\"")), ["source.mark_column"]);
+        assert_eq!(keys(&with("source", "after_publish = \"archive\"")), ["source.after_publish"]);
     }
 
     #[test]
@@ -961,30 +774,15 @@ level = "info"
         for bad in [0, -1, 65536] {
             let got = problems(&with("broker", &format!("max_in_flight = {bad}")));
             assert_eq!(got[0].key, "broker.max_in_flight");
-            assert!(
-                got[0].message.contains("between 1 and 65535"),
-                "{}",
-                got[0].message
-            );
+            assert!(got[0].message.contains("between 1 and 65535"), "{}", got[0].message);
         }
-        assert_eq!(
-            ok(&with("broker", "max_in_flight = 1"))
-                .broker
-                .max_in_flight,
-            1
-        );
+        assert_eq!(ok(&with("broker", "max_in_flight = 1")).broker.max_in_flight, 1);
     }
 
     #[test]
     fn batch_size_must_be_positive() {
-        assert_eq!(
-            keys(&with("source", "batch_size = 0")),
-            ["source.batch_size"]
-        );
-        assert_eq!(
-            keys(&with("source", "batch_size = 4294967296")),
-            ["source.batch_size"]
-        );
+        assert_eq!(keys(&with("source", "batch_size = 0")), ["source.batch_size"]);
+        assert_eq!(keys(&with("source", "batch_size = 4294967296")), ["source.batch_size"]);
     }
 
     #[test]
@@ -992,195 +790,112 @@ level = "info"
         for bad in ["Outbox", "out-box", "", "a b", &"s".repeat(64)] {
             let got = problems(&with("source", &format!("slot = \"{bad}\"")));
             assert_eq!(got[0].key, "source.slot", "{bad}");
-            assert!(got[0]
-                .message
-                .contains("lowercase letters, digits or underscores"));
+            assert!(got[0].message.contains("lowercase letters, digits or underscores"));
         }
-        assert_eq!(
-            ok(&with("source", &format!("slot = \"{}\"", "s".repeat(63))))
-                .source
-                .slot
-                .len(),
-            63
-        );
+        assert_eq!(ok(&with("source", &format!("slot = \"{}\"", "s".repeat(63)))).source.slot.len(), 63);
     }
 
     #[test]
     fn publication_and_column_names() {
-        assert_eq!(
-            keys(&with("source", "publication = \"\"")),
-            ["source.publication"]
-        );
+        assert_eq!(keys(&with("source", "publication = \"\"")), ["source.publication"]);
         let long = "p".repeat(64);
         let got = problems(&with("source", &format!("publication = \"{long}\"")));
         assert!(got[0].message.contains("at most 63"), "{}", got[0].message);
+        assert_eq!(keys(&with("source", "mark_column = \"a\\u0000b\"")), ["source.mark_column"]);
         assert_eq!(
-            keys(&with("source", "mark_column = \"a\\u0000b\"")),
-            ["source.mark_column"]
-        );
-        assert_eq!(
-            keys(&route(&format!(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\npayload = \"{long}\""
-            ))),
+            keys(&route(&format!("[[routes]]\nname = \"n\"\nexchange = \"x\"\npayload = \"{long}\""))),
             ["routes[1].payload"]
         );
         assert_eq!(
-            keys(&route(&format!(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\nheaders_column = \"{long}\""
-            ))),
+            keys(&route(&format!("[[routes]]\nname = \"n\"\nexchange = \"x\"\nheaders_column = \"{long}\""))),
             ["routes[1].headers_column"]
         );
         assert_eq!(
-            keys(&route(&format!(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\nwhen = {{ {long} = \"v\" }}"
-            ))),
+            keys(&route(&format!("[[routes]]\nname = \"n\"\nexchange = \"x\"\nwhen = {{ {long} = \"v\" }}"))),
             [format!("routes[1].when.{long}")]
         );
     }
 
     #[test]
     fn exchange_names() {
+        assert_eq!(keys(&route("[[routes]]\nname = \"n\"\nexchange = \"bad name!\"")), ["routes[1].exchange"]);
         assert_eq!(
-            keys(&route("[[routes]]\nname = \"n\"\nexchange = \"bad name!\"")),
+            keys(&route(&format!("[[routes]]\nname = \"n\"\nexchange = \"{}\"", "e".repeat(256)))),
             ["routes[1].exchange"]
         );
+        assert_eq!(ok(&route("[[routes]]\nname = \"n\"\nexchange = \"a-b_c.d:e\"")).routes[1].exchange, "a-b_c.d:e");
+        assert_eq!(keys(&route("[[routes]]\nname = \"n\"")), ["routes[1].exchange"]);
+        assert_eq!(keys(&with("broker", "dead_letter_exchange = \"dead letters\"")), ["broker.dead_letter_exchange"]);
         assert_eq!(
-            keys(&route(&format!(
-                "[[routes]]\nname = \"n\"\nexchange = \"{}\"",
-                "e".repeat(256)
-            ))),
-            ["routes[1].exchange"]
-        );
-        assert_eq!(
-            ok(&route("[[routes]]\nname = \"n\"\nexchange = \"a-b_c.d:e\"")).routes[1].exchange,
-            "a-b_c.d:e"
-        );
-        assert_eq!(
-            keys(&route("[[routes]]\nname = \"n\"")),
-            ["routes[1].exchange"]
-        );
-        assert_eq!(
-            keys(&with("broker", "dead_letter_exchange = \"dead letters\"")),
+            keys(&with("broker", "on_unroutable = \"dead_letter\"\ndead_letter_exchange = \"\"")),
             ["broker.dead_letter_exchange"]
         );
-        assert_eq!(
-            keys(&with(
-                "broker",
-                "on_unroutable = \"dead_letter\"\ndead_letter_exchange = \"\""
-            )),
-            ["broker.dead_letter_exchange"]
-        );
-        assert_eq!(
-            ok(&with("broker", "dead_letter_exchange = \"\""))
-                .broker
-                .dead_letter_exchange,
-            ""
-        );
-        assert_eq!(
-            keys(&with("broker", "on_unroutable = \"ignore\"")),
-            ["broker.on_unroutable"]
-        );
+        assert_eq!(ok(&with("broker", "dead_letter_exchange = \"\"")).broker.dead_letter_exchange, "");
+        assert_eq!(keys(&with("broker", "on_unroutable = \"ignore\"")), ["broker.on_unroutable"]);
     }
 
     #[test]
     fn route_names_are_unique() {
-        let got = problems(&route(
-            "[[routes]]\nexchange = \"other\"\nwhen = { event_type = \"X\" }",
-        ));
+        let got = problems(&route("[[routes]]\nexchange = \"other\"\nwhen = { event_type = \"X\" }"));
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].key, "routes[1].name");
-        assert!(
-            got[0]
-                .message
-                .contains("\"public.outbox\" is also the name of routes[0]"),
-            "{}",
-            got[0].message
-        );
-        assert_eq!(
-            keys(&route("[[routes]]\nexchange = \"x\"\nname = \"\"")),
-            ["routes[1].name"]
-        );
+        assert!(got[0].message.contains("\"public.outbox\" is also the name of routes[0]"), "{}", got[0].message);
+        assert_eq!(keys(&route("[[routes]]\nexchange = \"x\"\nname = \"\"")), ["routes[1].name"]);
     }
 
     #[test]
     fn template_problems() {
-        let got = problems(&route("[[routes]]\nname = \"n\"\nexchange = \"x\"\nrouting_key = \"{aggregate_type.{event_type}\""));
+        let got = problems(&route(
+            "[[routes]]\nname = \"n\"\nexchange = \"x\"\nrouting_key = \"{aggregate_type.{event_type}\"",
+        ));
         assert_eq!(got[0].key, "routes[1].routing_key");
         assert!(got[0].message.contains("byte 16"), "{}", got[0].message);
         let long = format!("{{{}}}", "c".repeat(64));
         assert_eq!(
-            keys(&route(&format!(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\nmessage_id = \"{long}\""
-            ))),
+            keys(&route(&format!("[[routes]]\nname = \"n\"\nexchange = \"x\"\nmessage_id = \"{long}\""))),
             ["routes[1].message_id"]
         );
         assert_eq!(
-            keys(&route(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\nmessage_id = \"\""
-            )),
+            keys(&route("[[routes]]\nname = \"n\"\nexchange = \"x\"\nmessage_id = \"\"")),
             ["routes[1].message_id"]
         );
+        assert_eq!(keys(&route("[[routes]]\nname = \"n\"\nexchange = \"x\"\ntype = \"}\"")), ["routes[1].type"]);
         assert_eq!(
-            keys(&route(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\ntype = \"}\""
-            )),
-            ["routes[1].type"]
-        );
-        assert_eq!(
-            keys(&route(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\nheaders = { a = \"{}\" }"
-            )),
+            keys(&route("[[routes]]\nname = \"n\"\nexchange = \"x\"\nheaders = { a = \"{}\" }")),
             ["routes[1].headers.a"]
         );
     }
 
     #[test]
     fn payload_and_headers_column() {
-        assert_eq!(
-            keys(&route(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\npayload = \"\""
-            )),
-            ["routes[1].payload"]
-        );
-        let config = ok(&route("[[routes]]\nmessage_prefix = \"m\"\nexchange = \"x\"\npayload = \"\"\nheaders_column = \"h\""));
+        assert_eq!(keys(&route("[[routes]]\nname = \"n\"\nexchange = \"x\"\npayload = \"\"")), ["routes[1].payload"]);
+        let config =
+            ok(&route("[[routes]]\nmessage_prefix = \"m\"\nexchange = \"x\"\npayload = \"\"\nheaders_column = \"h\""));
         assert_eq!(config.routes[1].payload, None);
         assert_eq!(
-            (
-                config.routes[1].headers_column.as_deref(),
-                config.routes[1].headers_column_explicit
-            ),
+            (config.routes[1].headers_column.as_deref(), config.routes[1].headers_column_explicit),
             (Some("h"), true)
         );
-        let config = ok(&route(
-            "[[routes]]\nname = \"n\"\nexchange = \"x\"\nheaders_column = \"headers\"",
-        ));
+        let config = ok(&route("[[routes]]\nname = \"n\"\nexchange = \"x\"\nheaders_column = \"headers\""));
         assert!(config.routes[1].headers_column_explicit);
     }
 
     #[test]
     fn header_names() {
         assert_eq!(
-            keys(&route(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\nheaders = { X-Outbox-Lsn = \"1\" }"
-            )),
+            keys(&route("[[routes]]\nname = \"n\"\nexchange = \"x\"\nheaders = { X-Outbox-Lsn = \"1\" }")),
             ["routes[1].headers.X-Outbox-Lsn"]
         );
         assert_eq!(
-            keys(&route(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\nheaders = { \"\" = \"1\" }"
-            )),
+            keys(&route("[[routes]]\nname = \"n\"\nexchange = \"x\"\nheaders = { \"\" = \"1\" }")),
             ["routes[1].headers.\"\""]
         );
         assert_eq!(
-            keys(&route(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\nheaders = { a = 1 }"
-            )),
+            keys(&route("[[routes]]\nname = \"n\"\nexchange = \"x\"\nheaders = { a = 1 }")),
             ["routes[1].headers.a"]
         );
         assert_eq!(
-            keys(&route(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\nwhen = { a = true }"
-            )),
+            keys(&route("[[routes]]\nname = \"n\"\nexchange = \"x\"\nwhen = { a = true }")),
             ["routes[1].when.a"]
         );
     }
@@ -1188,9 +903,7 @@ level = "info"
     #[test]
     fn content_type_must_not_be_empty() {
         assert_eq!(
-            keys(&route(
-                "[[routes]]\nname = \"n\"\nexchange = \"x\"\ncontent_type = \"\""
-            )),
+            keys(&route("[[routes]]\nname = \"n\"\nexchange = \"x\"\ncontent_type = \"\"")),
             ["routes[1].content_type"]
         );
     }
@@ -1198,26 +911,10 @@ level = "info"
     #[test]
     fn order_by_forms() {
         for good in ["id", "created_at, id", "seq desc", "\"Seq\" ASC, id", "a,b"] {
-            assert_eq!(
-                ok(&with("source", &format!("order_by = '{good}'")))
-                    .source
-                    .order_by,
-                good
-            );
+            assert_eq!(ok(&with("source", &format!("order_by = '{good}'"))).source.order_by, good);
         }
-        for bad in [
-            "",
-            "id; drop table outbox",
-            "id desc nulls",
-            "1id",
-            "a,,b",
-            "id sideways",
-        ] {
-            assert_eq!(
-                keys(&with("source", &format!("order_by = '{bad}'"))),
-                ["source.order_by"],
-                "{bad}"
-            );
+        for bad in ["", "id; drop table outbox", "id desc nulls", "1id", "a,,b", "id sideways"] {
+            assert_eq!(keys(&with("source", &format!("order_by = '{bad}'"))), ["source.order_by"], "{bad}");
         }
     }
 
@@ -1228,17 +925,10 @@ level = "info"
         assert!(got[0].message.contains("127.0.0.1:9187"));
         assert_eq!(keys(&with("log", "format = \"xml\"")), ["log.format"]);
         for bad in ["", "verbose", "info,=debug", "app=loud"] {
-            assert_eq!(
-                keys(&with("log", &format!("level = \"{bad}\""))),
-                ["log.level"],
-                "{bad}"
-            );
+            assert_eq!(keys(&with("log", &format!("level = \"{bad}\""))), ["log.level"], "{bad}");
         }
         for good in ["WARN", "off", "info,outbox_relay=debug,tokio_postgres=warn"] {
-            assert_eq!(
-                ok(&with("log", &format!("level = \"{good}\""))).log.level,
-                good
-            );
+            assert_eq!(ok(&with("log", &format!("level = \"{good}\""))).log.level, good);
         }
     }
 
@@ -1246,42 +936,27 @@ level = "info"
     fn source_mode_choice() {
         let got = problems(&with("source", "mode = \"logical\""));
         assert_eq!(got[0].key, "source.mode");
-        assert_eq!(
-            got[0].message,
-            "expected one of \"replication\", \"polling\", got \"logical\""
-        );
+        assert_eq!(got[0].message, "expected one of \"replication\", \"polling\", got \"logical\"");
     }
 
     #[test]
     fn urls_are_required_and_checked() {
         let text = "[[routes]]\nexchange = \"x\"\n";
         let got = problems(text);
-        assert_eq!(
-            got.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
-            ["source.url", "broker.url"]
-        );
-        assert!(
-            got[0].message.contains("OUTBOX_RELAY_SOURCE_URL_FILE"),
-            "{}",
-            got[0].message
-        );
+        assert_eq!(got.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(), ["source.url", "broker.url"]);
+        assert!(got[0].message.contains("OUTBOX_RELAY_SOURCE_URL_FILE"), "{}", got[0].message);
         let got = problems(
             &MINIMAL
                 .replace("postgres://relay@db/app", "mysql://db/app")
                 .replace("amqp://relay@rabbit/%2f", "http://rabbit"),
         );
-        assert_eq!(
-            got.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
-            ["source.url", "broker.url"]
-        );
+        assert_eq!(got.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(), ["source.url", "broker.url"]);
     }
 
     #[test]
     fn env_supplies_urls_absent_from_the_file() {
-        let env = env_of(&[
-            ("OUTBOX_RELAY_SOURCE_URL", "postgres://env/db"),
-            ("OUTBOX_RELAY_BROKER_URL", "amqp://env"),
-        ]);
+        let env =
+            env_of(&[("OUTBOX_RELAY_SOURCE_URL", "postgres://env/db"), ("OUTBOX_RELAY_BROKER_URL", "amqp://env")]);
         let config = from_str("[[routes]]\nexchange = \"x\"\n", Path::new(FILE), &env).unwrap();
         assert_eq!(config.source.url.expose(), "postgres://env/db");
         assert_eq!(config.broker.url.expose(), "amqp://env");
@@ -1386,12 +1061,7 @@ level = "info"
 
     #[test]
     fn display_names_file_key_and_problem() {
-        let err = from_str(
-            &with("broker", "max_in_flight = 0"),
-            Path::new(FILE),
-            &no_env,
-        )
-        .unwrap_err();
+        let err = from_str(&with("broker", "max_in_flight = 0"), Path::new(FILE), &no_env).unwrap_err();
         assert_eq!(
             err.to_string(),
             "/etc/outbox-relay/relay.toml: broker.max_in_flight: must be between 1 and 65535, got 0"
@@ -1402,11 +1072,7 @@ level = "info"
     fn load_reads_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.toml");
-        std::fs::write(
-            &path,
-            with("broker", "tls_ca_file = \"ca.pem\"").replace("amqp://", "amqps://"),
-        )
-        .unwrap();
+        std::fs::write(&path, with("broker", "tls_ca_file = \"ca.pem\"").replace("amqp://", "amqps://")).unwrap();
         let config = load(&path, &no_env).unwrap();
         assert_eq!(config.path, path);
         assert_eq!(config.broker.tls_ca_file, Some(dir.path().join("ca.pem")));
@@ -1432,13 +1098,9 @@ level = "info"
             [[routes]]\ntable = \"a.b\"\nexchange = \"x\"\nwhen = { k = \"v\" }\n\
             [routes.headers]\nh = \"{c}\"\nz = \"é\"\n[log]\nlevel = \"info\"\n";
         ok(text);
-        let boundaries: Vec<usize> = (0..=text.len())
-            .filter(|&i| text.is_char_boundary(i))
-            .collect();
+        let boundaries: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
         for &at in &boundaries {
-            for insert in [
-                "{", "}", "\"", "'", "=", "[", "]", "\n", ".", "é", "x = 1\n", "#",
-            ] {
+            for insert in ["{", "}", "\"", "'", "=", "[", "]", "\n", ".", "é", "x = 1\n", "#"] {
                 let mangled = format!("{}{insert}{}", &text[..at], &text[at..]);
                 if let Err(err) = from_str(&mangled, Path::new(FILE), &no_env) {
                     assert!(!err.problems().is_empty(), "{mangled}");
@@ -1475,58 +1137,26 @@ level = "info"
             (in_file.clone(), vec![]),
             (
                 "[[routes]]\nexchange = \"x\"\n".into(),
-                vec![
-                    ("OUTBOX_RELAY_SOURCE_URL_FILE", file_path),
-                    ("OUTBOX_RELAY_BROKER_URL", &env_url),
-                ],
+                vec![("OUTBOX_RELAY_SOURCE_URL_FILE", file_path), ("OUTBOX_RELAY_BROKER_URL", &env_url)],
             ),
         ];
         for (text, env) in &good {
             let config = from_str(text, Path::new(FILE), &env_of(env)).unwrap();
             let shown = format!("{config:?}");
             assert!(!shown.contains(PW), "{shown}");
-            assert!(
-                config.source.url.expose().contains(PW),
-                "the secret is still there to use"
-            );
+            assert!(config.source.url.expose().contains(PW), "the secret is still there to use");
         }
         let bad_env_url = format!("http://relay:{PW}@rabbit");
         let keyword = format!("host=db password={PW}");
         let bad: Vec<(String, Vec<(&str, &str)>)> = vec![
-            (
-                in_file.replace("exchange = \"x\"", "exchange = 5\nbatch = 1"),
-                vec![],
-            ),
-            (
-                in_file
-                    .replace("postgres://", "mysql://")
-                    .replace("amqp://", "http://"),
-                vec![],
-            ),
+            (in_file.replace("exchange = \"x\"", "exchange = 5\nbatch = 1"), vec![]),
+            (in_file.replace("postgres://", "mysql://").replace("amqp://", "http://"), vec![]),
             (in_file.replace("@db/app\"", "@db/app"), vec![]),
-            (
-                format!("[broker]\nmax_in_flight = \"amqp://relay:{PW}@rabbit\"\n"),
-                vec![],
-            ),
-            (
-                "[source]\nslot = \"Bad\"\n".to_owned(),
-                vec![("OUTBOX_RELAY_SOURCE_URL", &keyword)],
-            ),
-            (
-                in_file.clone(),
-                vec![("OUTBOX_RELAY_BROKER_URL", &bad_env_url)],
-            ),
-            (
-                in_file.clone(),
-                vec![
-                    ("OUTBOX_RELAY_BROKER_URL", &env_url),
-                    ("OUTBOX_RELAY_BROKER_URL_FILE", file_path),
-                ],
-            ),
-            (
-                in_file.clone(),
-                vec![("OUTBOX_RELAY_SOURCE_URL_FILE", bad_path)],
-            ),
+            (format!("[broker]\nmax_in_flight = \"amqp://relay:{PW}@rabbit\"\n"), vec![]),
+            ("[source]\nslot = \"Bad\"\n".to_owned(), vec![("OUTBOX_RELAY_SOURCE_URL", &keyword)]),
+            (in_file.clone(), vec![("OUTBOX_RELAY_BROKER_URL", &bad_env_url)]),
+            (in_file.clone(), vec![("OUTBOX_RELAY_BROKER_URL", &env_url), ("OUTBOX_RELAY_BROKER_URL_FILE", file_path)]),
+            (in_file.clone(), vec![("OUTBOX_RELAY_SOURCE_URL_FILE", bad_path)]),
             (in_file.replace("rabbit/%2f", "rabbit:99999/"), vec![]),
             (in_file.replace("@rabbit/%2f", "@rabbit/%2f\n"), vec![]),
         ];

@@ -165,7 +165,13 @@ impl BrokerTarget {
     }
 
     /// Fills TLS files the URL did not give from the `broker.tls_*` keys.
-    pub fn with_tls_keys(mut self, ca: Option<&std::path::Path>, cert: Option<&std::path::Path>, key: Option<&std::path::Path>, url_has_user: bool) -> Self {
+    pub fn with_tls_keys(
+        mut self,
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+        url_has_user: bool,
+    ) -> Self {
         if let Some(t) = self.tls.as_mut() {
             t.ca_file = t.ca_file.take().or_else(|| ca.map(Into::into));
             t.cert_file = t.cert_file.take().or_else(|| cert.map(Into::into));
@@ -182,7 +188,12 @@ impl BrokerTarget {
     /// As [`parse`](Self::parse).
     pub fn from_config(url: &str, cfg: &crate::config::BrokerConfig) -> Result<Self> {
         let has_user = url::Url::parse(url).map(|u| !u.username().is_empty()).unwrap_or(true);
-        Ok(Self::parse(url)?.with_tls_keys(cfg.tls_ca_file.as_deref(), cfg.tls_cert_file.as_deref(), cfg.tls_key_file.as_deref(), has_user))
+        Ok(Self::parse(url)?.with_tls_keys(
+            cfg.tls_ca_file.as_deref(),
+            cfg.tls_cert_file.as_deref(),
+            cfg.tls_key_file.as_deref(),
+            has_user,
+        ))
     }
 
     /// "host:port".
@@ -218,23 +229,33 @@ impl BrokerChannel {
     pub async fn open(target: &BrokerTarget, heartbeat: Duration, timeout: Duration, name: &str) -> Result<Self> {
         let endpoint = target.endpoint();
         let fail = |what: &str, e: amqprs::error::Error| {
-            Error::new(ErrorKind::BrokerConnection, format!("{what} RabbitMQ at {endpoint} (vhost {:?}, user {:?}): {e}", target.vhost, target.user))
+            Error::new(
+                ErrorKind::BrokerConnection,
+                format!("{what} RabbitMQ at {endpoint} (vhost {:?}, user {:?}): {e}", target.vhost, target.user),
+            )
         };
         let mut args = OpenConnectionArguments::new(&target.host, target.port, &target.user, &target.password);
-        args.virtual_host(&target.vhost).heartbeat(heartbeat.as_secs().min(u64::from(u16::MAX)) as u16).connection_name(name);
+        args.virtual_host(&target.vhost)
+            .heartbeat(heartbeat.as_secs().min(u64::from(u16::MAX)) as u16)
+            .connection_name(name);
         if target.external {
             args.credentials(amqprs::security::SecurityCredentials::new_external());
         }
         if let Some(t) = &target.tls {
-            let config = broker_tls_config(t).map_err(|m| Error::new(ErrorKind::Config, format!("broker url {}: {m}", target.redacted)))?;
+            let config = broker_tls_config(t)
+                .map_err(|m| Error::new(ErrorKind::Config, format!("broker url {}: {m}", target.redacted)))?;
             let domain = t.server_name.clone().unwrap_or_else(|| target.host.clone());
-            args.scheme("amqps").tls_adaptor(amqprs::tls::TlsAdaptor::new(tokio_rustls::TlsConnector::from(config), domain));
+            args.scheme("amqps")
+                .tls_adaptor(amqprs::tls::TlsAdaptor::new(tokio_rustls::TlsConnector::from(config), domain));
         }
         let args = args.finish();
         let (tx, events) = mpsc::unbounded_channel();
         let work = async {
             let connection = Connection::open(&args).await.map_err(|e| fail("connecting to", e))?;
-            connection.register_callback(ConnCallback { tx: tx.clone() }).await.map_err(|e| fail("registering with", e))?;
+            connection
+                .register_callback(ConnCallback { tx: tx.clone() })
+                .await
+                .map_err(|e| fail("registering with", e))?;
             let watch = connection.clone();
             let tx2 = tx.clone();
             tokio::spawn(async move {
@@ -243,13 +264,22 @@ impl BrokerChannel {
                 }
             });
             let channel = connection.open_channel(None).await.map_err(|e| fail("opening a channel on", e))?;
-            channel.register_callback(ChanCallback { tx: tx.clone() }).await.map_err(|e| fail("registering with", e))?;
-            channel.confirm_select(ConfirmSelectArguments::new(false)).await.map_err(|e| fail("enabling publisher confirms on", e))?;
+            channel
+                .register_callback(ChanCallback { tx: tx.clone() })
+                .await
+                .map_err(|e| fail("registering with", e))?;
+            channel
+                .confirm_select(ConfirmSelectArguments::new(false))
+                .await
+                .map_err(|e| fail("enabling publisher confirms on", e))?;
             Ok::<_, Error>((connection, channel))
         };
-        let (connection, channel) = tokio::time::timeout(timeout, work)
-            .await
-            .map_err(|_| Error::new(ErrorKind::BrokerConnection, format!("connecting to RabbitMQ at {endpoint} timed out after {timeout:?}")))??;
+        let (connection, channel) = tokio::time::timeout(timeout, work).await.map_err(|_| {
+            Error::new(
+                ErrorKind::BrokerConnection,
+                format!("connecting to RabbitMQ at {endpoint} timed out after {timeout:?}"),
+            )
+        })??;
         Ok(BrokerChannel { connection, channel, events, next_tag: 1, endpoint })
     }
 
@@ -281,8 +311,15 @@ impl BrokerChannel {
         let tag = self.next_tag;
         tokio::time::timeout(timeout, self.channel.basic_publish(props.finish(), msg.body.clone(), args))
             .await
-            .map_err(|_| Error::new(ErrorKind::ConfirmTimeout, format!("publishing to RabbitMQ at {} did not complete within {timeout:?}", self.endpoint)))?
-            .map_err(|e| Error::new(ErrorKind::BrokerConnection, format!("publishing to RabbitMQ at {}: {e}", self.endpoint)))?;
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::ConfirmTimeout,
+                    format!("publishing to RabbitMQ at {} did not complete within {timeout:?}", self.endpoint),
+                )
+            })?
+            .map_err(|e| {
+                Error::new(ErrorKind::BrokerConnection, format!("publishing to RabbitMQ at {}: {e}", self.endpoint))
+            })?;
         self.next_tag += 1;
         Ok(tag)
     }
@@ -295,10 +332,9 @@ impl BrokerChannel {
     /// `BrokerChannel` when it does not exist.
     pub async fn exchange_exists(&self, exchange: &str) -> Result<()> {
         let args = ExchangeDeclareArguments::new(exchange, "topic").passive(true).finish();
-        self.channel
-            .exchange_declare(args)
-            .await
-            .map_err(|e| Error::new(ErrorKind::BrokerChannel, format!("exchange {exchange:?} on {}: {e}", self.endpoint)))
+        self.channel.exchange_declare(args).await.map_err(|e| {
+            Error::new(ErrorKind::BrokerChannel, format!("exchange {exchange:?} on {}: {e}", self.endpoint))
+        })
     }
 
     /// Closes channel and connection, bounded by two seconds.
@@ -343,7 +379,8 @@ fn broker_tls_config(t: &BrokerTls) -> std::result::Result<std::sync::Arc<rustls
             let certs = CertificateDer::pem_file_iter(cert)
                 .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
                 .map_err(|e| format!("cannot read client certificate {}: {e}", cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read client key {}: {e}", key.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("cannot read client key {}: {e}", key.display()))?;
             builder.with_client_auth_cert(certs, key).map_err(|e| format!("client certificate: {e}"))?
         }
         (None, None) => builder.with_no_client_auth(),

@@ -75,13 +75,22 @@ pub struct Publisher {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("in_flight", &self.inflight.len()).field("progress", &self.tracker.progress()).finish()
+        f.debug_struct("Publisher")
+            .field("in_flight", &self.inflight.len())
+            .field("progress", &self.tracker.progress())
+            .finish()
     }
 }
 
 impl Publisher {
     /// A publisher on an open channel.
-    pub fn new(channel: BrokerChannel, router: Arc<Router>, settings: PublisherSettings, progress: watch::Sender<Progress>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        channel: BrokerChannel,
+        router: Arc<Router>,
+        settings: PublisherSettings,
+        progress: watch::Sender<Progress>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Publisher {
             channel,
             router,
@@ -223,7 +232,10 @@ impl Publisher {
                 return Ok(());
             }
             BrokerEvent::ChannelClosed { code, text } => {
-                return Err(Error::new(ErrorKind::BrokerChannel, format!("the broker closed the channel: {code} {text}")));
+                return Err(Error::new(
+                    ErrorKind::BrokerChannel,
+                    format!("the broker closed the channel: {code} {text}"),
+                ));
             }
             BrokerEvent::ConnectionLost { reason } => {
                 return Err(Error::new(ErrorKind::BrokerConnection, format!("lost the broker connection: {reason}")));

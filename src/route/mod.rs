@@ -55,7 +55,9 @@ impl HeaderValue {
             },
             serde_json::Value::String(s) => HeaderValue::Str(s.clone()),
             serde_json::Value::Array(a) => HeaderValue::Array(a.iter().map(HeaderValue::from_json).collect()),
-            serde_json::Value::Object(o) => HeaderValue::Table(o.iter().map(|(k, v)| (k.clone(), HeaderValue::from_json(v))).collect()),
+            serde_json::Value::Object(o) => {
+                HeaderValue::Table(o.iter().map(|(k, v)| (k.clone(), HeaderValue::from_json(v))).collect())
+            }
         }
     }
 }
@@ -104,7 +106,10 @@ impl Router {
     /// Routes in config order; call [`check_table`](Self::check_table) for
     /// each table route before rendering.
     pub fn new(routes: &[RouteConfig]) -> Self {
-        Router { routes: routes.iter().map(|r| Route { cfg: r.clone(), headers_column: r.headers_column.clone() }).collect(), lsn_headers: true }
+        Router {
+            routes: routes.iter().map(|r| Route { cfg: r.clone(), headers_column: r.headers_column.clone() }).collect(),
+            lsn_headers: true,
+        }
     }
 
     /// Drops the `x-outbox-lsn` header (polling mode has no LSN).
@@ -158,7 +163,11 @@ impl Router {
             for (k, tpl) in templates.iter().copied().chain(r.cfg.headers.iter().map(|(_, t)| ("headers", t))) {
                 for c in tpl.columns() {
                     if !has(c) {
-                        problems.push(format!("{}: template {:?} names column {c:?}, which {schema}.{table} does not have", key(k), tpl.source()));
+                        problems.push(format!(
+                            "{}: template {:?} names column {c:?}, which {schema}.{table} does not have",
+                            key(k),
+                            tpl.source()
+                        ));
                     }
                 }
             }
@@ -175,7 +184,10 @@ impl Router {
             if let Some(h) = &r.cfg.headers_column {
                 if !has(h) {
                     if r.cfg.headers_column_explicit {
-                        problems.push(format!("{}: column {h:?} does not exist in {schema}.{table}", key("headers_column")));
+                        problems.push(format!(
+                            "{}: column {h:?} does not exist in {schema}.{table}",
+                            key("headers_column")
+                        ));
                     } else {
                         r.headers_column = None;
                     }
@@ -242,11 +254,17 @@ impl Route {
         let data_err = |what: String| {
             Error::new(
                 ErrorKind::Data,
-                format!("route {name:?}: {} (event id {event_id}, LSN {}): {what}", f.origin(), if lsn_header { ev.end_lsn.to_string() } else { "n/a (polling)".into() }),
+                format!(
+                    "route {name:?}: {} (event id {event_id}, LSN {}): {what}",
+                    f.origin(),
+                    if lsn_header { ev.end_lsn.to_string() } else { "n/a (polling)".into() }
+                ),
             )
         };
         let render = |key: &str, tpl: &template::Template| {
-            tpl.render(|c| f.get(c)).map_err(|m| data_err(format!("{key} template {:?} needs column {:?}, which is NULL", tpl.source(), m.column)))
+            tpl.render(|c| f.get(c)).map_err(|m| {
+                data_err(format!("{key} template {:?} needs column {:?}, which is NULL", tpl.source(), m.column))
+            })
         };
         let routing_key = render("routing_key", &self.cfg.routing_key)?;
         if routing_key.len() > 255 {
@@ -258,8 +276,14 @@ impl Route {
             return Err(data_err("message_id and type must be at most 255 bytes (AMQP short strings)".into()));
         }
         let body = f.payload(self.cfg.payload.as_deref()).map_err(data_err)?;
-        if self.cfg.content_type == "application/json" && !f.payload_is_json_typed(self.cfg.payload.as_deref()) && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-            return Err(data_err(format!("payload is not valid JSON but the route's content_type is {:?}; fix the row or set content_type", self.cfg.content_type)));
+        if self.cfg.content_type == "application/json"
+            && !f.payload_is_json_typed(self.cfg.payload.as_deref())
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err()
+        {
+            return Err(data_err(format!(
+                "payload is not valid JSON but the route's content_type is {:?}; fix the row or set content_type",
+                self.cfg.content_type
+            )));
         }
         let mut headers: Vec<(String, HeaderValue)> = Vec::with_capacity(self.cfg.headers.len() + 4);
         for (k, tpl) in &self.cfg.headers {
@@ -353,7 +377,9 @@ impl<'a> Fields<'a> {
 
     fn payload_is_json_typed(&self, column: Option<&str>) -> bool {
         match (self, column) {
-            (Fields::Row { columns, .. }, Some(c)) => columns.iter().any(|col| col.name == c && (col.type_oid == JSON || col.type_oid == JSONB)),
+            (Fields::Row { columns, .. }, Some(c)) => {
+                columns.iter().any(|col| col.name == c && (col.type_oid == JSON || col.type_oid == JSONB))
+            }
             _ => false,
         }
     }
@@ -364,11 +390,18 @@ impl<'a> Fields<'a> {
         match (self, column) {
             (Fields::Row { .. }, None) => Err("the route has no payload column".into()),
             (Fields::Row { columns, values, table }, Some(c)) => {
-                let i = columns.iter().position(|col| col.name == c).ok_or_else(|| format!("payload column {c:?} is not in {table} any more"))?;
+                let i = columns
+                    .iter()
+                    .position(|col| col.name == c)
+                    .ok_or_else(|| format!("payload column {c:?} is not in {table} any more"))?;
                 match &values[i] {
                     Datum::Null => Err(format!("payload column {c:?} is NULL")),
-                    Datum::UnchangedToast => Err(format!("payload column {c:?} was not sent by the server (unchanged TOAST)")),
-                    Datum::Text(b) if columns[i].type_oid == BYTEA => decode_bytea_hex(b).ok_or_else(|| format!("payload column {c:?} is not in bytea hex format")),
+                    Datum::UnchangedToast => {
+                        Err(format!("payload column {c:?} was not sent by the server (unchanged TOAST)"))
+                    }
+                    Datum::Text(b) if columns[i].type_oid == BYTEA => {
+                        decode_bytea_hex(b).ok_or_else(|| format!("payload column {c:?} is not in bytea hex format"))
+                    }
                     Datum::Text(b) => Ok(b.clone()),
                 }
             }
@@ -409,7 +442,8 @@ mod tests {
 
     #[test]
     fn json_headers_map_to_amqp_types() {
-        let v: serde_json::Value = serde_json::from_str(r#"{"a":"s","b":3,"c":1.5,"d":true,"e":[1],"f":{"g":null}}"#).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"a":"s","b":3,"c":1.5,"d":true,"e":[1],"f":{"g":null}}"#).unwrap();
         let HeaderValue::Table(t) = HeaderValue::from_json(&v) else { panic!() };
         assert!(t.contains(&("b".into(), HeaderValue::Long(3))));
         assert!(t.contains(&("c".into(), HeaderValue::Double(1.5))));

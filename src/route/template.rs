@@ -67,9 +67,7 @@ impl Template {
                         match chars.next() {
                             None => return Err(TemplateError::Unclosed { offset }),
                             Some((end, '}')) => break end,
-                            Some((inner, '{')) => {
-                                return Err(TemplateError::OpenInPlaceholder { offset: inner })
-                            }
+                            Some((inner, '{')) => return Err(TemplateError::OpenInPlaceholder { offset: inner }),
                             Some(_) => {}
                         }
                     };
@@ -87,10 +85,7 @@ impl Template {
         if !literal.is_empty() {
             parts.push(Part::Literal(literal));
         }
-        Ok(Template {
-            source: source.to_owned(),
-            parts,
-        })
+        Ok(Template { source: source.to_owned(), parts })
     }
 
     /// A template without placeholders that renders to `text` exactly. Its
@@ -98,11 +93,7 @@ impl Template {
     pub fn literal(text: &str) -> Template {
         Template {
             source: text.replace('{', "{{").replace('}', "}}"),
-            parts: if text.is_empty() {
-                Vec::new()
-            } else {
-                vec![Part::Literal(text.to_owned())]
-            },
+            parts: if text.is_empty() { Vec::new() } else { vec![Part::Literal(text.to_owned())] },
         }
     }
 
@@ -131,21 +122,14 @@ impl Template {
     ///
     /// [`MissingValue`] naming the first column for which `lookup` returned `None` (the
     /// value is NULL or the column does not exist).
-    pub fn render<'a>(
-        &self,
-        mut lookup: impl FnMut(&str) -> Option<Cow<'a, str>>,
-    ) -> Result<String, MissingValue> {
+    pub fn render<'a>(&self, mut lookup: impl FnMut(&str) -> Option<Cow<'a, str>>) -> Result<String, MissingValue> {
         let mut out = String::with_capacity(self.source.len());
         for part in &self.parts {
             match part {
                 Part::Literal(text) => out.push_str(text),
                 Part::Column(column) => match lookup(column) {
                     Some(value) => out.push_str(&value),
-                    None => {
-                        return Err(MissingValue {
-                            column: column.clone(),
-                        })
-                    }
+                    None => return Err(MissingValue { column: column.clone() }),
                 },
             }
         }
@@ -238,11 +222,7 @@ pub struct MissingValue {
 
 impl fmt::Display for MissingValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "template column \"{}\" is NULL or missing in this row",
-            self.column
-        )
+        write!(f, "template column \"{}\" is NULL or missing in this row", self.column)
     }
 }
 
@@ -261,18 +241,10 @@ mod tests {
     #[test]
     fn parses_placeholders_and_literals() {
         let t = Template::parse("{aggregate_type}.{event_type}").unwrap();
-        assert_eq!(
-            t.columns().collect::<Vec<_>>(),
-            ["aggregate_type", "event_type"]
-        );
+        assert_eq!(t.columns().collect::<Vec<_>>(), ["aggregate_type", "event_type"]);
         assert_eq!(t.source(), "{aggregate_type}.{event_type}");
         assert!(!t.is_literal());
-        let out = t
-            .render(row(&[
-                ("aggregate_type", "wallet"),
-                ("event_type", "Created"),
-            ]))
-            .unwrap();
+        let out = t.render(row(&[("aggregate_type", "wallet"), ("event_type", "Created")])).unwrap();
         assert_eq!(out, "wallet.Created");
     }
 
@@ -320,14 +292,8 @@ mod tests {
 
     #[test]
     fn unclosed_brace_reports_its_offset() {
-        assert_eq!(
-            Template::parse("ab{cd"),
-            Err(TemplateError::Unclosed { offset: 2 })
-        );
-        assert_eq!(
-            Template::parse("{"),
-            Err(TemplateError::Unclosed { offset: 0 })
-        );
+        assert_eq!(Template::parse("ab{cd"), Err(TemplateError::Unclosed { offset: 2 }));
+        assert_eq!(Template::parse("{"), Err(TemplateError::Unclosed { offset: 0 }));
     }
 
     #[test]
@@ -340,30 +306,18 @@ mod tests {
 
     #[test]
     fn stray_close_is_an_error() {
-        assert_eq!(
-            Template::parse("a}b"),
-            Err(TemplateError::UnmatchedClose { offset: 1 })
-        );
-        assert_eq!(
-            Template::parse("{a}}"),
-            Err(TemplateError::UnmatchedClose { offset: 3 })
-        );
+        assert_eq!(Template::parse("a}b"), Err(TemplateError::UnmatchedClose { offset: 1 }));
+        assert_eq!(Template::parse("{a}}"), Err(TemplateError::UnmatchedClose { offset: 3 }));
     }
 
     #[test]
     fn open_inside_placeholder_is_an_error() {
-        assert_eq!(
-            Template::parse("{a{b}"),
-            Err(TemplateError::OpenInPlaceholder { offset: 2 })
-        );
+        assert_eq!(Template::parse("{a{b}"), Err(TemplateError::OpenInPlaceholder { offset: 2 }));
     }
 
     #[test]
     fn offsets_are_bytes_not_chars() {
-        assert_eq!(
-            Template::parse("é}"),
-            Err(TemplateError::UnmatchedClose { offset: 2 })
-        );
+        assert_eq!(Template::parse("é}"), Err(TemplateError::UnmatchedClose { offset: 2 }));
     }
 
     #[test]

@@ -108,12 +108,21 @@ impl PgTarget {
             keep.join(" ")
         };
         let config: tokio_postgres::Config = rest.parse().map_err(|e: tokio_postgres::Error| bad(e.to_string()))?;
-        let mut target = PgTarget { config, ssl_mode: SslMode::Prefer, ssl_root_cert: None, ssl_cert: None, ssl_key: None, redacted };
+        let mut target = PgTarget {
+            config,
+            ssl_mode: SslMode::Prefer,
+            ssl_root_cert: None,
+            ssl_cert: None,
+            ssl_key: None,
+            redacted,
+        };
         for (k, v) in tls {
             match k.as_str() {
                 "sslmode" => {
                     target.ssl_mode = SslMode::parse(&v).ok_or_else(|| {
-                        bad(format!("sslmode {v:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"))
+                        bad(format!(
+                            "sslmode {v:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                        ))
                     })?
                 }
                 "sslrootcert" => target.ssl_root_cert = Some(v),
@@ -159,15 +168,27 @@ impl PgTarget {
         if cfg.get_application_name().is_none() {
             cfg.application_name("outbox-relay");
         }
-        let timed_out = || Error::new(ErrorKind::SourceConnection, format!("connecting to PostgreSQL at {} timed out after {timeout:?}", self.endpoint()));
-        let failed = |e| from_pg(ErrorKind::SourceConnection, format!("connecting to PostgreSQL at {} (sslmode {})", self.endpoint(), self.ssl_mode.as_str()), e);
+        let timed_out = || {
+            Error::new(
+                ErrorKind::SourceConnection,
+                format!("connecting to PostgreSQL at {} timed out after {timeout:?}", self.endpoint()),
+            )
+        };
+        let failed = |e| {
+            from_pg(
+                ErrorKind::SourceConnection,
+                format!("connecting to PostgreSQL at {} (sslmode {})", self.endpoint(), self.ssl_mode.as_str()),
+                e,
+            )
+        };
         match crate::tls::client_config(self)? {
             None => {
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                let (client, conn) = tokio::time::timeout(timeout + Duration::from_secs(1), cfg.connect(tokio_postgres::NoTls))
-                    .await
-                    .map_err(|_| timed_out())?
-                    .map_err(failed)?;
+                let (client, conn) =
+                    tokio::time::timeout(timeout + Duration::from_secs(1), cfg.connect(tokio_postgres::NoTls))
+                        .await
+                        .map_err(|_| timed_out())?
+                        .map_err(failed)?;
                 tokio::spawn(conn);
                 Ok(client)
             }
@@ -177,10 +198,13 @@ impl PgTarget {
                 } else {
                     tokio_postgres::config::SslMode::Require
                 });
-                let (client, conn) = tokio::time::timeout(timeout + Duration::from_secs(1), cfg.connect(crate::tls::MakeRustls::new(tls)))
-                    .await
-                    .map_err(|_| timed_out())?
-                    .map_err(failed)?;
+                let (client, conn) = tokio::time::timeout(
+                    timeout + Duration::from_secs(1),
+                    cfg.connect(crate::tls::MakeRustls::new(tls)),
+                )
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(failed)?;
                 tokio::spawn(conn);
                 Ok(client)
             }
@@ -257,7 +281,10 @@ mod tests {
 
     #[test]
     fn url_form_keeps_tls_keys_apart() {
-        let t = PgTarget::parse("postgres://relay:pw@127.0.0.1:5433/app?sslmode=verify-full&sslrootcert=/ca.pem&application_name=x").unwrap();
+        let t = PgTarget::parse(
+            "postgres://relay:pw@127.0.0.1:5433/app?sslmode=verify-full&sslrootcert=/ca.pem&application_name=x",
+        )
+        .unwrap();
         assert_eq!(t.ssl_mode, SslMode::VerifyFull);
         assert_eq!(t.ssl_root_cert.as_deref(), Some("/ca.pem"));
         assert_eq!(t.config.get_user(), Some("relay"));
@@ -268,7 +295,8 @@ mod tests {
 
     #[test]
     fn keyword_form_parses_quoted_values() {
-        let t = PgTarget::parse("host=127.0.0.1 port=5433 user=relay password='a b\\'c' dbname=app sslmode=disable").unwrap();
+        let t = PgTarget::parse("host=127.0.0.1 port=5433 user=relay password='a b\\'c' dbname=app sslmode=disable")
+            .unwrap();
         assert_eq!(t.config.get_password(), Some(&b"a b'c"[..]));
         assert_eq!(t.ssl_mode, SslMode::Disable);
         assert_eq!(t.endpoint(), "127.0.0.1:5433");

@@ -222,12 +222,13 @@ async fn read_batch(client: &Client, t: &PolledTable, config: &Config) -> Result
 async fn finish_batch(client: &Client, t: &PolledTable, config: &Config, keys: &[String]) -> Result<()> {
     let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.table));
     let sql = match (config.source.after_publish, &config.source.mark_column) {
-        (AfterPublish::Mark, Some(m)) => format!("UPDATE {table} SET {} = now() WHERE {}::text = ANY($1)", quote_ident(m), quote_ident(&t.key)),
+        (AfterPublish::Mark, Some(m)) => {
+            format!("UPDATE {table} SET {} = now() WHERE {}::text = ANY($1)", quote_ident(m), quote_ident(&t.key))
+        }
         _ => format!("DELETE FROM {table} WHERE {}::text = ANY($1)", quote_ident(&t.key)),
     };
-    client
-        .execute(&sql, &[&keys])
-        .await
-        .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("removing published rows from {}.{}", t.schema, t.table), e))?;
+    client.execute(&sql, &[&keys]).await.map_err(|e| {
+        from_pg(ErrorKind::SourceQuery, format!("removing published rows from {}.{}", t.schema, t.table), e)
+    })?;
     Ok(())
 }

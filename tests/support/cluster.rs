@@ -146,7 +146,10 @@ fn tail(path: &Path, n: usize) -> String {
 fn instance_dir(prefix: &str) -> TempDir {
     let base = base_dir();
     fs::create_dir_all(&base).unwrap_or_else(|e| panic!("creating {}: {e}", base.display()));
-    let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(&base).unwrap_or_else(|e| panic!("temp dir in {}: {e}", base.display()));
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&base)
+        .unwrap_or_else(|e| panic!("temp dir in {}: {e}", base.display()));
     fs::write(dir.path().join("owner.pid"), std::process::id().to_string()).expect("write owner.pid");
     dir
 }
@@ -161,7 +164,11 @@ fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command 
 
 /// Opens `log` for appending and writes a header naming the command.
 fn log_header(log: &Path, what: &str, cmd: &std::process::Command) -> fs::File {
-    let mut f = fs::OpenOptions::new().create(true).append(true).open(log).unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
     let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
     let _ = writeln!(f, "\n=== {what}: {} {}", cmd.get_program().to_string_lossy(), args.join(" "));
     f
@@ -209,7 +216,12 @@ fn run_blocking(what: &str, mut cmd: std::process::Command, log: &Path, timeout:
 
 /// Sends `signal` (e.g. "KILL") to `pid` with kill(1).
 fn send_signal(pid: u32, signal: &str) {
-    let _ = clean_command("kill").arg(format!("-{signal}")).arg(pid.to_string()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let _ = clean_command("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Once per process: stops and deletes instances left behind by test
@@ -228,7 +240,10 @@ pub fn sweep_stale() {
                 continue;
             }
             let dir = e.path();
-            let Some(owner) = fs::read_to_string(dir.join("owner.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok()) else { continue };
+            let Some(owner) = fs::read_to_string(dir.join("owner.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok())
+            else {
+                continue;
+            };
             if pid_alive(owner) {
                 continue;
             }
@@ -238,13 +253,16 @@ pub fn sweep_stale() {
                     if let Some(bin) = pg_bin_dir() {
                         let mut c = pg_command(&bin, "pg_ctl");
                         c.arg("-D").arg(&data).args(["-m", "immediate", "-w", "-t", "30", "stop"]).current_dir(&dir);
-                        let _ = run_blocking("sweep: pg_ctl stop", c, &dir.join("commands.log"), Duration::from_secs(40));
+                        let _ =
+                            run_blocking("sweep: pg_ctl stop", c, &dir.join("commands.log"), Duration::from_secs(40));
                     }
                 }
             } else {
                 let mark = format!("RABBITMQ_MNESIA_BASE={}", dir.join("mnesia").display());
                 for pidfile in ["rabbit.pid", "wrapper.pid"] {
-                    if let Some(pid) = fs::read_to_string(dir.join(pidfile)).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+                    if let Some(pid) =
+                        fs::read_to_string(dir.join(pidfile)).ok().and_then(|s| s.trim().parse::<u32>().ok())
+                    {
                         let env = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
                         if env.split(|b| *b == 0).any(|v| v == mark.as_bytes()) {
                             send_signal(pid, "KILL");
@@ -379,7 +397,16 @@ impl PgCluster {
         chown_postgres(&pwfile, false);
         let mut c = pg_command(&pg.bin, "initdb");
         c.arg("-D").arg(pg.data()).arg(format!("--pwfile={}", pwfile.display()));
-        c.args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-locale", "--no-sync"]);
+        c.args([
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        ]);
         c.current_dir(pg.dir.path());
         let r = run("initdb", c, &pg.commands_log(), Duration::from_secs(120)).await;
         let _ = fs::remove_file(&pwfile);
@@ -396,7 +423,10 @@ impl PgCluster {
             pg.write_port_conf();
             match pg.pg_ctl("pg_ctl start", &["start"]).await {
                 Ok(()) => break,
-                Err(e) if attempt < PORT_ATTEMPTS && pg.server_log_mentions(&["could not bind", "Address already in use"]) => {
+                Err(e)
+                    if attempt < PORT_ATTEMPTS
+                        && pg.server_log_mentions(&["could not bind", "Address already in use"]) =>
+                {
                     eprintln!("[cluster] PostgreSQL port {} was taken ({e}); retrying with another", pg.port);
                 }
                 Err(e) => panic!("{e}\n{}", pg.log_tail()),
@@ -410,7 +440,12 @@ impl PgCluster {
                 .await
                 .unwrap_or_else(|e| panic!("re-hashing the superuser password as md5: {e}\n{}", pg.log_tail()));
         }
-        println!("[cluster] PostgreSQL on {} ({:?}) started in {:?} (initdb {t_init:?})", pg.addr(), opts.host_auth, t0.elapsed());
+        println!(
+            "[cluster] PostgreSQL on {} ({:?}) started in {:?} (initdb {t_init:?})",
+            pg.addr(),
+            opts.host_auth,
+            t0.elapsed()
+        );
         pg
     }
 
@@ -437,7 +472,8 @@ impl PgCluster {
     /// A superuser connection over the unix socket (`trust`), whatever
     /// `host_auth` and `require_ssl` say; the connection task is spawned.
     pub async fn local_client(&self, db: &str) -> Client {
-        let sock = self.socket_dir.as_ref().expect("instance dir path too long for a unix socket (set OUTBOX_TEST_TMPDIR)");
+        let sock =
+            self.socket_dir.as_ref().expect("instance dir path too long for a unix socket (set OUTBOX_TEST_TMPDIR)");
         let (client, conn) = tokio_postgres::Config::new()
             .host_path(sock)
             .port(self.port)
@@ -457,19 +493,25 @@ impl PgCluster {
     /// accepts connections.
     pub async fn restart_fast(&self) {
         let t0 = Instant::now();
-        self.pg_ctl("pg_ctl restart", &["-m", "fast", "restart"]).await.unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail()));
+        self.pg_ctl("pg_ctl restart", &["-m", "fast", "restart"])
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail()));
         println!("[cluster] PostgreSQL on {} restarted in {:?}", self.addr(), t0.elapsed());
     }
 
     /// `pg_ctl stop -m fast` (clean shutdown); returns once the postmaster is gone.
     pub async fn stop(&self) {
-        self.pg_ctl("pg_ctl stop", &["-m", "fast", "stop"]).await.unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail()));
+        self.pg_ctl("pg_ctl stop", &["-m", "fast", "stop"])
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail()));
     }
 
     /// `pg_ctl stop -m immediate`: like a crash (no shutdown checkpoint;
     /// the next start runs crash recovery).
     pub async fn stop_immediate(&self) {
-        self.pg_ctl("pg_ctl stop immediate", &["-m", "immediate", "stop"]).await.unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail()));
+        self.pg_ctl("pg_ctl stop immediate", &["-m", "immediate", "stop"])
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail()));
     }
 
     /// Starts the cluster again after [`stop`](Self::stop) on the same port;
@@ -510,7 +552,12 @@ impl PgCluster {
     /// too: without it the new postmaster would write to our stdout).
     async fn pg_ctl(&self, what: &str, args: &[&str]) -> Result<(), String> {
         let mut c = pg_command(&self.bin, "pg_ctl");
-        c.arg("-D").arg(self.data()).arg("-l").arg(self.server_log()).args(["-w", "-t", &PG_CTL_SECS.to_string()]).args(args);
+        c.arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.server_log())
+            .args(["-w", "-t", &PG_CTL_SECS.to_string()])
+            .args(args);
         c.current_dir(self.dir.path());
         run(what, c, &self.commands_log(), Duration::from_secs(PG_CTL_SECS + 15)).await
     }
@@ -552,7 +599,8 @@ log_line_prefix = '%m [%p] %q%u@%d '
             let key = copy(&tls.key, "outbox-server.key");
             // the server refuses a key readable by group or others
             fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod key");
-            let _ = write!(conf, "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n", cert.display(), key.display());
+            let _ =
+                write!(conf, "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n", cert.display(), key.display());
             if let Some(ca) = &tls.ca {
                 let ca = copy(ca, "outbox-ca.crt");
                 let _ = writeln!(conf, "ssl_ca_file = '{}'", ca.display());
@@ -563,7 +611,8 @@ log_line_prefix = '%m [%p] %q%u@%d '
             conf.push('\n');
         }
         fs::write(data.join("outbox-test.conf"), conf).expect("write outbox-test.conf");
-        let mut main = fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).expect("open postgresql.conf");
+        let mut main =
+            fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).expect("open postgresql.conf");
         writeln!(main, "\ninclude = 'outbox-test.conf'").expect("append include");
 
         let host = if opts.require_ssl { "hostssl" } else { "host   " };
@@ -594,7 +643,10 @@ impl Drop for PgCluster {
     fn drop(&mut self) {
         if self.data().join("postmaster.pid").exists() {
             let mut c = pg_command(&self.bin, "pg_ctl");
-            c.arg("-D").arg(self.data()).args(["-m", "immediate", "-w", "-t", "30", "stop"]).current_dir(self.dir.path());
+            c.arg("-D")
+                .arg(self.data())
+                .args(["-m", "immediate", "-w", "-t", "30", "stop"])
+                .current_dir(self.dir.path());
             if let Err(e) = run_blocking("drop: pg_ctl stop", c, &self.commands_log(), Duration::from_secs(40)) {
                 eprintln!("[cluster] stopping PostgreSQL on {}: {e}", self.addr());
             }
@@ -608,7 +660,10 @@ impl Drop for PgCluster {
 /// The RabbitMQ scripts dir: `$OUTBOX_TEST_RABBIT_BIN`, else `/usr/lib/rabbitmq/bin`
 /// (not `/usr/sbin`, whose wrappers switch to the `rabbitmq` user).
 fn rabbit_bin_dir() -> PathBuf {
-    std::env::var_os("OUTBOX_TEST_RABBIT_BIN").filter(|b| !b.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/lib/rabbitmq/bin"))
+    std::env::var_os("OUTBOX_TEST_RABBIT_BIN")
+        .filter(|b| !b.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/rabbitmq/bin"))
 }
 
 /// A private RabbitMQ node (no plugins, user guest/guest from loopback) on
@@ -665,7 +720,10 @@ impl RabbitNode {
             node.spawn();
             match node.wait_booted().await {
                 Ok(()) => break,
-                Err(e) if attempt < PORT_ATTEMPTS && node.logs_mention(&["eaddrinuse", "could not bind", "Address already in use"]) => {
+                Err(e)
+                    if attempt < PORT_ATTEMPTS
+                        && node.logs_mention(&["eaddrinuse", "could not bind", "Address already in use"]) =>
+                {
                     eprintln!("[cluster] RabbitMQ port taken ({e}); retrying with others");
                     node.kill_process().await;
                     let _ = fs::remove_dir_all(node.dir.path().join("mnesia"));
@@ -727,14 +785,20 @@ impl RabbitNode {
     pub async fn stop_app(&self) {
         self.ctl(&["stop_app"]).await;
         let addr = self.addr();
-        super::wait_until(Duration::from_secs(30), "the AMQP port to close after stop_app", || async move { !port_accepts(addr).await }).await;
+        super::wait_until(Duration::from_secs(30), "the AMQP port to close after stop_app", || async move {
+            !port_accepts(addr).await
+        })
+        .await;
     }
 
     /// `rabbitmqctl start_app`; returns once the AMQP port accepts connections.
     pub async fn start_app(&self) {
         self.ctl(&["start_app"]).await;
         let addr = self.addr();
-        super::wait_until(Duration::from_secs(60), "the AMQP port to accept after start_app", || async move { port_accepts(addr).await }).await;
+        super::wait_until(Duration::from_secs(60), "the AMQP port to accept after start_app", || async move {
+            port_accepts(addr).await
+        })
+        .await;
     }
 
     /// Full broker restart: `rabbitmqctl stop` (graceful: clients get
@@ -770,7 +834,10 @@ impl RabbitNode {
     /// returns once it has booted and accepts connections.
     pub async fn start_process(&self) {
         let addr = self.addr();
-        super::wait_until(Duration::from_secs(30), "the old node's AMQP port to close", || async move { !port_accepts(addr).await }).await;
+        super::wait_until(Duration::from_secs(30), "the old node's AMQP port to close", || async move {
+            !port_accepts(addr).await
+        })
+        .await;
         self.spawn();
         if let Err(e) = self.wait_booted().await {
             panic!("{e}\n{}", self.log_tail());
@@ -790,7 +857,9 @@ impl RabbitNode {
     pub fn log_tail(&self) -> String {
         let node_log = self.dir.path().join("log").join(format!("{}.log", self.node));
         let mut s = String::new();
-        for (p, n) in [(node_log, 40), (self.dir.path().join("startup.log"), 20), (self.dir.path().join("commands.log"), 20)] {
+        for (p, n) in
+            [(node_log, 40), (self.dir.path().join("startup.log"), 20), (self.dir.path().join("commands.log"), 20)]
+        {
             let _ = write!(s, "---- {} ----\n{}\n", p.display(), tail(&p, n));
         }
         s
@@ -837,9 +906,15 @@ impl RabbitNode {
             fs::set_permissions(&cookie, std::os::unix::fs::PermissionsExt::from_mode(0o400)).expect("chmod cookie");
         }
         fs::write(d.join("enabled_plugins"), "[].\n").expect("write enabled_plugins");
-        fs::write(d.join("rabbitmq-env.conf"), "# written by tests/support/cluster.rs: nothing (the system file is not read)\n").expect("write env conf");
+        fs::write(
+            d.join("rabbitmq-env.conf"),
+            "# written by tests/support/cluster.rs: nothing (the system file is not read)\n",
+        )
+        .expect("write env conf");
         if let Some(tls) = tls {
-            for (from, name) in [(Some(&tls.cert), "cert.pem"), (Some(&tls.key), "key.pem"), (tls.ca.as_ref(), "ca.pem")] {
+            for (from, name) in
+                [(Some(&tls.cert), "cert.pem"), (Some(&tls.key), "key.pem"), (tls.ca.as_ref(), "ca.pem")]
+            {
                 if let Some(from) = from {
                     fs::copy(from, d.join("tls").join(name)).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
                 }
@@ -884,7 +959,8 @@ ssl_options.fail_if_no_peer_cert = false
         let mut guard = self.server.lock().unwrap();
         assert!(guard.is_none(), "RabbitMQ node {} is already running", self.node);
         let _ = fs::remove_file(self.dir.path().join("rabbit.pid"));
-        let out = log_header(&self.dir.path().join("startup.log"), "rabbitmq-server", &clean_command("rabbitmq-server"));
+        let out =
+            log_header(&self.dir.path().join("startup.log"), "rabbitmq-server", &clean_command("rabbitmq-server"));
         let mut c = clean_command(self.bin.join("rabbitmq-server"));
         c.envs(self.env()).current_dir(self.dir.path()).stdout(out.try_clone().expect("dup log")).stderr(out);
         let child = c.spawn().unwrap_or_else(|e| panic!("spawn {}/rabbitmq-server: {e}", self.bin.display()));
@@ -934,7 +1010,13 @@ ssl_options.fail_if_no_peer_cert = false
             }
             if port_accepts(self.addr()).await {
                 let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(10));
-                match self.try_ctl(&["await_startup", "--timeout", &left.as_secs().to_string()], left + Duration::from_secs(15)).await {
+                match self
+                    .try_ctl(
+                        &["await_startup", "--timeout", &left.as_secs().to_string()],
+                        left + Duration::from_secs(15),
+                    )
+                    .await
+                {
                     Ok(()) => return Ok(()),
                     Err(e) => last_err = e,
                 }
@@ -978,7 +1060,12 @@ ssl_options.fail_if_no_peer_cert = false
         ["rabbit.pid", "wrapper.pid"]
             .iter()
             .filter_map(|f| fs::read_to_string(self.dir.path().join(f)).ok()?.trim().parse::<u32>().ok())
-            .filter(|pid| fs::read(format!("/proc/{pid}/environ")).unwrap_or_default().split(|b| *b == 0).any(|v| v == mark.as_bytes()))
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/environ"))
+                    .unwrap_or_default()
+                    .split(|b| *b == 0)
+                    .any(|v| v == mark.as_bytes())
+            })
             .collect()
     }
 
@@ -996,7 +1083,11 @@ ssl_options.fail_if_no_peer_cert = false
                 if let Some(c) = self.server.lock().unwrap().as_mut() {
                     let _ = c.kill();
                 }
-                assert!(self.wait_exited(Duration::from_secs(10)).await, "RabbitMQ node {} survived SIGKILL", self.node);
+                assert!(
+                    self.wait_exited(Duration::from_secs(10)).await,
+                    "RabbitMQ node {} survived SIGKILL",
+                    self.node
+                );
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1014,7 +1105,12 @@ impl Drop for RabbitNode {
                 .env("RABBITMQ_CTL_DIST_PORT_MAX", &cli_port)
                 .current_dir(self.dir.path())
                 .args(["-n", &self.node, "stop"]);
-            if let Err(e) = run_blocking("drop: rabbitmqctl stop", c, &self.dir.path().join("commands.log"), Duration::from_secs(60)) {
+            if let Err(e) = run_blocking(
+                "drop: rabbitmqctl stop",
+                c,
+                &self.dir.path().join("commands.log"),
+                Duration::from_secs(60),
+            ) {
                 eprintln!("[cluster] stopping RabbitMQ node {}: {e}", self.node);
             }
             let deadline = Instant::now() + Duration::from_secs(20);

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use amqprs::channel::{BasicConsumeArguments, Channel, ExchangeDeclareArguments, QueueBindArguments, QueueDeclareArguments};
+use amqprs::channel::{
+    BasicConsumeArguments, Channel, ExchangeDeclareArguments, QueueBindArguments, QueueDeclareArguments,
+};
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::{BasicProperties, FieldValue};
 
@@ -47,9 +49,14 @@ pub struct Consumer {
 
 fn url_args(url: &str) -> OpenConnectionArguments {
     let u = url::Url::parse(url).expect("amqp url");
-    OpenConnectionArguments::new(u.host_str().unwrap(), u.port().unwrap_or(5672), u.username(), u.password().unwrap_or("guest"))
-        .virtual_host("/")
-        .finish()
+    OpenConnectionArguments::new(
+        u.host_str().unwrap(),
+        u.port().unwrap_or(5672),
+        u.username(),
+        u.password().unwrap_or("guest"),
+    )
+    .virtual_host("/")
+    .finish()
 }
 
 impl Consumer {
@@ -61,7 +68,10 @@ impl Consumer {
         let queue = super::random_name("q.");
         let connection = Connection::open(&url_args(url)).await.expect("connection");
         let channel = connection.open_channel(None).await.expect("channel");
-        channel.exchange_declare(ExchangeDeclareArguments::new(&exchange, "topic").durable(true).finish()).await.expect("declare exchange");
+        channel
+            .exchange_declare(ExchangeDeclareArguments::new(&exchange, "topic").durable(true).finish())
+            .await
+            .expect("declare exchange");
         channel.queue_declare(QueueDeclareArguments::new(&queue).durable(true).finish()).await.expect("declare queue");
         channel.queue_bind(QueueBindArguments::new(&queue, &exchange, binding)).await.expect("bind");
         let _ = connection.close().await;
@@ -72,7 +82,13 @@ impl Consumer {
     pub async fn consume_existing(url: &str, exchange: &str, queue: &str) -> Consumer {
         let connection = Connection::open(&url_args(url)).await.expect("consumer connection");
         let channel = connection.open_channel(None).await.expect("consumer channel");
-        let mut c = Consumer { exchange: exchange.to_owned(), queue: queue.to_owned(), received: Arc::default(), _connection: connection, channel };
+        let mut c = Consumer {
+            exchange: exchange.to_owned(),
+            queue: queue.to_owned(),
+            received: Arc::default(),
+            _connection: connection,
+            channel,
+        };
         c.consume().await;
         c
     }
@@ -110,10 +126,18 @@ impl Consumer {
         let connection = Connection::open(&url_args(&super::amqp_url())).await.expect("consumer connection");
         let channel = connection.open_channel(None).await.expect("consumer channel");
         channel
-            .exchange_declare(ExchangeDeclareArguments::new(exchange, "topic").durable(false).auto_delete(false).finish())
+            .exchange_declare(
+                ExchangeDeclareArguments::new(exchange, "topic").durable(false).auto_delete(false).finish(),
+            )
             .await
             .expect("declare exchange");
-        Consumer { exchange: exchange.to_owned(), queue: String::new(), received: Arc::default(), _connection: connection, channel }
+        Consumer {
+            exchange: exchange.to_owned(),
+            queue: String::new(),
+            received: Arc::default(),
+            _connection: connection,
+            channel,
+        }
     }
 
     /// Declares a queue bound to the exchange with `binding` and consumes it.
@@ -180,7 +204,8 @@ pub fn check_delivery(expected: &[(String, String)], received: &[Received]) -> u
     }
     let mut last_by_agg: HashMap<&str, (usize, &str)> = HashMap::new();
     for (agg, id) in expected {
-        let pos = *first_pos.get(id.as_str()).unwrap_or_else(|| panic!("event {id} of aggregate {agg} was never delivered"));
+        let pos =
+            *first_pos.get(id.as_str()).unwrap_or_else(|| panic!("event {id} of aggregate {agg} was never delivered"));
         if let Some((prev, prev_id)) = last_by_agg.get(agg.as_str()) {
             assert!(pos > *prev, "aggregate {agg}: event {id} was first delivered before the earlier event {prev_id}");
         }

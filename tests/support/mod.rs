@@ -20,7 +20,8 @@ use tokio_postgres::{Client, NoTls};
 
 /// Admin URL of the test cluster (a superuser, database `postgres`).
 pub fn pg_admin_url() -> String {
-    std::env::var("OUTBOX_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:54329/postgres".into())
+    std::env::var("OUTBOX_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:54329/postgres".into())
 }
 
 /// URL of the test broker.
@@ -39,7 +40,8 @@ pub fn random_name(prefix: &str) -> String {
 
 /// Connects with tokio-postgres and spawns the connection.
 pub async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap_or_else(|e| panic!("connecting to test PostgreSQL: {e}"));
+    let (client, conn) =
+        tokio_postgres::connect(url, NoTls).await.unwrap_or_else(|e| panic!("connecting to test PostgreSQL: {e}"));
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -135,7 +137,10 @@ async fn cleanup(name: String) {
             .await;
         for _ in 0..50 {
             let r = admin
-                .batch_execute(&format!("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{0}'", name))
+                .batch_execute(&format!(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{0}'",
+                    name
+                ))
                 .await;
             if r.is_ok() {
                 break;
@@ -160,7 +165,12 @@ pub fn lsn(s: &str) -> u64 {
 
 /// Inserts one outbox event per element of `aggregates`, in one
 /// transaction, and returns their ids in insert order.
-pub async fn insert_events(client: &Client, aggregate_type: &str, aggregates: &[String], event_type: &str) -> Vec<String> {
+pub async fn insert_events(
+    client: &Client,
+    aggregate_type: &str,
+    aggregates: &[String],
+    event_type: &str,
+) -> Vec<String> {
     let mut ids = Vec::with_capacity(aggregates.len());
     let mut sql = String::from("BEGIN;");
     for agg in aggregates {

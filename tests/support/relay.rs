@@ -69,7 +69,15 @@ exchange = "{}"
 listen = "{}"
 {}
 "#,
-            self.source_url, self.slot, self.source_extra, self.broker_url, self.broker_extra, self.exchange, self.route_extra, self.http_listen, self.tail
+            self.source_url,
+            self.slot,
+            self.source_extra,
+            self.broker_url,
+            self.broker_extra,
+            self.exchange,
+            self.route_extra,
+            self.http_listen,
+            self.tail
         )
     }
 
@@ -137,7 +145,8 @@ impl InProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("relay.toml");
         std::fs::write(&path, toml).expect("write config");
-        let config = outbox_relay::config::load(&path, &|_| None).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let config =
+            outbox_relay::config::load(&path, &|_| None).unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let relay = InProcess::launch(config).await;
         super::wait_until(Duration::from_secs(30), "relay streaming", || {
             let s = relay.streaming();
@@ -156,7 +165,9 @@ impl InProcess {
     async fn launch(config: outbox_relay::Config) -> InProcess {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,amqprs=warn".into()))
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,amqprs=warn".into()),
+            )
             .try_init();
         let (stop, stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -172,14 +183,20 @@ impl InProcess {
                 let _ = ready_tx.send((r.http_addr, r.handles.clone()));
             },
         ));
-        let (http, handles) = tokio::time::timeout(Duration::from_secs(10), ready_rx).await.expect("relay started").expect("relay reported");
+        let (http, handles) = tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .expect("relay started")
+            .expect("relay reported");
         InProcess { stop: Some(stop), task, http, handles }
     }
 
     /// Requests a graceful stop and returns the relay's result.
     pub async fn stop(mut self) -> outbox_relay::Result<()> {
         let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(60), self.task).await.expect("relay stopped in time").expect("relay task")
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("relay stopped in time")
+            .expect("relay task")
     }
 
     /// Waits for the relay to end by itself (an error that needs a person).

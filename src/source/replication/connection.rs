@@ -81,9 +81,12 @@ impl ReplicationConnection {
     /// `SourceAuth` when it refuses the credentials, `SourceProtocol` for an
     /// authentication method we do not speak.
     pub async fn connect(target: &PgTarget, timeout: Duration) -> Result<Self> {
-        tokio::time::timeout(timeout, Self::connect_inner(target))
-            .await
-            .map_err(|_| Error::new(ErrorKind::SourceConnection, format!("replication connection to {} timed out after {timeout:?}", target.endpoint())))?
+        tokio::time::timeout(timeout, Self::connect_inner(target)).await.map_err(|_| {
+            Error::new(
+                ErrorKind::SourceConnection,
+                format!("replication connection to {} timed out after {timeout:?}", target.endpoint()),
+            )
+        })?
     }
 
     async fn connect_inner(target: &PgTarget) -> Result<Self> {
@@ -96,7 +99,11 @@ impl ReplicationConnection {
             Some(Host::Unix(dir)) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
                 Box::new(tokio::net::UnixStream::connect(&path).await.map_err(|e| {
-                    Error::with_source(ErrorKind::SourceConnection, format!("connecting to PostgreSQL socket {}", path.display()), e)
+                    Error::with_source(
+                        ErrorKind::SourceConnection,
+                        format!("connecting to PostgreSQL socket {}", path.display()),
+                        e,
+                    )
                 })?)
             }
             host => {
@@ -112,7 +119,10 @@ impl ReplicationConnection {
                         false => {
                             return Err(Error::new(
                                 ErrorKind::SourceConnection,
-                                format!("PostgreSQL at {endpoint} does not accept TLS but sslmode is {}", target.ssl_mode.as_str()),
+                                format!(
+                                    "PostgreSQL at {endpoint} does not accept TLS but sslmode is {}",
+                                    target.ssl_mode.as_str()
+                                ),
                             ))
                         }
                         true => {
@@ -120,18 +130,27 @@ impl ReplicationConnection {
                             let s = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
                                 Error::with_source(
                                     ErrorKind::SourceConnection,
-                                    format!("TLS handshake with PostgreSQL at {endpoint} failed (sslmode {})", target.ssl_mode.as_str()),
+                                    format!(
+                                        "TLS handshake with PostgreSQL at {endpoint} failed (sslmode {})",
+                                        target.ssl_mode.as_str()
+                                    ),
                                     e,
                                 )
                             })?;
-                            binding = s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(crate::tls::tls_server_end_point);
+                            binding = s
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(crate::tls::tls_server_end_point);
                             Box::new(s)
                         }
                     },
                 }
             }
         };
-        let mut conn = ReplicationConnection { stream, buf: BytesMut::with_capacity(64 * 1024), endpoint, streaming: false };
+        let mut conn =
+            ReplicationConnection { stream, buf: BytesMut::with_capacity(64 * 1024), endpoint, streaming: false };
         conn.startup(target, binding).await?;
         Ok(conn)
     }
@@ -143,8 +162,14 @@ impl ReplicationConnection {
         let dbname = target.dbname();
         let app = target.config.get_application_name().unwrap_or("outbox-relay").to_owned();
         let mut out = BytesMut::new();
-        let params = [("user", user.as_str()), ("database", dbname.as_str()), ("replication", "database"), ("application_name", app.as_str())];
-        frontend::startup_message(params.iter().copied(), &mut out).map_err(|e| self.proto("encoding startup message", e))?;
+        let params = [
+            ("user", user.as_str()),
+            ("database", dbname.as_str()),
+            ("replication", "database"),
+            ("application_name", app.as_str()),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut out)
+            .map_err(|e| self.proto("encoding startup message", e))?;
         self.write(&out).await?;
         let password = target.config.get_password().map(<[u8]>::to_vec);
         let mut scram: Option<ScramSha256> = None;
@@ -161,46 +186,80 @@ impl ReplicationConnection {
                     let pw = self.need_password(&password, &user)?;
                     let hash = postgres_protocol::authentication::md5_hash(user.as_bytes(), &pw, body.salt());
                     let mut out = BytesMut::new();
-                    frontend::password_message(hash.as_bytes(), &mut out).map_err(|e| self.proto("encoding md5 password", e))?;
+                    frontend::password_message(hash.as_bytes(), &mut out)
+                        .map_err(|e| self.proto("encoding md5 password", e))?;
                     self.write(&out).await?;
                 }
                 backend::Message::AuthenticationSasl(body) => {
                     let pw = self.need_password(&password, &user)?;
-                    let mechs: Vec<String> = body.mechanisms().map(|m| Ok(m.to_owned())).collect().map_err(|e| self.proto("reading SASL mechanisms", e))?;
+                    let mechs: Vec<String> = body
+                        .mechanisms()
+                        .map(|m| Ok(m.to_owned()))
+                        .collect()
+                        .map_err(|e| self.proto("reading SASL mechanisms", e))?;
                     let plus = mechs.iter().any(|m| m == "SCRAM-SHA-256-PLUS");
                     if !plus && !mechs.iter().any(|m| m == "SCRAM-SHA-256") {
-                        return Err(Error::new(ErrorKind::SourceAuth, format!("PostgreSQL at {} offers SASL mechanisms {mechs:?}; outbox-relay speaks SCRAM-SHA-256", self.endpoint)));
+                        return Err(Error::new(
+                            ErrorKind::SourceAuth,
+                            format!(
+                                "PostgreSQL at {} offers SASL mechanisms {mechs:?}; outbox-relay speaks SCRAM-SHA-256",
+                                self.endpoint
+                            ),
+                        ));
                     }
                     // Channel binding when encrypted and offered; "y" (supported,
                     // not used) when encrypted without it; "n" in plain text.
                     let (mechanism, cb) = match &binding {
-                        Some(data) if plus => ("SCRAM-SHA-256-PLUS", ChannelBinding::tls_server_end_point(data.clone())),
+                        Some(data) if plus => {
+                            ("SCRAM-SHA-256-PLUS", ChannelBinding::tls_server_end_point(data.clone()))
+                        }
                         Some(_) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
                         None => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
                     };
                     let s = ScramSha256::new(&pw, cb);
                     let mut out = BytesMut::new();
-                    frontend::sasl_initial_response(mechanism, s.message(), &mut out).map_err(|e| self.proto("encoding SASL response", e))?;
+                    frontend::sasl_initial_response(mechanism, s.message(), &mut out)
+                        .map_err(|e| self.proto("encoding SASL response", e))?;
                     self.write(&out).await?;
                     scram = Some(s);
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
                     let s = scram.as_mut().ok_or_else(|| self.unexpected("SASLContinue before SASL"))?;
-                    s.update(body.data()).map_err(|e| Error::with_source(ErrorKind::SourceAuth, format!("SCRAM exchange with {} failed", self.endpoint), e))?;
+                    s.update(body.data()).map_err(|e| {
+                        Error::with_source(
+                            ErrorKind::SourceAuth,
+                            format!("SCRAM exchange with {} failed", self.endpoint),
+                            e,
+                        )
+                    })?;
                     let mut out = BytesMut::new();
-                    frontend::sasl_response(s.message(), &mut out).map_err(|e| self.proto("encoding SASL response", e))?;
+                    frontend::sasl_response(s.message(), &mut out)
+                        .map_err(|e| self.proto("encoding SASL response", e))?;
                     self.write(&out).await?;
                 }
                 backend::Message::AuthenticationSaslFinal(body) => {
                     let s = scram.as_mut().ok_or_else(|| self.unexpected("SASLFinal before SASL"))?;
-                    s.finish(body.data()).map_err(|e| Error::with_source(ErrorKind::SourceAuth, format!("SCRAM server signature from {} did not verify", self.endpoint), e))?;
+                    s.finish(body.data()).map_err(|e| {
+                        Error::with_source(
+                            ErrorKind::SourceAuth,
+                            format!("SCRAM server signature from {} did not verify", self.endpoint),
+                            e,
+                        )
+                    })?;
                 }
-                backend::Message::ParameterStatus(_) | backend::Message::BackendKeyData(_) | backend::Message::NoticeResponse(_) => {}
+                backend::Message::ParameterStatus(_)
+                | backend::Message::BackendKeyData(_)
+                | backend::Message::NoticeResponse(_) => {}
                 backend::Message::ReadyForQuery(_) => return Ok(()),
                 backend::Message::ErrorResponse(body) => {
                     let db = db_error(&body);
-                    let kind = if db.code.starts_with("28") { ErrorKind::SourceAuth } else { ErrorKind::SourceConnection };
-                    return Err(Error::with_source(kind, format!("PostgreSQL at {} refused the replication connection as user {user:?}", self.endpoint), db));
+                    let kind =
+                        if db.code.starts_with("28") { ErrorKind::SourceAuth } else { ErrorKind::SourceConnection };
+                    return Err(Error::with_source(
+                        kind,
+                        format!("PostgreSQL at {} refused the replication connection as user {user:?}", self.endpoint),
+                        db,
+                    ));
                 }
                 _ => return Err(self.unexpected("unexpected message during startup")),
             }
@@ -209,7 +268,13 @@ impl ReplicationConnection {
 
     fn need_password(&self, pw: &Option<Vec<u8>>, user: &str) -> Result<Vec<u8>> {
         pw.clone().ok_or_else(|| {
-            Error::new(ErrorKind::SourceAuth, format!("PostgreSQL at {} asks for a password for user {user:?} and source.url has none", self.endpoint))
+            Error::new(
+                ErrorKind::SourceAuth,
+                format!(
+                    "PostgreSQL at {} asks for a password for user {user:?} and source.url has none",
+                    self.endpoint
+                ),
+            )
         })
     }
 
@@ -241,7 +306,11 @@ impl ReplicationConnection {
             }
         }
         match error {
-            Some(db) => Err(Error::with_source(query_kind(&db), format!("replication command `{}` failed on {}", first_words(sql), self.endpoint), db)),
+            Some(db) => Err(Error::with_source(
+                query_kind(&db),
+                format!("replication command `{}` failed on {}", first_words(sql), self.endpoint),
+                db,
+            )),
             None => Ok(rows),
         }
     }
@@ -253,12 +322,15 @@ impl ReplicationConnection {
     /// As [`simple_query`](Self::simple_query), or `SourceProtocol` on an odd answer.
     pub async fn identify_system(&mut self) -> Result<SystemIdentity> {
         let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
-        let row = rows.first().filter(|r| r.len() >= 4).ok_or_else(|| self.unexpected("IDENTIFY_SYSTEM returned no row"))?;
+        let row =
+            rows.first().filter(|r| r.len() >= 4).ok_or_else(|| self.unexpected("IDENTIFY_SYSTEM returned no row"))?;
         let get = |i: usize| row[i].clone().unwrap_or_default();
         Ok(SystemIdentity {
             system_id: get(0),
             timeline: get(1).parse().map_err(|_| self.unexpected("IDENTIFY_SYSTEM timeline is not a number"))?,
-            xlog_pos: get(2).parse().map_err(|e| Error::with_source(ErrorKind::SourceProtocol, "IDENTIFY_SYSTEM xlogpos", e))?,
+            xlog_pos: get(2)
+                .parse()
+                .map_err(|e| Error::with_source(ErrorKind::SourceProtocol, "IDENTIFY_SYSTEM xlogpos", e))?,
             dbname: get(3),
         })
     }
@@ -293,7 +365,11 @@ impl ReplicationConnection {
                         let db = db_error(&body);
                         // Consume the ReadyForQuery that follows, so the connection stays usable.
                         let kind = query_kind(&db);
-                        return Err(Error::with_source(kind, format!("START_REPLICATION on slot {slot:?} at {} failed", self.endpoint), db));
+                        return Err(Error::with_source(
+                            kind,
+                            format!("START_REPLICATION on slot {slot:?} at {} failed", self.endpoint),
+                            db,
+                        ));
                     }
                     Some(backend::Message::NoticeResponse(_)) => continue,
                     Some(_) => return Err(self.unexpected("unexpected reply to START_REPLICATION")),
@@ -319,7 +395,11 @@ impl ReplicationConnection {
             match frame.tag {
                 b'd' => {
                     return protocol::decode_copy_data(frame.body).map(Some).map_err(|e| {
-                        Error::with_source(ErrorKind::SourceProtocol, format!("decoding replication data from {}", self.endpoint), e)
+                        Error::with_source(
+                            ErrorKind::SourceProtocol,
+                            format!("decoding replication data from {}", self.endpoint),
+                            e,
+                        )
                     })
                 }
                 b'c' => return Ok(None),
@@ -332,7 +412,11 @@ impl ReplicationConnection {
                         Ok(Some(backend::Message::ErrorResponse(body))) => db_error(&body),
                         _ => DbError { message: "unparseable ErrorResponse".into(), ..DbError::default() },
                     };
-                    return Err(Error::with_source(ErrorKind::SourceConnection, format!("PostgreSQL at {} ended the replication stream", self.endpoint), db));
+                    return Err(Error::with_source(
+                        ErrorKind::SourceConnection,
+                        format!("PostgreSQL at {} ended the replication stream", self.endpoint),
+                        db,
+                    ));
                 }
                 b'N' | b'S' => continue,
                 t => return Err(self.unexpected(&format!("unexpected message {:?} during replication", t as char))),
@@ -346,7 +430,8 @@ impl ReplicationConnection {
     ///
     /// `SourceConnection` when the write fails.
     pub async fn send_status(&mut self, flush: Lsn, reply_requested: bool) -> Result<()> {
-        let payload = protocol::encode_standby_status_update(flush, flush, flush, protocol::pg_clock_now(), reply_requested);
+        let payload =
+            protocol::encode_standby_status_update(flush, flush, flush, protocol::pg_clock_now(), reply_requested);
         let frame = protocol::copy_data_frame(&payload);
         self.write(&frame).await
     }
@@ -374,7 +459,13 @@ impl ReplicationConnection {
             match protocol::parse_frame(&mut self.buf, MAX_FRAME) {
                 Ok(Some(f)) => return Ok(f),
                 Ok(None) => self.fill().await?,
-                Err(e) => return Err(Error::with_source(ErrorKind::SourceProtocol, format!("framing error from {}", self.endpoint), e)),
+                Err(e) => {
+                    return Err(Error::with_source(
+                        ErrorKind::SourceProtocol,
+                        format!("framing error from {}", self.endpoint),
+                        e,
+                    ))
+                }
             }
         }
     }
@@ -402,7 +493,10 @@ impl ReplicationConnection {
             Error::with_source(ErrorKind::SourceConnection, format!("reading from PostgreSQL at {}", self.endpoint), e)
         })?;
         if n == 0 {
-            return Err(Error::new(ErrorKind::SourceConnection, format!("PostgreSQL at {} closed the replication connection", self.endpoint)));
+            return Err(Error::new(
+                ErrorKind::SourceConnection,
+                format!("PostgreSQL at {} closed the replication connection", self.endpoint),
+            ));
         }
         Ok(())
     }
@@ -411,11 +505,17 @@ impl ReplicationConnection {
         self.stream.write_all(bytes).await.map_err(|e| {
             Error::with_source(ErrorKind::SourceConnection, format!("writing to PostgreSQL at {}", self.endpoint), e)
         })?;
-        self.stream.flush().await.map_err(|e| Error::with_source(ErrorKind::SourceConnection, format!("writing to PostgreSQL at {}", self.endpoint), e))
+        self.stream.flush().await.map_err(|e| {
+            Error::with_source(ErrorKind::SourceConnection, format!("writing to PostgreSQL at {}", self.endpoint), e)
+        })
     }
 
     fn proto(&self, what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
-        Error::with_source(ErrorKind::SourceProtocol, format!("{what} on the replication connection to {}", self.endpoint), e)
+        Error::with_source(
+            ErrorKind::SourceProtocol,
+            format!("{what} on the replication connection to {}", self.endpoint),
+            e,
+        )
     }
 
     fn unexpected(&self, what: &str) -> Error {
@@ -424,9 +524,9 @@ impl ReplicationConnection {
 }
 
 async fn tcp(host: &str, port: u16, endpoint: &str) -> Result<tokio::net::TcpStream> {
-    let s = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| Error::with_source(ErrorKind::SourceConnection, format!("connecting to PostgreSQL at {endpoint}"), e))?;
+    let s = tokio::net::TcpStream::connect((host, port)).await.map_err(|e| {
+        Error::with_source(ErrorKind::SourceConnection, format!("connecting to PostgreSQL at {endpoint}"), e)
+    })?;
     let _ = s.set_nodelay(true);
     Ok(s)
 }
@@ -435,14 +535,19 @@ async fn tcp(host: &str, port: u16, endpoint: &str) -> Result<tokio::net::TcpStr
 async fn negotiate_ssl(tcp: &mut tokio::net::TcpStream, endpoint: &str) -> Result<bool> {
     let mut out = BytesMut::new();
     frontend::ssl_request(&mut out);
-    let io = |e| Error::with_source(ErrorKind::SourceConnection, format!("negotiating TLS with PostgreSQL at {endpoint}"), e);
+    let io = |e| {
+        Error::with_source(ErrorKind::SourceConnection, format!("negotiating TLS with PostgreSQL at {endpoint}"), e)
+    };
     tcp.write_all(&out).await.map_err(io)?;
     let mut answer = [0u8; 1];
     tcp.read_exact(&mut answer).await.map_err(io)?;
     match answer[0] {
         b'S' => Ok(true),
         b'N' => Ok(false),
-        other => Err(Error::new(ErrorKind::SourceProtocol, format!("PostgreSQL at {endpoint} answered SSLRequest with {other:#04x}"))),
+        other => Err(Error::new(
+            ErrorKind::SourceProtocol,
+            format!("PostgreSQL at {endpoint} answered SSLRequest with {other:#04x}"),
+        )),
     }
 }
 

@@ -158,16 +158,28 @@ pub async fn stream(
 
 impl Reader {
     /// Handles one message from the walsender.
-    async fn on_message(&mut self, msg: Result<Option<ReplicationMessage>>, tx: &mpsc::Sender<Transaction>) -> Result<()> {
+    async fn on_message(
+        &mut self,
+        msg: Result<Option<ReplicationMessage>>,
+        tx: &mpsc::Sender<Transaction>,
+    ) -> Result<()> {
         match msg? {
             None => Err(Error::new(ErrorKind::SourceConnection, "PostgreSQL ended the replication stream (CopyDone)")),
             Some(ReplicationMessage::XLogData { wal_start, wal_end, data, .. }) => {
                 self.server_wal_end = self.server_wal_end.max(wal_end);
                 let decoded = pgoutput::decode(&data).map_err(|e| {
-                    Error::with_source(ErrorKind::SourceProtocol, format!("decoding pgoutput message at WAL {wal_start}"), e)
+                    Error::with_source(
+                        ErrorKind::SourceProtocol,
+                        format!("decoding pgoutput message at WAL {wal_start}"),
+                        e,
+                    )
                 })?;
                 let txn = self.assembler.push(decoded).map_err(|e| {
-                    Error::with_source(ErrorKind::SourceProtocol, format!("assembling transactions at WAL {wal_start}"), e)
+                    Error::with_source(
+                        ErrorKind::SourceProtocol,
+                        format!("assembling transactions at WAL {wal_start}"),
+                        e,
+                    )
                 })?;
                 if let Some(txn) = txn {
                     tracing::debug!(end_lsn = %txn.end_lsn, events = txn.events.len(), "transaction received");
@@ -175,7 +187,10 @@ impl Reader {
                         Ok(()) => self.sent_txns += 1,
                         Err(mpsc::error::TrySendError::Full(txn)) => self.pending = Some(txn),
                         Err(mpsc::error::TrySendError::Closed(_)) => {
-                            return Err(Error::new(ErrorKind::BrokerConnection, "publisher stopped taking transactions"))
+                            return Err(Error::new(
+                                ErrorKind::BrokerConnection,
+                                "publisher stopped taking transactions",
+                            ))
                         }
                     }
                 }
@@ -231,7 +246,10 @@ impl Reader {
         // A transaction that never reached the publisher is not confirmed:
         // the next session replays it.
         self.pending = None;
-        tracing::info!(in_flight_txns = self.sent_txns - progress.borrow().txns_done, "stopping: draining in-flight confirms");
+        tracing::info!(
+            in_flight_txns = self.sent_txns - progress.borrow().txns_done,
+            "stopping: draining in-flight confirms"
+        );
         let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
         let mut status = tokio::time::interval(Duration::from_secs(1));
         let result = loop {

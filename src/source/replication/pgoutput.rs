@@ -44,11 +44,7 @@ pub struct Relation {
 impl Relation {
     /// `schema.table`, unquoted (the empty namespace reads as `pg_catalog`).
     pub fn qualified_name(&self) -> String {
-        let schema = if self.namespace.is_empty() {
-            "pg_catalog"
-        } else {
-            &self.namespace
-        };
+        let schema = if self.namespace.is_empty() { "pg_catalog" } else { &self.namespace };
         format!("{schema}.{}", self.name)
     }
 }
@@ -261,10 +257,7 @@ pub fn decode(data: &[u8]) -> Result<PgOutputMessage, DecodeError> {
         b'I' => {
             let relation_id = r.u32("relation_id")?;
             r.expect_byte("new tuple marker", b'N', "'N'")?;
-            PgOutputMessage::Insert {
-                relation_id,
-                values: decode_tuple(&mut r)?,
-            }
+            PgOutputMessage::Insert { relation_id, values: decode_tuple(&mut r)? }
         }
         b'M' => {
             let flags = r.u8("flags")?;
@@ -273,12 +266,7 @@ pub fn decode(data: &[u8]) -> Result<PgOutputMessage, DecodeError> {
             let len = r.u32("content length")?;
             let len = usize::try_from(len).unwrap_or(usize::MAX);
             let content = r.take(len, "content")?.to_vec();
-            PgOutputMessage::Message {
-                transactional: flags & 1 != 0,
-                lsn,
-                prefix,
-                content,
-            }
+            PgOutputMessage::Message { transactional: flags & 1 != 0, lsn, prefix, content }
         }
         b'U' | b'D' | b'T' | b'Y' | b'O' => return Ok(PgOutputMessage::Skipped { tag }),
         b'S' | b'E' | b'c' | b'A' => {
@@ -288,10 +276,7 @@ pub fn decode(data: &[u8]) -> Result<PgOutputMessage, DecodeError> {
             })
         }
         b'b' | b'P' | b'K' | b'r' | b'p' => {
-            return Err(DecodeError::Unexpected {
-                tag,
-                reason: "two-phase decoding was not requested",
-            })
+            return Err(DecodeError::Unexpected { tag, reason: "two-phase decoding was not requested" })
         }
         _ => return Err(DecodeError::UnknownTag { tag }),
     };
@@ -316,12 +301,7 @@ fn decode_relation(r: &mut Reader<'_>) -> Result<Relation, DecodeError> {
         let _typmod = r.i32("column typmod")?;
         columns.push(Column { name, type_oid });
     }
-    Ok(Relation {
-        id,
-        namespace,
-        name,
-        columns,
-    })
+    Ok(Relation { id, namespace, name, columns })
 }
 
 fn decode_tuple(r: &mut Reader<'_>) -> Result<Vec<Datum>, DecodeError> {
@@ -383,13 +363,7 @@ impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
         let available = self.remaining();
         if n > available {
-            return Err(DecodeError::Truncated {
-                tag: self.tag,
-                field,
-                offset: self.pos,
-                needed: n,
-                available,
-            });
+            return Err(DecodeError::Truncated { tag: self.tag, field, offset: self.pos, needed: n, available });
         }
         let out = &self.data[self.pos..self.pos + n];
         self.pos += n;
@@ -434,22 +408,11 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn expect_byte(
-        &mut self,
-        field: &'static str,
-        want: u8,
-        expected: &'static str,
-    ) -> Result<(), DecodeError> {
+    fn expect_byte(&mut self, field: &'static str, want: u8, expected: &'static str) -> Result<(), DecodeError> {
         let offset = self.pos;
         let found = self.u8(field)?;
         if found != want {
-            return Err(DecodeError::UnexpectedByte {
-                tag: self.tag,
-                field,
-                offset,
-                found,
-                expected,
-            });
+            return Err(DecodeError::UnexpectedByte { tag: self.tag, field, offset, found, expected });
         }
         Ok(())
     }
@@ -458,28 +421,17 @@ impl<'a> Reader<'a> {
         let offset = self.pos;
         let rest = self.data.get(offset..).unwrap_or_default();
         let Some(nul) = rest.iter().position(|&b| b == 0) else {
-            return Err(DecodeError::UnterminatedString {
-                tag: self.tag,
-                field,
-                offset,
-            });
+            return Err(DecodeError::UnterminatedString { tag: self.tag, field, offset });
         };
-        let s = std::str::from_utf8(&rest[..nul]).map_err(|_| DecodeError::InvalidUtf8 {
-            tag: self.tag,
-            field,
-            offset,
-        })?;
+        let s =
+            std::str::from_utf8(&rest[..nul]).map_err(|_| DecodeError::InvalidUtf8 { tag: self.tag, field, offset })?;
         self.pos += nul + 1;
         Ok(s.to_owned())
     }
 
     fn finish(&self) -> Result<(), DecodeError> {
         if self.pos < self.data.len() {
-            return Err(DecodeError::TrailingBytes {
-                tag: self.tag,
-                offset: self.pos,
-                len: self.data.len(),
-            });
+            return Err(DecodeError::TrailingBytes { tag: self.tag, offset: self.pos, len: self.data.len() });
         }
         Ok(())
     }
@@ -499,21 +451,13 @@ impl<'a> Reader<'a> {
 pub fn encode(msg: &PgOutputMessage) -> Vec<u8> {
     let mut out = Vec::new();
     match msg {
-        PgOutputMessage::Begin {
-            final_lsn,
-            commit_time,
-            xid,
-        } => {
+        PgOutputMessage::Begin { final_lsn, commit_time, xid } => {
             out.push(b'B');
             out.extend_from_slice(&final_lsn.0.to_be_bytes());
             out.extend_from_slice(&commit_time.0.to_be_bytes());
             out.extend_from_slice(&xid.to_be_bytes());
         }
-        PgOutputMessage::Commit {
-            commit_lsn,
-            end_lsn,
-            commit_time,
-        } => {
+        PgOutputMessage::Commit { commit_lsn, end_lsn, commit_time } => {
             out.extend_from_slice(&[b'C', 0]);
             out.extend_from_slice(&commit_lsn.0.to_be_bytes());
             out.extend_from_slice(&end_lsn.0 .0.to_be_bytes());
@@ -533,10 +477,7 @@ pub fn encode(msg: &PgOutputMessage) -> Vec<u8> {
                 out.extend_from_slice(&(-1i32).to_be_bytes());
             }
         }
-        PgOutputMessage::Insert {
-            relation_id,
-            values,
-        } => {
+        PgOutputMessage::Insert { relation_id, values } => {
             out.push(b'I');
             out.extend_from_slice(&relation_id.to_be_bytes());
             out.push(b'N');
@@ -554,12 +495,7 @@ pub fn encode(msg: &PgOutputMessage) -> Vec<u8> {
                 }
             }
         }
-        PgOutputMessage::Message {
-            transactional,
-            lsn,
-            prefix,
-            content,
-        } => {
+        PgOutputMessage::Message { transactional, lsn, prefix, content } => {
             out.push(b'M');
             out.push(u8::from(*transactional));
             out.extend_from_slice(&lsn.0.to_be_bytes());
@@ -593,11 +529,7 @@ mod tests {
 
     fn sample_messages() -> Vec<PgOutputMessage> {
         vec![
-            PgOutputMessage::Begin {
-                final_lsn: Lsn(0x16_B374_D848),
-                commit_time: PgTimestamp(-7),
-                xid: 812,
-            },
+            PgOutputMessage::Begin { final_lsn: Lsn(0x16_B374_D848), commit_time: PgTimestamp(-7), xid: 812 },
             PgOutputMessage::Commit {
                 commit_lsn: Lsn(0x16_B374_D848),
                 end_lsn: EndLsn(Lsn(0x16_B374_D878)),
@@ -608,24 +540,13 @@ mod tests {
                 namespace: "public".into(),
                 name: "outbox".into(),
                 columns: vec![
-                    Column {
-                        name: "id".into(),
-                        type_oid: 20,
-                    },
-                    Column {
-                        name: "payload".into(),
-                        type_oid: 3802,
-                    },
+                    Column { name: "id".into(), type_oid: 20 },
+                    Column { name: "payload".into(), type_oid: 3802 },
                 ],
             }),
             PgOutputMessage::Insert {
                 relation_id: 16_384,
-                values: vec![
-                    Datum::Text(b"42".to_vec()),
-                    Datum::Null,
-                    Datum::UnchangedToast,
-                    Datum::Text(vec![]),
-                ],
+                values: vec![Datum::Text(b"42".to_vec()), Datum::Null, Datum::UnchangedToast, Datum::Text(vec![])],
             },
             PgOutputMessage::Message {
                 transactional: true,
@@ -638,36 +559,17 @@ mod tests {
 
     #[test]
     fn decodes_begin_from_hand_built_bytes() {
-        let b = be(&[
-            b"B",
-            &0x0000_0016_B374_D848u64.to_be_bytes(),
-            &1_000_000i64.to_be_bytes(),
-            &7u32.to_be_bytes(),
-        ]);
+        let b = be(&[b"B", &0x0000_0016_B374_D848u64.to_be_bytes(), &1_000_000i64.to_be_bytes(), &7u32.to_be_bytes()]);
         assert_eq!(
             decode(&b).unwrap(),
-            PgOutputMessage::Begin {
-                final_lsn: Lsn(0x16_B374_D848),
-                commit_time: PgTimestamp(1_000_000),
-                xid: 7
-            }
+            PgOutputMessage::Begin { final_lsn: Lsn(0x16_B374_D848), commit_time: PgTimestamp(1_000_000), xid: 7 }
         );
     }
 
     #[test]
     fn decodes_commit_ignoring_flags() {
-        let b = be(&[
-            b"C",
-            &[0],
-            &5u64.to_be_bytes(),
-            &9u64.to_be_bytes(),
-            &3i64.to_be_bytes(),
-        ]);
-        let want = PgOutputMessage::Commit {
-            commit_lsn: Lsn(5),
-            end_lsn: EndLsn(Lsn(9)),
-            commit_time: PgTimestamp(3),
-        };
+        let b = be(&[b"C", &[0], &5u64.to_be_bytes(), &9u64.to_be_bytes(), &3i64.to_be_bytes()]);
+        let want = PgOutputMessage::Commit { commit_lsn: Lsn(5), end_lsn: EndLsn(Lsn(9)), commit_time: PgTimestamp(3) };
         assert_eq!(decode(&b).unwrap(), want);
         assert_eq!(encode(&want), b);
     }
@@ -686,55 +588,26 @@ mod tests {
             &25u32.to_be_bytes(),
             &(-1i32).to_be_bytes(),
         ]);
-        let PgOutputMessage::Relation(rel) = decode(&b).unwrap() else {
-            panic!("not a relation")
-        };
+        let PgOutputMessage::Relation(rel) = decode(&b).unwrap() else { panic!("not a relation") };
         assert_eq!(rel.id, 16_385);
         assert_eq!(rel.qualified_name(), "app.outbox");
         assert_eq!(
             rel.columns,
-            vec![
-                Column {
-                    name: "id".into(),
-                    type_oid: 20
-                },
-                Column {
-                    name: "body".into(),
-                    type_oid: 25
-                }
-            ]
+            vec![Column { name: "id".into(), type_oid: 20 }, Column { name: "body".into(), type_oid: 25 }]
         );
-        let catalog = Relation {
-            id: 1,
-            namespace: String::new(),
-            name: "pg_class".into(),
-            columns: vec![],
-        };
+        let catalog = Relation { id: 1, namespace: String::new(), name: "pg_class".into(), columns: vec![] };
         assert_eq!(catalog.qualified_name(), "pg_catalog.pg_class");
     }
 
     #[test]
     fn decodes_insert_with_null_toast_and_text() {
-        let b = be(&[
-            b"I",
-            &7u32.to_be_bytes(),
-            b"N",
-            &3i16.to_be_bytes(),
-            b"n",
-            b"u",
-            b"t",
-            &2i32.to_be_bytes(),
-            b"hi",
-        ]);
+        let b =
+            be(&[b"I", &7u32.to_be_bytes(), b"N", &3i16.to_be_bytes(), b"n", b"u", b"t", &2i32.to_be_bytes(), b"hi"]);
         assert_eq!(
             decode(&b).unwrap(),
             PgOutputMessage::Insert {
                 relation_id: 7,
-                values: vec![
-                    Datum::Null,
-                    Datum::UnchangedToast,
-                    Datum::Text(b"hi".to_vec())
-                ]
+                values: vec![Datum::Null, Datum::UnchangedToast, Datum::Text(b"hi".to_vec())]
             }
         );
     }
@@ -742,14 +615,7 @@ mod tests {
     #[test]
     fn decodes_message_both_flavours() {
         for (flags, transactional) in [(0u8, false), (1, true)] {
-            let b = be(&[
-                b"M",
-                &[flags],
-                &77u64.to_be_bytes(),
-                b"pfx\0",
-                &3u32.to_be_bytes(),
-                b"abc",
-            ]);
+            let b = be(&[b"M", &[flags], &77u64.to_be_bytes(), b"pfx\0", &3u32.to_be_bytes(), b"abc"]);
             assert_eq!(
                 decode(&b).unwrap(),
                 PgOutputMessage::Message {
@@ -766,10 +632,7 @@ mod tests {
     fn skipped_messages_are_recognised_whatever_follows() {
         for tag in [b'U', b'D', b'T', b'Y', b'O'] {
             assert_eq!(decode(&[tag]).unwrap(), PgOutputMessage::Skipped { tag });
-            assert_eq!(
-                decode(&[tag, 1, 2, 3]).unwrap(),
-                PgOutputMessage::Skipped { tag }
-            );
+            assert_eq!(decode(&[tag, 1, 2, 3]).unwrap(), PgOutputMessage::Skipped { tag });
         }
     }
 
@@ -780,10 +643,7 @@ mod tests {
             assert!(matches!(err, DecodeError::Unexpected { tag: t, .. } if t == tag));
             assert!(err.to_string().contains("unexpected"), "{err}");
         }
-        assert!(matches!(
-            decode(b"P"),
-            Err(DecodeError::Unexpected { tag: b'P', .. })
-        ));
+        assert!(matches!(decode(b"P"), Err(DecodeError::Unexpected { tag: b'P', .. })));
         let err = decode(b"Z").unwrap_err();
         assert_eq!(err, DecodeError::UnknownTag { tag: b'Z' });
         assert!(err.to_string().contains("'Z'"));
@@ -796,10 +656,7 @@ mod tests {
             let full = encode(&msg);
             assert_eq!(decode(&full).unwrap(), msg);
             for cut in 0..full.len() {
-                assert!(
-                    decode(&full[..cut]).is_err(),
-                    "prefix {cut} of {msg:?} decoded"
-                );
+                assert!(decode(&full[..cut]).is_err(), "prefix {cut} of {msg:?} decoded");
             }
         }
     }
@@ -810,124 +667,42 @@ mod tests {
             let mut b = encode(&msg);
             let len = b.len();
             b.push(0);
-            assert_eq!(
-                decode(&b),
-                Err(DecodeError::TrailingBytes {
-                    tag: b[0],
-                    offset: len,
-                    len: len + 1
-                })
-            );
+            assert_eq!(decode(&b), Err(DecodeError::TrailingBytes { tag: b[0], offset: len, len: len + 1 }));
         }
     }
 
     #[test]
     fn huge_declared_counts_with_short_input_error() {
-        let rel = be(&[
-            b"R",
-            &1u32.to_be_bytes(),
-            b"s\0t\0d",
-            &i16::MAX.to_be_bytes(),
-            b"\0ab",
-        ]);
-        assert!(matches!(
-            decode(&rel),
-            Err(DecodeError::UnterminatedString {
-                field: "column name",
-                ..
-            })
-        ));
-        let ins = be(&[
-            b"I",
-            &1u32.to_be_bytes(),
-            b"N",
-            &i16::MAX.to_be_bytes(),
-            b"nnn",
-        ]);
+        let rel = be(&[b"R", &1u32.to_be_bytes(), b"s\0t\0d", &i16::MAX.to_be_bytes(), b"\0ab"]);
+        assert!(matches!(decode(&rel), Err(DecodeError::UnterminatedString { field: "column name", .. })));
+        let ins = be(&[b"I", &1u32.to_be_bytes(), b"N", &i16::MAX.to_be_bytes(), b"nnn"]);
         let err = decode(&ins).unwrap_err();
         assert_eq!(
             err,
-            DecodeError::Truncated {
-                tag: b'I',
-                field: "tuple value kind",
-                offset: 11,
-                needed: 1,
-                available: 0
-            }
+            DecodeError::Truncated { tag: b'I', field: "tuple value kind", offset: 11, needed: 1, available: 0 }
         );
         assert!(err.to_string().contains("offset 11"), "{err}");
-        let text = be(&[
-            b"I",
-            &1u32.to_be_bytes(),
-            b"N",
-            &1i16.to_be_bytes(),
-            b"t",
-            &i32::MAX.to_be_bytes(),
-            b"x",
-        ]);
+        let text = be(&[b"I", &1u32.to_be_bytes(), b"N", &1i16.to_be_bytes(), b"t", &i32::MAX.to_be_bytes(), b"x"]);
         assert!(
             matches!(decode(&text), Err(DecodeError::Truncated { field: "tuple value", needed, available: 1, .. }) if needed == i32::MAX as usize)
         );
-        let msg = be(&[
-            b"M",
-            &[1],
-            &1u64.to_be_bytes(),
-            b"p\0",
-            &u32::MAX.to_be_bytes(),
-            b"abc",
-        ]);
-        assert!(matches!(
-            decode(&msg),
-            Err(DecodeError::Truncated {
-                field: "content",
-                available: 3,
-                ..
-            })
-        ));
+        let msg = be(&[b"M", &[1], &1u64.to_be_bytes(), b"p\0", &u32::MAX.to_be_bytes(), b"abc"]);
+        assert!(matches!(decode(&msg), Err(DecodeError::Truncated { field: "content", available: 3, .. })));
     }
 
     #[test]
     fn negative_counts_and_lengths_error() {
-        let rel = be(&[
-            b"R",
-            &1u32.to_be_bytes(),
-            b"s\0t\0d",
-            &(-1i16).to_be_bytes(),
-        ]);
+        let rel = be(&[b"R", &1u32.to_be_bytes(), b"s\0t\0d", &(-1i16).to_be_bytes()]);
         assert_eq!(
             decode(&rel),
-            Err(DecodeError::Negative {
-                tag: b'R',
-                field: "column count",
-                offset: 10,
-                value: -1
-            })
+            Err(DecodeError::Negative { tag: b'R', field: "column count", offset: 10, value: -1 })
         );
         let ins = be(&[b"I", &1u32.to_be_bytes(), b"N", &(-2i16).to_be_bytes()]);
-        assert!(matches!(
-            decode(&ins),
-            Err(DecodeError::Negative {
-                field: "tuple column count",
-                value: -2,
-                ..
-            })
-        ));
-        let text = be(&[
-            b"I",
-            &1u32.to_be_bytes(),
-            b"N",
-            &1i16.to_be_bytes(),
-            b"t",
-            &(-1i32).to_be_bytes(),
-        ]);
+        assert!(matches!(decode(&ins), Err(DecodeError::Negative { field: "tuple column count", value: -2, .. })));
+        let text = be(&[b"I", &1u32.to_be_bytes(), b"N", &1i16.to_be_bytes(), b"t", &(-1i32).to_be_bytes()]);
         assert_eq!(
             decode(&text),
-            Err(DecodeError::Negative {
-                tag: b'I',
-                field: "tuple value length",
-                offset: 9,
-                value: -1
-            })
+            Err(DecodeError::Negative { tag: b'I', field: "tuple value length", offset: 9, value: -1 })
         );
     }
 
@@ -936,47 +711,14 @@ mod tests {
         let old_tuple = be(&[b"I", &1u32.to_be_bytes(), b"K", &0i16.to_be_bytes()]);
         assert!(matches!(
             decode(&old_tuple),
-            Err(DecodeError::UnexpectedByte {
-                field: "new tuple marker",
-                found: b'K',
-                offset: 5,
-                ..
-            })
+            Err(DecodeError::UnexpectedByte { field: "new tuple marker", found: b'K', offset: 5, .. })
         ));
-        let binary = be(&[
-            b"I",
-            &1u32.to_be_bytes(),
-            b"N",
-            &1i16.to_be_bytes(),
-            b"b",
-            &1i32.to_be_bytes(),
-            b"x",
-        ]);
+        let binary = be(&[b"I", &1u32.to_be_bytes(), b"N", &1i16.to_be_bytes(), b"b", &1i32.to_be_bytes(), b"x"]);
         let err = decode(&binary).unwrap_err();
-        assert!(matches!(
-            err,
-            DecodeError::UnexpectedByte {
-                found: b'b',
-                offset: 8,
-                ..
-            }
-        ));
+        assert!(matches!(err, DecodeError::UnexpectedByte { found: b'b', offset: 8, .. }));
         assert!(err.to_string().contains("binary"), "{err}");
-        let utf8 = be(&[
-            b"M",
-            &[0],
-            &1u64.to_be_bytes(),
-            b"\xff\xfe\0",
-            &0u32.to_be_bytes(),
-        ]);
-        assert_eq!(
-            decode(&utf8),
-            Err(DecodeError::InvalidUtf8 {
-                tag: b'M',
-                field: "prefix",
-                offset: 10
-            })
-        );
+        let utf8 = be(&[b"M", &[0], &1u64.to_be_bytes(), b"\xff\xfe\0", &0u32.to_be_bytes()]);
+        assert_eq!(decode(&utf8), Err(DecodeError::InvalidUtf8 { tag: b'M', field: "prefix", offset: 10 }));
     }
 
     fn arb_string() -> impl Strategy<Value = String> {
@@ -994,58 +736,26 @@ mod tests {
     fn arb_message() -> impl Strategy<Value = PgOutputMessage> {
         prop_oneof![
             (any::<u64>(), any::<i64>(), any::<u32>()).prop_map(|(l, t, xid)| {
-                PgOutputMessage::Begin {
-                    final_lsn: Lsn(l),
-                    commit_time: PgTimestamp(t),
-                    xid,
-                }
+                PgOutputMessage::Begin { final_lsn: Lsn(l), commit_time: PgTimestamp(t), xid }
             }),
             (any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(c, e, t)| {
-                PgOutputMessage::Commit {
-                    commit_lsn: Lsn(c),
-                    end_lsn: EndLsn(Lsn(e)),
-                    commit_time: PgTimestamp(t),
-                }
+                PgOutputMessage::Commit { commit_lsn: Lsn(c), end_lsn: EndLsn(Lsn(e)), commit_time: PgTimestamp(t) }
             }),
-            (
-                any::<u32>(),
-                arb_string(),
-                arb_string(),
-                proptest::collection::vec((arb_string(), any::<u32>()), 0..8)
-            )
-                .prop_map(|(id, namespace, name, cols)| PgOutputMessage::Relation(
-                    Relation {
-                        id,
-                        namespace,
-                        name,
-                        columns: cols
-                            .into_iter()
-                            .map(|(name, type_oid)| Column { name, type_oid })
-                            .collect(),
-                    }
-                )),
-            (any::<u32>(), proptest::collection::vec(arb_datum(), 0..8)).prop_map(
-                |(relation_id, values)| PgOutputMessage::Insert {
-                    relation_id,
-                    values
+            (any::<u32>(), arb_string(), arb_string(), proptest::collection::vec((arb_string(), any::<u32>()), 0..8))
+                .prop_map(|(id, namespace, name, cols)| PgOutputMessage::Relation(Relation {
+                    id,
+                    namespace,
+                    name,
+                    columns: cols.into_iter().map(|(name, type_oid)| Column { name, type_oid }).collect(),
+                })),
+            (any::<u32>(), proptest::collection::vec(arb_datum(), 0..8))
+                .prop_map(|(relation_id, values)| PgOutputMessage::Insert { relation_id, values }),
+            (any::<bool>(), any::<u64>(), arb_string(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
+                |(transactional, l, prefix, content)| {
+                    PgOutputMessage::Message { transactional, lsn: Lsn(l), prefix, content }
                 }
             ),
-            (
-                any::<bool>(),
-                any::<u64>(),
-                arb_string(),
-                proptest::collection::vec(any::<u8>(), 0..64)
-            )
-                .prop_map(|(transactional, l, prefix, content)| {
-                    PgOutputMessage::Message {
-                        transactional,
-                        lsn: Lsn(l),
-                        prefix,
-                        content,
-                    }
-                }),
-            prop::sample::select(vec![b'U', b'D', b'T', b'Y', b'O'])
-                .prop_map(|tag| PgOutputMessage::Skipped { tag }),
+            prop::sample::select(vec![b'U', b'D', b'T', b'Y', b'O']).prop_map(|tag| PgOutputMessage::Skipped { tag }),
         ]
     }
 

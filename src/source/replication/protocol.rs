@@ -120,25 +120,16 @@ pub enum ProtocolError {
 impl fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProtocolError::FrameTooShort { tag, len } => write!(
-                f,
-                "backend message {} declares length {len}, below the minimum of 4",
-                show_tag(*tag)
-            ),
-            ProtocolError::FrameTooLong { tag, len, max_len } => write!(
-                f,
-                "backend message {} declares length {len}, above the maximum of {max_len}",
-                show_tag(*tag)
-            ),
+            ProtocolError::FrameTooShort { tag, len } => {
+                write!(f, "backend message {} declares length {len}, below the minimum of 4", show_tag(*tag))
+            }
+            ProtocolError::FrameTooLong { tag, len, max_len } => {
+                write!(f, "backend message {} declares length {len}, above the maximum of {max_len}", show_tag(*tag))
+            }
             ProtocolError::EmptyCopyData => {
                 write!(f, "empty CopyData payload during replication: no sub-tag")
             }
-            ProtocolError::Truncated {
-                tag,
-                field,
-                offset,
-                len,
-            } => write!(
+            ProtocolError::Truncated { tag, field, offset, len } => write!(
                 f,
                 "CopyData {} truncated: field `{field}` at byte offset {offset} \
                  does not fit in {len} bytes",
@@ -150,11 +141,9 @@ impl fmt::Display for ProtocolError {
                 show_tag(*tag),
                 len.saturating_sub(*offset)
             ),
-            ProtocolError::UnknownCopyDataTag { tag } => write!(
-                f,
-                "unknown CopyData sub-tag {} during replication (expected 'w' or 'k')",
-                show_tag(*tag)
-            ),
+            ProtocolError::UnknownCopyDataTag { tag } => {
+                write!(f, "unknown CopyData sub-tag {} during replication (expected 'w' or 'k')", show_tag(*tag))
+            }
         }
     }
 }
@@ -178,10 +167,7 @@ pub(crate) fn show_tag(tag: u8) -> String {
 /// is reserved based on it. On error `buf` is left untouched too (the
 /// connection cannot be resynchronised and should be dropped). `max_len`
 /// bounds the declared length (which counts its own 4 bytes).
-pub fn parse_frame(
-    buf: &mut BytesMut,
-    max_len: usize,
-) -> Result<Option<BackendFrame>, ProtocolError> {
+pub fn parse_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<BackendFrame>, ProtocolError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
@@ -214,14 +200,12 @@ pub fn decode_copy_data(body: Bytes) -> Result<ReplicationMessage, ProtocolError
     };
     let len = body.len();
     let field8 = |field: &'static str, offset: usize| -> Result<[u8; 8], ProtocolError> {
-        body.get(offset..offset + 8)
-            .and_then(|s| <[u8; 8]>::try_from(s).ok())
-            .ok_or(ProtocolError::Truncated {
-                tag,
-                field,
-                offset,
-                len,
-            })
+        body.get(offset..offset + 8).and_then(|s| <[u8; 8]>::try_from(s).ok()).ok_or(ProtocolError::Truncated {
+            tag,
+            field,
+            offset,
+            len,
+        })
     };
     match tag {
         b'w' => {
@@ -229,34 +213,17 @@ pub fn decode_copy_data(body: Bytes) -> Result<ReplicationMessage, ProtocolError
             let wal_end = Lsn(u64::from_be_bytes(field8("wal_end", 9)?));
             let server_clock = i64::from_be_bytes(field8("server_clock", 17)?);
             let data = body.slice(XLOG_HEADER_LEN..);
-            Ok(ReplicationMessage::XLogData {
-                wal_start,
-                wal_end,
-                server_clock,
-                data,
-            })
+            Ok(ReplicationMessage::XLogData { wal_start, wal_end, server_clock, data })
         }
         b'k' => {
             let wal_end = Lsn(u64::from_be_bytes(field8("wal_end", 1)?));
             let server_clock = i64::from_be_bytes(field8("server_clock", 9)?);
-            let reply = *body.get(17).ok_or(ProtocolError::Truncated {
-                tag,
-                field: "reply_requested",
-                offset: 17,
-                len,
-            })?;
+            let reply =
+                *body.get(17).ok_or(ProtocolError::Truncated { tag, field: "reply_requested", offset: 17, len })?;
             if len > KEEPALIVE_LEN {
-                return Err(ProtocolError::TrailingBytes {
-                    tag,
-                    offset: KEEPALIVE_LEN,
-                    len,
-                });
+                return Err(ProtocolError::TrailingBytes { tag, offset: KEEPALIVE_LEN, len });
             }
-            Ok(ReplicationMessage::PrimaryKeepalive {
-                wal_end,
-                server_clock,
-                reply_requested: reply != 0,
-            })
+            Ok(ReplicationMessage::PrimaryKeepalive { wal_end, server_clock, reply_requested: reply != 0 })
         }
         other => Err(ProtocolError::UnknownCopyDataTag { tag: other }),
     }
@@ -269,13 +236,7 @@ pub fn decode_copy_data(body: Bytes) -> Result<ReplicationMessage, ProtocolError
 /// PostgreSQL treats `flush` as the slot's `confirmed_flush_lsn`: decoding
 /// resumes there after a reconnect, so it must be a position whose every
 /// earlier change is durably handled (a commit end LSN, never a start LSN).
-pub fn encode_standby_status_update(
-    write: Lsn,
-    flush: Lsn,
-    apply: Lsn,
-    clock: i64,
-    reply_requested: bool,
-) -> Bytes {
+pub fn encode_standby_status_update(write: Lsn, flush: Lsn, apply: Lsn, clock: i64, reply_requested: bool) -> Bytes {
     let mut out = BytesMut::with_capacity(STATUS_UPDATE_LEN);
     out.put_u8(b'r');
     out.put_u64(write.0);
@@ -360,21 +321,9 @@ mod tests {
         bytes.extend_from_slice(&[b'd', 0, 0]); // start of a third one
         let mut buf = BytesMut::from(&bytes[..]);
         let f1 = parse_frame(&mut buf, 1024).unwrap().unwrap();
-        assert_eq!(
-            f1,
-            BackendFrame {
-                tag: b'd',
-                body: Bytes::from_static(b"hello")
-            }
-        );
+        assert_eq!(f1, BackendFrame { tag: b'd', body: Bytes::from_static(b"hello") });
         let f2 = parse_frame(&mut buf, 1024).unwrap().unwrap();
-        assert_eq!(
-            f2,
-            BackendFrame {
-                tag: b'Z',
-                body: Bytes::from_static(b"I")
-            }
-        );
+        assert_eq!(f2, BackendFrame { tag: b'Z', body: Bytes::from_static(b"I") });
         assert_eq!(parse_frame(&mut buf, 1024).unwrap(), None);
         assert_eq!(&buf[..], &[b'd', 0, 0]);
     }
@@ -402,23 +351,13 @@ mod tests {
     fn parse_frame_rejects_bad_lengths_early() {
         for len in [0i32, 3, -1, i32::MIN] {
             let mut buf = BytesMut::from(&[&[b'd'][..], &len.to_be_bytes()[..]].concat()[..]);
-            assert_eq!(
-                parse_frame(&mut buf, 1024),
-                Err(ProtocolError::FrameTooShort { tag: b'd', len })
-            );
+            assert_eq!(parse_frame(&mut buf, 1024), Err(ProtocolError::FrameTooShort { tag: b'd', len }));
             assert_eq!(buf.len(), 5, "untouched on error");
         }
         // A huge declared length errors with only the header present.
         let mut buf = BytesMut::from(&[b'd', 0x7f, 0xff, 0xff, 0xff][..]);
         let err = parse_frame(&mut buf, 1 << 20).unwrap_err();
-        assert_eq!(
-            err,
-            ProtocolError::FrameTooLong {
-                tag: b'd',
-                len: i32::MAX as usize,
-                max_len: 1 << 20
-            }
-        );
+        assert_eq!(err, ProtocolError::FrameTooLong { tag: b'd', len: i32::MAX as usize, max_len: 1 << 20 });
         assert!(err.to_string().contains("'d'"), "{err}");
         // Exactly max_len is allowed.
         let mut buf = BytesMut::from(&frame(b'd', b"12345")[..]);
@@ -440,9 +379,7 @@ mod tests {
         );
         // Empty data is fine (header only).
         let payload = encode_xlog_data(Lsn(1), Lsn(2), 3, b"");
-        assert!(
-            matches!(decode_copy_data(payload), Ok(ReplicationMessage::XLogData { data, .. }) if data.is_empty())
-        );
+        assert!(matches!(decode_copy_data(payload), Ok(ReplicationMessage::XLogData { data, .. }) if data.is_empty()));
     }
 
     #[test]
@@ -459,49 +396,25 @@ mod tests {
                 reply_requested: true
             }
         );
-        assert_eq!(
-            Bytes::from(b.clone()),
-            encode_keepalive(Lsn(0x1_0000_0002), 42, true)
-        );
+        assert_eq!(Bytes::from(b.clone()), encode_keepalive(Lsn(0x1_0000_0002), 42, true));
         b.push(0);
         assert_eq!(
             decode_copy_data(Bytes::from(b)),
-            Err(ProtocolError::TrailingBytes {
-                tag: b'k',
-                offset: 18,
-                len: 19
-            })
+            Err(ProtocolError::TrailingBytes { tag: b'k', offset: 18, len: 19 })
         );
     }
 
     #[test]
     fn truncated_copy_data_errors_at_every_prefix() {
-        for full in [
-            encode_xlog_data(Lsn(1), Lsn(2), 3, b""),
-            encode_keepalive(Lsn(1), 2, false),
-        ] {
+        for full in [encode_xlog_data(Lsn(1), Lsn(2), 3, b""), encode_keepalive(Lsn(1), 2, false)] {
             for cut in 0..full.len() {
-                assert!(
-                    decode_copy_data(full.slice(..cut)).is_err(),
-                    "prefix {cut} of {full:?}"
-                );
+                assert!(decode_copy_data(full.slice(..cut)).is_err(), "prefix {cut} of {full:?}");
             }
         }
         let err = decode_copy_data(Bytes::from_static(b"w\0\0\0\0\0\0\0\0\0\0")).unwrap_err();
-        assert_eq!(
-            err,
-            ProtocolError::Truncated {
-                tag: b'w',
-                field: "wal_end",
-                offset: 9,
-                len: 11
-            }
-        );
+        assert_eq!(err, ProtocolError::Truncated { tag: b'w', field: "wal_end", offset: 9, len: 11 });
         assert!(err.to_string().contains("wal_end") && err.to_string().contains("offset 9"));
-        assert_eq!(
-            decode_copy_data(Bytes::new()),
-            Err(ProtocolError::EmptyCopyData)
-        );
+        assert_eq!(decode_copy_data(Bytes::new()), Err(ProtocolError::EmptyCopyData));
     }
 
     #[test]
@@ -509,9 +422,7 @@ mod tests {
         let err = decode_copy_data(Bytes::from_static(b"r0000")).unwrap_err();
         assert_eq!(err, ProtocolError::UnknownCopyDataTag { tag: b'r' });
         assert!(err.to_string().contains("'r'"), "{err}");
-        assert!(ProtocolError::UnknownCopyDataTag { tag: 0 }
-            .to_string()
-            .contains("0x00"));
+        assert!(ProtocolError::UnknownCopyDataTag { tag: 0 }.to_string().contains("0x00"));
     }
 
     #[test]

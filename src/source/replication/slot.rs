@@ -91,7 +91,10 @@ pub async fn publication_state(client: &Client, publication: &str) -> Result<Opt
         return Ok(None);
     };
     let tables = client
-        .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&publication])
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
         .await
         .map_err(|e| from_pg(ErrorKind::SourceQuery, ctx(), e))?
         .iter()

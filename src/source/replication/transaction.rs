@@ -133,10 +133,9 @@ impl fmt::Display for AssembleError {
             AssembleError::InsertOutsideTransaction { relation_id } => {
                 write!(f, "Insert into relation {relation_id} outside a transaction (no Begin)")
             }
-            AssembleError::MessageOutsideTransaction { lsn, prefix } => write!(
-                f,
-                "transactional Message (prefix {prefix:?}, LSN {lsn}) outside a transaction (no Begin)"
-            ),
+            AssembleError::MessageOutsideTransaction { lsn, prefix } => {
+                write!(f, "transactional Message (prefix {prefix:?}, LSN {lsn}) outside a transaction (no Begin)")
+            }
             AssembleError::UnknownRelation { relation_id, final_lsn } => write!(
                 f,
                 "Insert into relation {relation_id} with no Relation message for it \
@@ -147,19 +146,15 @@ impl fmt::Display for AssembleError {
                 "Insert into {table} (relation {relation_id}) has {values} values but the relation \
                  has {columns} columns (transaction final LSN {final_lsn})"
             ),
-            AssembleError::TooManyEvents { final_lsn } => write!(
-                f,
-                "transaction with final LSN {final_lsn} has more than {} events",
-                u32::MAX
-            ),
-            AssembleError::CommitOutsideTransaction { commit_lsn, end_lsn } => write!(
-                f,
-                "Commit (commit LSN {commit_lsn}, end LSN {end_lsn}) outside a transaction (no Begin)"
-            ),
-            AssembleError::CommitLsnMismatch { commit_lsn, final_lsn, xid } => write!(
-                f,
-                "Commit LSN {commit_lsn} differs from final LSN {final_lsn} announced by Begin of xid {xid}"
-            ),
+            AssembleError::TooManyEvents { final_lsn } => {
+                write!(f, "transaction with final LSN {final_lsn} has more than {} events", u32::MAX)
+            }
+            AssembleError::CommitOutsideTransaction { commit_lsn, end_lsn } => {
+                write!(f, "Commit (commit LSN {commit_lsn}, end LSN {end_lsn}) outside a transaction (no Begin)")
+            }
+            AssembleError::CommitLsnMismatch { commit_lsn, final_lsn, xid } => {
+                write!(f, "Commit LSN {commit_lsn} differs from final LSN {final_lsn} announced by Begin of xid {xid}")
+            }
         }
     }
 }
@@ -201,11 +196,7 @@ impl TransactionAssembler {
     /// Like [`new`](Self::new) with a custom clock for the commit time of
     /// standalone (non-transactional) messages; for deterministic tests.
     pub fn with_clock(clock: fn() -> PgTimestamp) -> Self {
-        Self {
-            relations: HashMap::new(),
-            open: None,
-            clock,
-        }
+        Self { relations: HashMap::new(), open: None, clock }
     }
 
     /// True between a Begin and its Commit.
@@ -236,11 +227,7 @@ impl TransactionAssembler {
                         open_xid: open.xid,
                     });
                 }
-                self.open = Some(OpenTransaction {
-                    final_lsn,
-                    xid,
-                    sources: Vec::new(),
-                });
+                self.open = Some(OpenTransaction { final_lsn, xid, sources: Vec::new() });
                 Ok(None)
             }
             PgOutputMessage::Relation(rel) => {
@@ -248,18 +235,12 @@ impl TransactionAssembler {
                 self.relations.insert(rel.id, (name, Arc::new(rel.columns)));
                 Ok(None)
             }
-            PgOutputMessage::Insert {
-                relation_id,
-                values,
-            } => {
+            PgOutputMessage::Insert { relation_id, values } => {
                 let Some(open) = self.open.as_mut() else {
                     return Err(AssembleError::InsertOutsideTransaction { relation_id });
                 };
                 let Some((table, columns)) = self.relations.get(&relation_id) else {
-                    return Err(AssembleError::UnknownRelation {
-                        relation_id,
-                        final_lsn: open.final_lsn,
-                    });
+                    return Err(AssembleError::UnknownRelation { relation_id, final_lsn: open.final_lsn });
                 };
                 if values.len() != columns.len() {
                     return Err(AssembleError::ColumnCountMismatch {
@@ -270,77 +251,37 @@ impl TransactionAssembler {
                         final_lsn: open.final_lsn,
                     });
                 }
-                open.add(EventSource::Row {
-                    table: table.clone(),
-                    columns: Arc::clone(columns),
-                    values,
-                })?;
+                open.add(EventSource::Row { table: table.clone(), columns: Arc::clone(columns), values })?;
                 Ok(None)
             }
-            PgOutputMessage::Message {
-                transactional: true,
-                lsn,
-                prefix,
-                content,
-            } => {
+            PgOutputMessage::Message { transactional: true, lsn, prefix, content } => {
                 let Some(open) = self.open.as_mut() else {
                     return Err(AssembleError::MessageOutsideTransaction { lsn, prefix });
                 };
                 open.add(EventSource::Message { prefix, content })?;
                 Ok(None)
             }
-            PgOutputMessage::Message {
-                transactional: false,
-                lsn,
-                prefix,
-                content,
-            } => {
+            PgOutputMessage::Message { transactional: false, lsn, prefix, content } => {
                 let end_lsn = standalone_end_lsn(lsn);
                 let commit_time = (self.clock)();
-                let event = OutboxEvent {
-                    source: EventSource::Message { prefix, content },
-                    end_lsn,
-                    commit_time,
-                    ordinal: 0,
-                };
-                Ok(Some(Transaction {
-                    end_lsn,
-                    commit_time,
-                    events: vec![event],
-                }))
+                let event =
+                    OutboxEvent { source: EventSource::Message { prefix, content }, end_lsn, commit_time, ordinal: 0 };
+                Ok(Some(Transaction { end_lsn, commit_time, events: vec![event] }))
             }
-            PgOutputMessage::Commit {
-                commit_lsn,
-                end_lsn,
-                commit_time,
-            } => {
+            PgOutputMessage::Commit { commit_lsn, end_lsn, commit_time } => {
                 let Some(open) = self.open.take_if(|open| open.final_lsn == commit_lsn) else {
                     return Err(match &self.open {
-                        None => AssembleError::CommitOutsideTransaction {
-                            commit_lsn,
-                            end_lsn,
-                        },
-                        Some(open) => AssembleError::CommitLsnMismatch {
-                            commit_lsn,
-                            final_lsn: open.final_lsn,
-                            xid: open.xid,
-                        },
+                        None => AssembleError::CommitOutsideTransaction { commit_lsn, end_lsn },
+                        Some(open) => {
+                            AssembleError::CommitLsnMismatch { commit_lsn, final_lsn: open.final_lsn, xid: open.xid }
+                        }
                     });
                 };
                 let events = (0u32..)
                     .zip(open.sources)
-                    .map(|(ordinal, source)| OutboxEvent {
-                        source,
-                        end_lsn,
-                        commit_time,
-                        ordinal,
-                    })
+                    .map(|(ordinal, source)| OutboxEvent { source, end_lsn, commit_time, ordinal })
                     .collect();
-                Ok(Some(Transaction {
-                    end_lsn,
-                    commit_time,
-                    events,
-                }))
+                Ok(Some(Transaction { end_lsn, commit_time, events }))
             }
             PgOutputMessage::Skipped { .. } => Ok(None),
         }
@@ -351,9 +292,7 @@ impl OpenTransaction {
     /// Appends an event, keeping every ordinal representable as a u32.
     fn add(&mut self, source: EventSource) -> Result<(), AssembleError> {
         if u32::try_from(self.sources.len()).is_err() {
-            return Err(AssembleError::TooManyEvents {
-                final_lsn: self.final_lsn,
-            });
+            return Err(AssembleError::TooManyEvents { final_lsn: self.final_lsn });
         }
         self.sources.push(source);
         Ok(())
@@ -378,22 +317,12 @@ mod tests {
             id,
             namespace: "public".into(),
             name: name.into(),
-            columns: cols
-                .iter()
-                .map(|c| Column {
-                    name: (*c).into(),
-                    type_oid: 25,
-                })
-                .collect(),
+            columns: cols.iter().map(|c| Column { name: (*c).into(), type_oid: 25 }).collect(),
         })
     }
 
     fn begin(final_lsn: u64) -> PgOutputMessage {
-        PgOutputMessage::Begin {
-            final_lsn: Lsn(final_lsn),
-            commit_time: PgTimestamp(1),
-            xid: 700,
-        }
+        PgOutputMessage::Begin { final_lsn: Lsn(final_lsn), commit_time: PgTimestamp(1), xid: 700 }
     }
 
     fn commit(commit_lsn: u64, end_lsn: u64, time: i64) -> PgOutputMessage {
@@ -407,56 +336,35 @@ mod tests {
     fn insert(relation_id: u32, texts: &[&str]) -> PgOutputMessage {
         PgOutputMessage::Insert {
             relation_id,
-            values: texts
-                .iter()
-                .map(|t| Datum::Text(t.as_bytes().to_vec()))
-                .collect(),
+            values: texts.iter().map(|t| Datum::Text(t.as_bytes().to_vec())).collect(),
         }
     }
 
     fn message(transactional: bool, lsn: u64, prefix: &str) -> PgOutputMessage {
-        PgOutputMessage::Message {
-            transactional,
-            lsn: Lsn(lsn),
-            prefix: prefix.into(),
-            content: b"c".to_vec(),
-        }
+        PgOutputMessage::Message { transactional, lsn: Lsn(lsn), prefix: prefix.into(), content: b"c".to_vec() }
     }
 
     /// Feeds messages through the real byte decoder too, to tie the modules together.
-    fn push_wire(
-        a: &mut TransactionAssembler,
-        msg: &PgOutputMessage,
-    ) -> Result<Option<Transaction>, AssembleError> {
+    fn push_wire(a: &mut TransactionAssembler, msg: &PgOutputMessage) -> Result<Option<Transaction>, AssembleError> {
         a.push(pgoutput::decode(&pgoutput::encode(msg)).unwrap())
     }
 
     #[test]
     fn three_inserts_and_a_message_get_ordinals_and_the_commit_end_lsn() {
         let mut a = assembler();
-        assert!(push_wire(&mut a, &relation(1, "outbox", &["id", "body"]))
-            .unwrap()
-            .is_none());
+        assert!(push_wire(&mut a, &relation(1, "outbox", &["id", "body"])).unwrap().is_none());
         assert!(!a.in_transaction());
         assert!(push_wire(&mut a, &begin(0x100)).unwrap().is_none());
         assert!(a.in_transaction());
-        for (i, msg) in [
-            insert(1, &["1", "a"]),
-            insert(1, &["2", "b"]),
-            message(true, 0xF0, "px"),
-            insert(1, &["3", "c"]),
-        ]
-        .iter()
-        .enumerate()
+        for (i, msg) in
+            [insert(1, &["1", "a"]), insert(1, &["2", "b"]), message(true, 0xF0, "px"), insert(1, &["3", "c"])]
+                .iter()
+                .enumerate()
         {
             assert!(push_wire(&mut a, msg).unwrap().is_none(), "message {i}");
         }
-        assert!(push_wire(&mut a, &PgOutputMessage::Skipped { tag: b'U' })
-            .unwrap()
-            .is_none());
-        let tx = push_wire(&mut a, &commit(0x100, 0x128, 99))
-            .unwrap()
-            .unwrap();
+        assert!(push_wire(&mut a, &PgOutputMessage::Skipped { tag: b'U' }).unwrap().is_none());
+        let tx = push_wire(&mut a, &commit(0x100, 0x128, 99)).unwrap().unwrap();
         assert!(!a.in_transaction());
         assert_eq!(tx.end_lsn, EndLsn(Lsn(0x128)));
         assert_eq!(tx.commit_time, PgTimestamp(99));
@@ -467,30 +375,14 @@ mod tests {
             assert_eq!(ev.commit_time, PgTimestamp(99));
         }
         match &tx.events[0].source {
-            EventSource::Row {
-                table,
-                columns,
-                values,
-            } => {
+            EventSource::Row { table, columns, values } => {
                 assert_eq!(table, "public.outbox");
-                assert_eq!(
-                    columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-                    ["id", "body"]
-                );
-                assert_eq!(
-                    values,
-                    &vec![Datum::Text(b"1".to_vec()), Datum::Text(b"a".to_vec())]
-                );
+                assert_eq!(columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["id", "body"]);
+                assert_eq!(values, &vec![Datum::Text(b"1".to_vec()), Datum::Text(b"a".to_vec())]);
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(
-            tx.events[2].source,
-            EventSource::Message {
-                prefix: "px".into(),
-                content: b"c".to_vec()
-            }
-        );
+        assert_eq!(tx.events[2].source, EventSource::Message { prefix: "px".into(), content: b"c".to_vec() });
         assert!(
             matches!(&tx.events[3].source, EventSource::Row { values, .. } if values[0] == Datum::Text(b"3".to_vec()))
         );
@@ -501,14 +393,7 @@ mod tests {
         let mut a = assembler();
         a.push(begin(5)).unwrap();
         let tx = a.push(commit(5, 8, 2)).unwrap().unwrap();
-        assert_eq!(
-            tx,
-            Transaction {
-                end_lsn: EndLsn(Lsn(8)),
-                commit_time: PgTimestamp(2),
-                events: vec![]
-            }
-        );
+        assert_eq!(tx, Transaction { end_lsn: EndLsn(Lsn(8)), commit_time: PgTimestamp(2), events: vec![] });
     }
 
     #[test]
@@ -518,36 +403,21 @@ mod tests {
         a.push(begin(1)).unwrap();
         a.push(insert(1, &["1", "x"])).unwrap();
         // Schema change mid-stream (ALTER TABLE): the relation is re-sent.
-        a.push(relation(1, "outbox2", &["id", "new", "extra"]))
-            .unwrap();
+        a.push(relation(1, "outbox2", &["id", "new", "extra"])).unwrap();
         assert!(matches!(
             a.push(insert(1, &["2", "y"])),
-            Err(AssembleError::ColumnCountMismatch {
-                columns: 3,
-                values: 2,
-                ..
-            })
+            Err(AssembleError::ColumnCountMismatch { columns: 3, values: 2, .. })
         ));
         a.push(insert(1, &["2", "y", "z"])).unwrap();
         let tx = a.push(commit(1, 2, 0)).unwrap().unwrap();
         let names = |ev: &OutboxEvent| match &ev.source {
-            EventSource::Row { table, columns, .. } => (
-                table.clone(),
-                columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
-            ),
+            EventSource::Row { table, columns, .. } => {
+                (table.clone(), columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
+            }
             other => panic!("unexpected {other:?}"),
         };
-        assert_eq!(
-            names(&tx.events[0]),
-            ("public.outbox".into(), vec!["id".into(), "old".into()])
-        );
-        assert_eq!(
-            names(&tx.events[1]),
-            (
-                "public.outbox2".into(),
-                vec!["id".into(), "new".into(), "extra".into()]
-            )
-        );
+        assert_eq!(names(&tx.events[0]), ("public.outbox".into(), vec!["id".into(), "old".into()]));
+        assert_eq!(names(&tx.events[1]), ("public.outbox2".into(), vec!["id".into(), "new".into(), "extra".into()]));
     }
 
     #[test]
@@ -555,10 +425,7 @@ mod tests {
         let mut a = assembler();
         a.push(relation(1, "outbox", &["id"])).unwrap();
         let err = a.push(insert(1, &["1"])).unwrap_err();
-        assert_eq!(
-            err,
-            AssembleError::InsertOutsideTransaction { relation_id: 1 }
-        );
+        assert_eq!(err, AssembleError::InsertOutsideTransaction { relation_id: 1 });
         assert!(err.to_string().contains("relation 1"), "{err}");
     }
 
@@ -567,22 +434,10 @@ mod tests {
         let mut a = assembler();
         a.push(begin(0x10)).unwrap();
         let err = a.push(insert(9, &["1"])).unwrap_err();
-        assert_eq!(
-            err,
-            AssembleError::UnknownRelation {
-                relation_id: 9,
-                final_lsn: Lsn(0x10)
-            }
-        );
+        assert_eq!(err, AssembleError::UnknownRelation { relation_id: 9, final_lsn: Lsn(0x10) });
         assert!(err.to_string().contains("0/10"), "{err}");
         let err = a.push(begin(0x20)).unwrap_err();
-        assert!(matches!(
-            err,
-            AssembleError::BeginInsideTransaction {
-                open_final_lsn: Lsn(0x10),
-                ..
-            }
-        ));
+        assert!(matches!(err, AssembleError::BeginInsideTransaction { open_final_lsn: Lsn(0x10), .. }));
         assert!(a.in_transaction());
     }
 
@@ -591,35 +446,19 @@ mod tests {
         let mut a = assembler();
         assert_eq!(
             a.push(commit(1, 2, 0)),
-            Err(AssembleError::CommitOutsideTransaction {
-                commit_lsn: Lsn(1),
-                end_lsn: EndLsn(Lsn(2))
-            })
+            Err(AssembleError::CommitOutsideTransaction { commit_lsn: Lsn(1), end_lsn: EndLsn(Lsn(2)) })
         );
         a.push(begin(1)).unwrap();
         let err = a.push(commit(3, 4, 0)).unwrap_err();
-        assert_eq!(
-            err,
-            AssembleError::CommitLsnMismatch {
-                commit_lsn: Lsn(3),
-                final_lsn: Lsn(1),
-                xid: 700
-            }
-        );
-        assert!(
-            a.in_transaction(),
-            "a failing Commit leaves the transaction open"
-        );
+        assert_eq!(err, AssembleError::CommitLsnMismatch { commit_lsn: Lsn(3), final_lsn: Lsn(1), xid: 700 });
+        assert!(a.in_transaction(), "a failing Commit leaves the transaction open");
         assert!(a.push(commit(1, 4, 0)).unwrap().is_some());
     }
 
     #[test]
     fn transactional_message_outside_a_transaction_errors() {
         let mut a = assembler();
-        assert!(matches!(
-            a.push(message(true, 5, "p")),
-            Err(AssembleError::MessageOutsideTransaction { .. })
-        ));
+        assert!(matches!(a.push(message(true, 5, "p")), Err(AssembleError::MessageOutsideTransaction { .. })));
     }
 
     #[test]
@@ -631,10 +470,7 @@ mod tests {
         assert_eq!(
             tx.events,
             vec![OutboxEvent {
-                source: EventSource::Message {
-                    prefix: "p".into(),
-                    content: b"c".to_vec()
-                },
+                source: EventSource::Message { prefix: "p".into(), content: b"c".to_vec() },
                 end_lsn: EndLsn(Lsn(0x1000)),
                 commit_time: NOW,
                 ordinal: 0,
@@ -659,15 +495,9 @@ mod tests {
         a.reset();
         assert!(!a.in_transaction());
         a.push(begin(2)).unwrap();
-        assert!(matches!(
-            a.push(insert(1, &["1"])),
-            Err(AssembleError::UnknownRelation { .. })
-        ));
+        assert!(matches!(a.push(insert(1, &["1"])), Err(AssembleError::UnknownRelation { .. })));
         // The real clock is used by new().
-        let tx = TransactionAssembler::new()
-            .push(message(false, 1, "p"))
-            .unwrap()
-            .unwrap();
+        let tx = TransactionAssembler::new().push(message(false, 1, "p")).unwrap().unwrap();
         assert!(tx.commit_time.0 > 0);
     }
 
