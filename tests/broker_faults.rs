@@ -6,33 +6,11 @@ use crate::support::consumer::{check_delivery, Consumer};
 use crate::support::http::{metric, scrape};
 use crate::support::proxy::{Mode, Proxy};
 use crate::support::relay::{InProcess, RelayConfig};
-use crate::support::{self, insert_events, TestDb};
+use crate::support::{self, insert_events, writer, TestDb};
 
 pub fn broker_addr() -> std::net::SocketAddr {
     let u = url::Url::parse(&support::amqp_url()).unwrap();
     format!("{}:{}", u.host_str().unwrap(), u.port().unwrap_or(5672)).parse().unwrap()
-}
-
-/// A writer committing `txns` transactions of `per_txn` events over 20 aggregates.
-pub fn writer(
-    url: String,
-    tag: &'static str,
-    txns: usize,
-    per_txn: usize,
-) -> tokio::task::JoinHandle<Vec<(String, String)>> {
-    tokio::spawn(async move {
-        let client = support::connect(&url).await;
-        let mut expected = Vec::new();
-        for t in 0..txns {
-            let aggs: Vec<String> = (0..per_txn).map(|i| format!("{tag}-{}", (t * per_txn + i) % 20)).collect();
-            let ids = insert_events(&client, "wallet", &aggs, "TransactionAdded").await;
-            expected.extend(aggs.into_iter().zip(ids));
-            if t % 20 == 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await; // pace so faults land mid-stream
-            }
-        }
-        expected
-    })
 }
 
 async fn reconnects(http: std::net::SocketAddr, target: &str) -> f64 {

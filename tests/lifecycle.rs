@@ -4,30 +4,7 @@ use std::time::Duration;
 
 use crate::support::consumer::{check_delivery, Consumer};
 use crate::support::relay::{Process, RelayConfig};
-use crate::support::{self, insert_events, TestDb};
-
-/// Starts a background writer: `txns` transactions of `per_txn` events,
-/// aggregates spread over 20 keys; returns (aggregate, id) in commit order.
-fn writer(
-    url: String,
-    tag: &'static str,
-    txns: usize,
-    per_txn: usize,
-) -> tokio::task::JoinHandle<Vec<(String, String)>> {
-    tokio::spawn(async move {
-        let client = support::connect(&url).await;
-        let mut expected = Vec::new();
-        for t in 0..txns {
-            let aggs: Vec<String> = (0..per_txn).map(|i| format!("{tag}-{}", (t * per_txn + i) % 20)).collect();
-            let ids = insert_events(&client, "wallet", &aggs, "TransactionAdded").await;
-            expected.extend(aggs.into_iter().zip(ids));
-            if t % 50 == 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await; // pace the writer so kills land mid-stream
-            }
-        }
-        expected
-    })
-}
+use crate::support::{self, writer, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_three_times_mid_stream_loses_nothing() {

@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use crate::broker_faults::writer;
 use crate::support::consumer::{check_delivery, Consumer};
 use crate::support::relay::{InProcess, RelayConfig};
-use crate::support::{self, TestDb};
+use crate::support::{self, writer, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminating_the_walsender_twice_mid_stream_loses_nothing() {

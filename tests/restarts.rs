@@ -111,7 +111,7 @@ async fn restarting_rabbitmq_mid_stream_loses_nothing() {
     cfg.broker_url = rabbit.amqp_url();
     cfg.broker_extra.push_str("\nconnect_timeout = \"3s\"");
     let relay = InProcess::start(&cfg).await;
-    let w = crate::broker_faults::writer(db.url.clone(), "q", 300, 10);
+    let w = crate::support::writer(db.url.clone(), "q", 300, 10);
 
     // WHEN the broker restarts mid-stream (messages wait in the durable queue)
     let after_some = db.current_wal().await;

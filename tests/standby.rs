@@ -2,11 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::broker_faults::writer;
 use crate::support::consumer::{check_delivery, Consumer};
 use crate::support::http::{get, metric, scrape};
 use crate::support::relay::{Process, RelayConfig};
-use crate::support::{self, TestDb};
+use crate::support::{self, writer, TestDb};
 
 /// "active", "standby" or "not ready", from /readyz.
 async fn role(addr: std::net::SocketAddr) -> String {

@@ -218,3 +218,27 @@ where
         }
     }
 }
+
+/// A background writer: `txns` transactions of `per_txn` events over 20
+/// aggregates, paced (a short pause every 20 transactions) so faults land
+/// mid-stream. Returns (aggregate, id) in commit order.
+pub fn writer(
+    url: String,
+    tag: &'static str,
+    txns: usize,
+    per_txn: usize,
+) -> tokio::task::JoinHandle<Vec<(String, String)>> {
+    tokio::spawn(async move {
+        let client = connect(&url).await;
+        let mut expected = Vec::new();
+        for t in 0..txns {
+            let aggs: Vec<String> = (0..per_txn).map(|i| format!("{tag}-{}", (t * per_txn + i) % 20)).collect();
+            let ids = insert_events(&client, "wallet", &aggs, "TransactionAdded").await;
+            expected.extend(aggs.into_iter().zip(ids));
+            if t % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        expected
+    })
+}
