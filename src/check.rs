@@ -323,8 +323,10 @@ async fn check_broker(config: &Config) -> Report {
             r.ok(format!("RabbitMQ {} reachable, publisher confirms enabled", target.endpoint()));
             ch.close().await;
             let mut exchanges: Vec<&str> = config.routes.iter().map(|rt| rt.exchange.as_str()).collect();
-            if config.broker.on_unroutable == crate::config::OnUnroutable::DeadLetter {
-                exchanges.push(config.broker.dead_letter_exchange.as_str());
+            for rt in &config.routes {
+                if rt.on_unroutable.unwrap_or(config.broker.on_unroutable) == crate::config::OnUnroutable::DeadLetter {
+                    exchanges.push(rt.dead_letter_exchange.as_deref().unwrap_or(&config.broker.dead_letter_exchange));
+                }
             }
             exchanges.sort_unstable();
             exchanges.dedup();

@@ -101,3 +101,35 @@ async fn drop_counts_and_moves_on() {
     relay.stop().await.unwrap();
     db.drop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_overrides_the_broker_policy_with_its_own() {
+    // GIVEN the broker default `block`, and two routes on the same table split by event_type:
+    // "Audit" events may be dropped, the rest go to a dead-letter exchange of their own
+    let db = TestDb::new().await;
+    let exchange = support::random_name("x.");
+    let _decl = Consumer::declare_only(&exchange).await;
+    let dead = Consumer::start("#").await;
+    let mut cfg = RelayConfig::new(&db.url, &exchange);
+    cfg.route_extra = format!(
+        "name = \"audit\"\nwhen = {{ event_type = \"Audit\" }}\non_unroutable = \"drop\"\n\n[[routes]]\nname = \"rest\"\ntable = \"public.outbox\"\nexchange = \"{exchange}\"\non_unroutable = \"dead_letter\"\ndead_letter_exchange = \"{}\"",
+        dead.exchange
+    );
+    let relay = InProcess::start(&cfg).await;
+    let client = db.client().await;
+    insert_events(&client, "wallet", &["a".into()], "Audit").await;
+    let rest = insert_events(&client, "wallet", &["a".into()], "Payment").await;
+    let after = db.current_wal().await;
+    // THEN the audit event is dropped, the payment is dead-lettered, and the position moves on
+    dead.wait_for_ids(&rest, Duration::from_secs(20)).await;
+    assert_eq!(dead.count(), 1, "only the payment is dead-lettered");
+    support::wait_until(Duration::from_secs(15), "slot moves past both", || {
+        let db = &db;
+        async move { db.confirmed_flush().await.unwrap_or(0) >= after }
+    })
+    .await;
+    let text = scrape(relay.http).await;
+    assert_eq!(metric(&text, "outbox_relay_events_unroutable_total", "route=\"audit\""), Some(1.0), "{text}");
+    relay.stop().await.unwrap();
+    db.drop_all().await;
+}

@@ -205,6 +205,10 @@ pub struct RouteConfig {
     /// Filter: every `(column, value)` pair must equal the row's text value for the route
     /// to match. Empty matches every event. In file order.
     pub when: Vec<(String, String)>,
+    /// This route's own `on_unroutable`, overriding `broker.on_unroutable`.
+    pub on_unroutable: Option<OnUnroutable>,
+    /// This route's own dead-letter exchange, overriding `broker.dead_letter_exchange`.
+    pub dead_letter_exchange: Option<String>,
 }
 
 /// What a route takes events from.

@@ -83,6 +83,8 @@ pub(super) struct RawRoute {
     pub headers: Option<OrderedTable>,
     pub headers_column: Option<String>,
     pub when: Option<OrderedTable>,
+    pub on_unroutable: Option<String>,
+    pub dead_letter_exchange: Option<String>,
 }
 
 /// `[http]`.

@@ -285,7 +285,16 @@ impl Validator<'_> {
             let key = format!("routes[{i}].when.{}", rules::key_part(column));
             self.check(&key, rules::identifier(column, "column"));
         }
+        let on_unroutable = r.on_unroutable.map(|v| self.choice(&key("on_unroutable"), Some(v), &ON_UNROUTABLE));
+        if let Some(dlx) = &r.dead_letter_exchange {
+            self.check(&key("dead_letter_exchange"), rules::exchange(dlx));
+            if dlx.is_empty() && on_unroutable == Some(OnUnroutable::DeadLetter) {
+                self.problem(key("dead_letter_exchange"), "must name an exchange when on_unroutable = \"dead_letter\"");
+            }
+        }
         RouteConfig {
+            on_unroutable,
+            dead_letter_exchange: r.dead_letter_exchange,
             name,
             matcher,
             exchange,
@@ -1166,5 +1175,14 @@ level = "info"
                 assert!(!shown.contains(PW), "{shown}");
             }
         }
+    }
+
+    #[test]
+    fn a_route_may_override_on_unroutable_and_its_dead_letter_exchange() {
+        let cfg = ok(&route("on_unroutable = \"dead_letter\"\ndead_letter_exchange = \"route.dead\""));
+        assert_eq!(cfg.routes[0].on_unroutable, Some(OnUnroutable::DeadLetter));
+        assert_eq!(cfg.routes[0].dead_letter_exchange.as_deref(), Some("route.dead"));
+        assert_eq!(ok(&route("")).routes[0].on_unroutable, None);
+        assert_eq!(keys(&route("on_unroutable = \"sometimes\"")), ["routes[0].on_unroutable"]);
     }
 }

@@ -284,7 +284,9 @@ impl Publisher {
 
     fn on_returned(&mut self, p: Pending, code: u16, text: String) {
         let m = &p.msg;
-        match self.settings.on_unroutable {
+        let (route_policy, route_dlx) = self.router.unroutable_policy(m.route);
+        let dead_letter_exchange = route_dlx.unwrap_or(&self.settings.dead_letter_exchange).to_owned();
+        match route_policy.unwrap_or(self.settings.on_unroutable) {
             OnUnroutable::Block => {
                 tracing::error!(message_id = %m.message_id, exchange = %m.exchange, routing_key = %m.routing_key, reply = %format!("{code} {text}"), attempts = p.attempts,
                     "unroutable message: no queue is bound for this routing key; holding the position and retrying (bind a queue, or set on_unroutable)");
@@ -295,7 +297,7 @@ impl Publisher {
                 self.tracker.confirm(p.txn);
             }
             OnUnroutable::DeadLetter => {
-                if m.exchange == self.settings.dead_letter_exchange {
+                if m.exchange == dead_letter_exchange {
                     tracing::error!(message_id = %m.message_id, exchange = %m.exchange, "dead-letter exchange returned the message too; holding the position and retrying");
                     self.schedule_retry(p);
                     return;
@@ -304,7 +306,7 @@ impl Publisher {
                 dead.headers.push(("x-outbox-original-exchange".into(), HeaderValue::Str(m.exchange.clone())));
                 dead.headers.push(("x-outbox-original-routing-key".into(), HeaderValue::Str(m.routing_key.clone())));
                 dead.headers.push(("x-outbox-reason".into(), HeaderValue::Str(format!("{code} {text}"))));
-                dead.exchange = self.settings.dead_letter_exchange.clone();
+                dead.exchange = dead_letter_exchange;
                 tracing::warn!(message_id = %m.message_id, exchange = %m.exchange, routing_key = %m.routing_key, dead_letter_exchange = %dead.exchange, "unroutable message sent to the dead-letter exchange");
                 let mut np = Pending::new(p.txn, Arc::new(dead), Instant::now(), 0);
                 np.attempts = 0;

@@ -123,6 +123,12 @@ impl Router {
         self.routes.iter().map(|r| r.cfg.name.clone()).collect()
     }
 
+    /// The route's own `on_unroutable` and dead-letter exchange, if it
+    /// overrides the broker's.
+    pub fn unroutable_policy(&self, route: usize) -> (Option<crate::config::OnUnroutable>, Option<&str>) {
+        self.routes.get(route).map_or((None, None), |r| (r.cfg.on_unroutable, r.cfg.dead_letter_exchange.as_deref()))
+    }
+
     /// Whether any route takes logical decoding messages (only then are they
     /// requested from the server).
     pub fn wants_messages(&self) -> bool {
