@@ -70,7 +70,24 @@ pub async fn supervise(config: &Config, handles: &Handles, stop: &CancellationTo
             handles.health.set(State::Starting);
         }
         let started = Instant::now();
-        let result = session(config, handles, stop).await;
+        let result = {
+            let work = session(config, handles, stop);
+            tokio::pin!(work);
+            tokio::select! {
+                r = &mut work => r,
+                _ = stop.cancelled() => {
+                    if handles.health.get() == State::Streaming {
+                        // Streaming: the session watches `stop` itself and drains.
+                        work.await
+                    } else {
+                        // Still connecting or standing by: nothing is in flight, so
+                        // dropping the attempt is safe and SIGTERM is not kept
+                        // waiting for a connect timeout.
+                        return Ok(());
+                    }
+                }
+            }
+        };
         if started.elapsed() > HEALTHY_SESSION {
             failures = 0;
         }

@@ -103,3 +103,28 @@ async fn sigkill_ten_times_during_50k_events_loses_nothing() {
     assert!(status.success());
     db.drop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_connecting_does_not_wait_for_the_connect_timeout() {
+    use crate::support::proxy::{Mode, Proxy};
+    use crate::support::relay::InProcess;
+    // GIVEN a relay whose database never answers (a black hole), with a 30 s connect timeout
+    let pg: std::net::SocketAddr = {
+        let u = url::Url::parse(&support::pg_admin_url()).unwrap();
+        format!("{}:{}", u.host_str().unwrap(), u.port().unwrap()).parse().unwrap()
+    };
+    let proxy = Proxy::start(pg).await;
+    proxy.set_mode(Mode::Blackhole);
+    let mut cfg = RelayConfig::new(&format!("postgres://postgres:postgres@{}/postgres", proxy.addr), "x");
+    cfg.source_extra = "connect_timeout = \"30s\"".into();
+    let relay = InProcess::start_any(&cfg).await;
+    support::wait_until(Duration::from_secs(5), "a connection attempt is under way", || {
+        let n = proxy.connections();
+        async move { n >= 1 }
+    })
+    .await;
+    // WHEN it is asked to stop THEN it stops at once, cleanly
+    let asked = std::time::Instant::now();
+    relay.stop().await.expect("a clean stop");
+    assert!(asked.elapsed() < Duration::from_secs(3), "stopping took {:?}", asked.elapsed());
+}
