@@ -15,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::Metrics;
 
+/// The streaming loop turns at least every 100 ms; this long without a turn
+/// means it is wedged (`/healthz` fails, the systemd watchdog stops pinging).
+pub const WEDGED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the relay is doing, for `/readyz`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -29,19 +33,41 @@ pub enum State {
     Stopping = 3,
 }
 
-/// Shared, lock-free health state.
+/// Shared, lock-free health state: what the relay is doing, and when its
+/// pipeline last showed it is turning (for the systemd watchdog).
 #[derive(Debug, Default)]
-pub struct Health(AtomicU8);
+pub struct Health {
+    state: AtomicU8,
+    /// Unix milliseconds of the last [`Health::beat`].
+    beat: std::sync::atomic::AtomicU64,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
 
 impl Health {
     /// Sets the state.
     pub fn set(&self, s: State) {
-        self.0.store(s as u8, Ordering::Relaxed);
+        self.state.store(s as u8, Ordering::Relaxed);
+        self.beat();
+    }
+
+    /// Records that the streaming loop is turning.
+    pub fn beat(&self) {
+        self.beat.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether the process is not wedged: while streaming, the loop must have
+    /// turned within `within`; other states are bounded by their own timeouts.
+    pub fn alive(&self, within: std::time::Duration) -> bool {
+        self.get() != State::Streaming
+            || unix_ms().saturating_sub(self.beat.load(Ordering::Relaxed)) <= within.as_millis() as u64
     }
 
     /// The state.
     pub fn get(&self) -> State {
-        match self.0.load(Ordering::Relaxed) {
+        match self.state.load(Ordering::Relaxed) {
             1 => State::Streaming,
             2 => State::Standby,
             3 => State::Stopping,
@@ -92,7 +118,12 @@ pub async fn serve(
 fn respond<B>(req: &Request<B>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
         "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics.encode()),
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/healthz" if health.alive(WEDGED_AFTER) => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/healthz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "wedged: the streaming loop has not turned recently\n".to_owned(),
+        ),
         "/readyz" => match health.get() {
             State::Streaming => (StatusCode::OK, "text/plain", "active: streaming\n".to_owned()),
             State::Standby => (StatusCode::OK, "text/plain", "standby: another instance holds the slot\n".to_owned()),

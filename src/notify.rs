@@ -1,6 +1,7 @@
 //! systemd integration (`Type=notify`): READY=1 once the relay streams or
 //! stands by, a STATUS= line on every change of state, and WATCHDOG=1 pings
-//! while the supervisor loop is alive when `WatchdogSec=` is set. Outside
+//! while the streaming loop keeps turning (see [`Health::alive`]) when
+//! `WatchdogSec=` is set. Outside
 //! systemd (no `NOTIFY_SOCKET`) every call is a no-op.
 
 use std::sync::Arc;
@@ -50,7 +51,8 @@ pub fn spawn(health: Arc<Health>, stop: CancellationToken) {
                 last = Some(state);
             }
             if let Some(interval) = watchdog {
-                if last_ping.elapsed() >= interval {
+                // Ping only while the pipeline turns: a wedged loop gets restarted.
+                if last_ping.elapsed() >= interval && health.alive(crate::http::WEDGED_AFTER) {
                     let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
                     last_ping = tokio::time::Instant::now();
                 }

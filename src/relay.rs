@@ -214,9 +214,18 @@ async fn session(config: &Config, handles: &Handles, stop: &CancellationToken) -
     );
     let reader =
         ReaderSettings { status_interval: src.status_interval, shutdown_timeout: config.broker.shutdown_timeout };
-    let res =
-        replication::stream(repl, start, tx, progress_rx, publisher, stop.clone(), reader, handles.metrics.clone())
-            .await;
+    let res = replication::stream(
+        repl,
+        start,
+        tx,
+        progress_rx,
+        publisher,
+        stop.clone(),
+        reader,
+        handles.metrics.clone(),
+        handles.health.clone(),
+    )
+    .await;
     health.abort();
     if stop.is_cancelled() {
         handles.health.set(State::Stopping);
@@ -265,7 +274,7 @@ async fn polling_session(
         )
         .run(rx),
     );
-    let res = polling::run(sql, config, tables, tx, progress_rx, publisher, stop.clone()).await;
+    let res = polling::run(sql, config, tables, tx, progress_rx, publisher, stop.clone(), handles.health.clone()).await;
     if stop.is_cancelled() {
         handles.health.set(State::Stopping);
     }

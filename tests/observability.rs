@@ -135,3 +135,18 @@ async fn no_password_appears_in_any_log_line_in_either_format() {
         db.drop_all().await;
     }
 }
+
+#[test]
+fn healthz_turns_unhealthy_when_the_streaming_loop_stops_turning() {
+    use outbox_relay::http::{Health, State};
+    let h = Health::default();
+    h.set(State::Streaming);
+    assert!(h.alive(Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(30));
+    assert!(!h.alive(Duration::from_millis(10)), "a streaming loop that stopped beating is wedged");
+    h.beat();
+    assert!(h.alive(Duration::from_millis(10)));
+    h.set(State::Standby);
+    std::thread::sleep(Duration::from_millis(30));
+    assert!(h.alive(Duration::from_millis(10)), "a standby is bounded by its own timeouts");
+}

@@ -99,10 +99,12 @@ pub async fn run(
     mut progress: watch::Receiver<Progress>,
     mut publisher: JoinHandle<Result<()>>,
     stop: CancellationToken,
+    health: std::sync::Arc<crate::http::Health>,
 ) -> Result<()> {
     let src = &config.source;
     let mut seq: u64 = 0;
     loop {
+        health.beat();
         if stop.is_cancelled() {
             break;
         }
@@ -131,18 +133,26 @@ pub async fn run(
             if tx.send(txn).await.is_err() {
                 return publisher_failure(publisher).await;
             }
-            // Wait for the broker to confirm the whole batch (or the publisher to fail).
+            // Wait for the broker to confirm the whole batch (or the publisher
+            // to fail); once a stop is requested, at most shutdown_timeout.
+            let mut give_up: Option<tokio::time::Instant> = None;
             loop {
+                health.beat();
                 if progress.borrow().confirmed.is_some_and(|c| c.0 .0 >= seq) {
                     break;
                 }
+                if give_up.is_none() && stop.is_cancelled() {
+                    give_up = Some(tokio::time::Instant::now() + config.broker.shutdown_timeout);
+                }
                 tokio::select! {
+                    // Wake up now and then to beat and to notice a stop request.
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                     res = progress.changed() => if res.is_err() { return publisher_failure(publisher).await; },
                     res = &mut publisher => return match res {
                         Ok(Err(e)) => Err(e),
                         _ => Err(Error::new(ErrorKind::BrokerConnection, "publisher stopped unexpectedly")),
                     },
-                    _ = tokio::time::sleep(config.broker.shutdown_timeout), if stop.is_cancelled() => {
+                    _ = tokio::time::sleep_until(give_up.unwrap_or_else(tokio::time::Instant::now)), if give_up.is_some() => {
                         tracing::warn!("shutdown timeout: unconfirmed rows stay in the table and are published on the next start");
                         publisher.abort();
                         return Ok(());

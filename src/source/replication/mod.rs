@@ -61,6 +61,8 @@ struct Reader {
     /// The server's newest WAL end seen, for the lag gauge.
     server_wal_end: Lsn,
     metrics: std::sync::Arc<Metrics>,
+    /// Beaten on every feedback tick: proof for the watchdog that the loop turns.
+    health: std::sync::Arc<crate::http::Health>,
 }
 
 /// Streams from an open replication connection until `shutdown`, then drains.
@@ -81,6 +83,7 @@ pub async fn stream(
     shutdown: CancellationToken,
     settings: ReaderSettings,
     metrics: std::sync::Arc<Metrics>,
+    health: std::sync::Arc<crate::http::Health>,
 ) -> Result<()> {
     let mut r = Reader {
         conn,
@@ -91,6 +94,7 @@ pub async fn stream(
         keepalive: None,
         server_wal_end: start,
         metrics,
+        health,
     };
     let mut status = tokio::time::interval(settings.status_interval);
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -130,6 +134,7 @@ pub async fn stream(
             },
             // PRIORITY 5: report a new position promptly.
             _ = feedback.tick() => {
+                r.health.beat();
                 if r.position.unsent() {
                     if let Err(e) = r.send_status(false).await { break Err(e); }
                 }
