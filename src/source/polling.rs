@@ -91,6 +91,7 @@ pub async fn primary_key(client: &Client, schema: &str, table: &str) -> Result<S
 ///
 /// Database or publisher failures (the supervisor restarts), `Data` errors
 /// from the publisher (the supervisor stops).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Client,
     config: &Config,
