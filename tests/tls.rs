@@ -85,7 +85,7 @@ async fn postgres_tls_modes_verify_what_libpq_verifies_on_both_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn amqps_with_hostname_verification_and_a_wrong_ca_refused() {
+async fn amqps_verifies_the_broker_and_a_client_certificate_logs_in_with_external() {
     // GIVEN a RabbitMQ node with a TLS listener whose certificate names "localhost"
     let pki = Pki::new(&["localhost"], "relay");
     let rabbit = RabbitNode::start_with_tls(TlsFiles {
@@ -108,6 +108,22 @@ async fn amqps_with_hostname_verification_and_a_wrong_ca_refused() {
     // THEN the event arrives
     consumer.wait_for_ids(&ids, Duration::from_secs(30)).await;
     relay.stop().await.unwrap();
+
+    // AND a client certificate without a user in the URL logs in with EXTERNAL (its CN, "relay")
+    rabbit.ctl(&["add_user", "relay", &support::random_name("unused-")]).await;
+    rabbit.ctl(&["set_permissions", "-p", "/", "relay", ".*", ".*", ".*"]).await;
+    let external = format!(
+        "amqps://localhost:{tls_port}/%2f?cacertfile={}&certfile={}&keyfile={}",
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let target = outbox_relay::publish::channel::BrokerTarget::parse(&external).unwrap();
+    outbox_relay::publish::channel::BrokerChannel::open(&target, Duration::from_secs(10), Duration::from_secs(10), "t")
+        .await
+        .expect("EXTERNAL login with a client certificate")
+        .close()
+        .await;
 
     // AND a wrong CA, or a host name the certificate does not name, is refused (as check reports it)
     for (url, what) in [

@@ -905,7 +905,9 @@ impl RabbitNode {
             fs::write(&cookie, c).expect("write cookie");
             fs::set_permissions(&cookie, std::os::unix::fs::PermissionsExt::from_mode(0o400)).expect("chmod cookie");
         }
-        fs::write(d.join("enabled_plugins"), "[].\n").expect("write enabled_plugins");
+        // With a CA, client certificates can log in (SASL EXTERNAL, the CN as user name).
+        let plugins = if tls.is_some_and(|t| t.ca.is_some()) { "[rabbitmq_auth_mechanism_ssl].\n" } else { "[].\n" };
+        fs::write(d.join("enabled_plugins"), plugins).expect("write enabled_plugins");
         fs::write(
             d.join("rabbitmq-env.conf"),
             "# written by tests/support/cluster.rs: nothing (the system file is not read)\n",
@@ -940,14 +942,23 @@ log.console = false
                 "listeners.ssl.default = 127.0.0.1:{p}
 ssl_options.certfile = {}
 ssl_options.keyfile = {}
-ssl_options.verify = verify_none
 ssl_options.fail_if_no_peer_cert = false
 ",
                 t("cert.pem"),
                 t("key.pem")
             );
+            if tls.ca.is_none() {
+                conf.push_str("ssl_options.verify = verify_none\n");
+            }
             if tls.ca.is_some() {
-                let _ = writeln!(conf, "ssl_options.cacertfile = {}", t("ca.pem"));
+                // Client certificates signed by the CA are checked when offered
+                // (not required) and may log in with EXTERNAL as their CN.
+                let _ = write!(
+                    conf,
+                    "ssl_options.cacertfile = {}\nssl_options.verify = verify_peer\nssl_cert_login_from = common_name\n\
+                     auth_mechanisms.1 = PLAIN\nauth_mechanisms.2 = AMQPLAIN\nauth_mechanisms.3 = EXTERNAL\n",
+                    t("ca.pem")
+                );
             }
         }
         fs::write(d.join("rabbitmq.conf"), conf).expect("write rabbitmq.conf");
