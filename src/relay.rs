@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::Progress;
-use crate::config::{Config, RouteMatch, SecretString, SourceMode, UrlTarget};
+use crate::config::{Config, SecretString, SourceMode, UrlTarget};
 use crate::error::{Error, ErrorKind, Policy, Result};
 use crate::event::Lsn;
 use crate::http::{Health, State};
@@ -314,19 +314,8 @@ fn spawn_slot_health(sql: tokio_postgres::Client, slot: String, metrics: Arc<Met
 
 /// Route labels for metrics: the configured names.
 pub fn route_names(config: &Config) -> Vec<String> {
-    config
-        .routes
-        .iter()
-        .map(|r| {
-            if r.name.is_empty() {
-                match &r.matcher {
-                    RouteMatch::Table { .. } | RouteMatch::MessagePrefix(_) => r.matcher.label(),
-                }
-            } else {
-                r.name.clone()
-            }
-        })
-        .collect()
+    // Validation guarantees non-empty names (defaulting to the table or prefix).
+    config.routes.iter().map(|r| if r.name.is_empty() { r.matcher.label() } else { r.name.clone() }).collect()
 }
 
 /// The URL to use for this attempt: the environment override (re-read, so a
