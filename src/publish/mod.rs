@@ -308,9 +308,8 @@ impl Publisher {
                 dead.headers.push(("x-outbox-reason".into(), HeaderValue::Str(format!("{code} {text}"))));
                 dead.exchange = dead_letter_exchange;
                 tracing::warn!(message_id = %m.message_id, exchange = %m.exchange, routing_key = %m.routing_key, dead_letter_exchange = %dead.exchange, "unroutable message sent to the dead-letter exchange");
-                let mut np = Pending::new(p.txn, Arc::new(dead), Instant::now(), 0);
-                np.attempts = 0;
-                self.retries.push_back((Instant::now(), np));
+                // attempts 0: republish_due counts the first send of the dead letter.
+                self.retries.push_back((Instant::now(), Pending::new(p.txn, Arc::new(dead), Instant::now(), 0)));
             }
         }
     }
