@@ -142,58 +142,8 @@ async fn one_text(client: &Client, sql: &str) -> crate::Result<String> {
 
 async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Report) -> crate::Result<()> {
     let src = &config.source;
-    let wal_level = one_text(client, "SHOW wal_level").await?;
-    if wal_level == "logical" {
-        r.ok("wal_level = logical");
-    } else {
-        r.problem(
-            format!("wal_level = {wal_level}; logical replication needs logical"),
-            "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
-        );
-    }
-    let row = client
-        .query_one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
-        .await
-        .map_err(|e| crate::error::from_pg(crate::ErrorKind::SourceQuery, "reading the role", e))?;
-    if row.get::<_, bool>(0) {
-        r.ok(format!("role {user:?} has REPLICATION"));
-    } else {
-        r.problem(
-            format!("role {user:?} lacks the REPLICATION privilege"),
-            format!("ALTER ROLE {} REPLICATION;", quote_ident(user)),
-        );
-    }
-    let slot_state = slot::slot_state(client, &src.slot).await?;
-    let limits = client
-        .query_one(
-            "SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots)::int, \
-                    current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)::int, \
-                    current_setting('max_slot_wal_keep_size')",
-            &[],
-        )
-        .await
-        .map_err(|e| crate::error::from_pg(crate::ErrorKind::SourceQuery, "reading replication limits", e))?;
-    let (max_slots, used_slots, max_senders, used_senders, keep): (i32, i32, i32, i32, String) =
-        (limits.get(0), limits.get(1), limits.get(2), limits.get(3), limits.get(4));
-    if slot_state.is_none() && used_slots >= max_slots {
-        r.problem(
-            format!("all {max_slots} replication slots are in use (max_replication_slots)"),
-            "raise max_replication_slots (restart needed) or drop an unused slot",
-        );
-    }
-    if used_senders >= max_senders {
-        r.problem(
-            format!("all {max_senders} WAL senders are in use (max_wal_senders)"),
-            "raise max_wal_senders (restart needed)",
-        );
-    }
-    if keep == "-1" {
-        r.warn(
-            "max_slot_wal_keep_size = -1: a stuck slot can fill the disk with WAL",
-            "set max_slot_wal_keep_size to a bound you can afford, and alert on outbox_relay_replication_lag_bytes",
-        );
-    }
-
+    let polling = src.mode == crate::config::SourceMode::Polling;
+    let slot_state = if polling { None } else { replication_prereqs(client, config, user, r).await? };
     // Routes: tables, privileges, template columns.
     let mut router = Router::new(&config.routes);
     for (schema, table) in router.tables() {
@@ -240,6 +190,9 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
         }
     }
 
+    if polling {
+        return polling_tables(client, config, user, r).await;
+    }
     // Publication.
     let wanted = router.tables();
     match slot::publication_state(client, &src.publication).await? {
@@ -300,6 +253,124 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
                     ),
                     None => r.ok(format!("slot {:?} exists (pgoutput), inactive, confirmed up to {}", src.slot, s.confirmed_flush.map(|l| l.to_string()).unwrap_or_default())),
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What logical replication needs of the server and the role.
+async fn replication_prereqs(
+    client: &Client,
+    config: &Config,
+    user: &str,
+    r: &mut Report,
+) -> crate::Result<Option<slot::SlotState>> {
+    let src = &config.source;
+    let wal_level = one_text(client, "SHOW wal_level").await?;
+    if wal_level == "logical" {
+        r.ok("wal_level = logical");
+    } else {
+        r.problem(
+            format!("wal_level = {wal_level}; logical replication needs logical"),
+            "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
+        );
+    }
+    let row = client
+        .query_one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .await
+        .map_err(|e| crate::error::from_pg(crate::ErrorKind::SourceQuery, "reading the role", e))?;
+    if row.get::<_, bool>(0) {
+        r.ok(format!("role {user:?} has REPLICATION"));
+    } else {
+        r.problem(
+            format!("role {user:?} lacks the REPLICATION privilege"),
+            format!("ALTER ROLE {} REPLICATION;", quote_ident(user)),
+        );
+    }
+    let slot_state = slot::slot_state(client, &src.slot).await?;
+    let limits = client
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots)::int, \
+                    current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)::int, \
+                    current_setting('max_slot_wal_keep_size')",
+            &[],
+        )
+        .await
+        .map_err(|e| crate::error::from_pg(crate::ErrorKind::SourceQuery, "reading replication limits", e))?;
+    let (max_slots, used_slots, max_senders, used_senders, keep): (i32, i32, i32, i32, String) =
+        (limits.get(0), limits.get(1), limits.get(2), limits.get(3), limits.get(4));
+    if slot_state.is_none() && used_slots >= max_slots {
+        r.problem(
+            format!("all {max_slots} replication slots are in use (max_replication_slots)"),
+            "raise max_replication_slots (restart needed) or drop an unused slot",
+        );
+    }
+    if used_senders >= max_senders {
+        r.problem(
+            format!("all {max_senders} WAL senders are in use (max_wal_senders)"),
+            "raise max_wal_senders (restart needed)",
+        );
+    }
+    if keep == "-1" {
+        r.warn(
+            "max_slot_wal_keep_size = -1: a stuck slot can fill the disk with WAL",
+            "set max_slot_wal_keep_size to a bound you can afford, and alert on outbox_relay_replication_lag_bytes",
+        );
+    }
+    Ok(slot_state)
+}
+
+/// What polling needs: a single-column primary key to delete or mark by,
+/// the privilege to do it, and the mark column.
+async fn polling_tables(client: &Client, config: &Config, user: &str, r: &mut Report) -> crate::Result<()> {
+    let src = &config.source;
+    let mark = src.after_publish == crate::config::AfterPublish::Mark;
+    let privilege = if mark { "UPDATE" } else { "DELETE" };
+    for (schema, table) in Router::new(&config.routes).tables() {
+        let name = format!("{schema}.{table}");
+        let Some(cols) = slot::table_columns(client, &schema, &table).await? else { continue };
+        match crate::source::polling::primary_key(client, &schema, &table).await {
+            Ok(key) => r.ok(format!("table {name}: polled rows are identified by its primary key {key:?}")),
+            Err(e) => {
+                r.problem(e.to_string(), "add a single-column primary key (the default outbox table has one: id)")
+            }
+        }
+        let allowed: bool = client
+            .query_one(
+                "SELECT has_table_privilege(format('%I.%I', $1::text, $2::text), $3)",
+                &[&schema, &table, &privilege],
+            )
+            .await
+            .map_err(|e| {
+                crate::error::from_pg(crate::ErrorKind::SourceQuery, format!("checking privileges on {name}"), e)
+            })?
+            .get(0);
+        if !allowed {
+            r.problem(
+                format!(
+                    "role {user:?} cannot {privilege} rows of {name} (after_publish = {:?})",
+                    src.after_publish.as_str()
+                ),
+                format!(
+                    "GRANT {privilege} ON {}.{} TO {};",
+                    quote_ident(&schema),
+                    quote_ident(&table),
+                    quote_ident(user)
+                ),
+            );
+        }
+        if let (true, Some(m)) = (mark, &src.mark_column) {
+            if !cols.iter().any(|c| &c.name == m) {
+                r.problem(
+                    format!("mark_column {m:?} does not exist in {name}"),
+                    format!(
+                        "ALTER TABLE {}.{} ADD COLUMN {} timestamptz;",
+                        quote_ident(&schema),
+                        quote_ident(&table),
+                        quote_ident(m)
+                    ),
+                );
             }
         }
     }

@@ -159,3 +159,26 @@ async fn wal_level_replica_and_exhausted_slots_are_problems_with_their_fix() {
     assert!(text.contains("wal_level = replica") && text.contains("ALTER SYSTEM SET wal_level = logical"), "{text}");
     assert!(text.contains("all 1 replication slots are in use") && text.contains("max_replication_slots"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_mode_needs_no_logical_wal_but_a_key_a_privilege_and_the_mark_column() {
+    use crate::support::cluster::{PgCluster, PgOptions};
+    // GIVEN a database without logical WAL (what polling is for)
+    let pg =
+        PgCluster::start(PgOptions { extra_conf: vec!["wal_level = replica".into()], ..PgOptions::default() }).await;
+    pg.local_client("postgres").await.batch_execute("CREATE DATABASE app").await.unwrap();
+    pg.local_client("app").await.batch_execute(outbox_relay::setup::DEFAULT_OUTBOX_TABLE).await.unwrap();
+    let consumer = Consumer::start("#").await;
+    let mut cfg = RelayConfig::new(&pg.url("app"), &consumer.exchange);
+    cfg.source_extra = "mode = \"polling\"".into();
+    // THEN polling passes check: no complaint about wal_level, slots or publications
+    let (code, text) = check(&cfg);
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("wal_level") && !text.contains("slot"), "{text}");
+    assert!(text.contains("primary key \"id\""), "{text}");
+    // AND with after_publish = "mark", a missing mark column is a problem with its fix
+    cfg.source_extra = "mode = \"polling\"\nafter_publish = \"mark\"\nmark_column = \"published_at\"".into();
+    let (code, text) = check(&cfg);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("ADD COLUMN \"published_at\" timestamptz"), "{text}");
+}
