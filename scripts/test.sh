@@ -59,7 +59,8 @@ for a in "$@"; do
   fi
 done
 
-echo "[test] PostgreSQL $OUTBOX_TEST_PG_URL, RabbitMQ $OUTBOX_TEST_AMQP_URL" >&2
+redact() { sed -E 's#//([^:/@]*):[^@]*@#//\1:***@#'; }
+echo "[test] PostgreSQL $(redact <<<"$OUTBOX_TEST_PG_URL"), RabbitMQ $(redact <<<"$OUTBOX_TEST_AMQP_URL")" >&2
 rc=0
 # In the background, in its own process group, and waited for: a SIGINT/SIGTERM to
 # this script is handled at once (the trap stops that group, then the services)
