@@ -150,9 +150,8 @@ psql_() { "$PSQL" -X -q -v ON_ERROR_STOP=1 "$@"; }
 # one value from a query
 value() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$1" -c "$2"; }
 
-say "Wallet database demo: accounts, wallet_transactions (a trigger refuses flagged accounts), processed_events, outbox"
-psql_ "$WALLET_URL" <<'SQL'
-SET client_min_messages = warning;
+# The SPEC's default outbox table, used by both services.
+OUTBOX_TABLE_SQL=$(cat <<'SQL'
 CREATE TABLE IF NOT EXISTS outbox (
   id             uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
   aggregate_type text        NOT NULL,
@@ -162,6 +161,11 @@ CREATE TABLE IF NOT EXISTS outbox (
   headers        jsonb,
   created_at     timestamptz NOT NULL DEFAULT now()
 );
+SQL
+)
+
+say "Wallet database demo: accounts, wallet_transactions (a trigger refuses flagged accounts), processed_events, outbox"
+{ echo "SET client_min_messages = warning;"; echo "$OUTBOX_TABLE_SQL"; cat <<'SQL'
 CREATE TABLE IF NOT EXISTS accounts (
   name    text    PRIMARY KEY,
   flagged boolean NOT NULL DEFAULT false
@@ -199,6 +203,7 @@ $$;
 CREATE OR REPLACE TRIGGER refuse_flagged_account BEFORE INSERT ON wallet_transactions
   FOR EACH ROW EXECUTE FUNCTION refuse_flagged_account();
 SQL
+} | psql_ "$WALLET_URL"
 echo "tables accounts, wallet_transactions (+ trigger), processed_events, outbox ready"
 
 say "Anti-fraud database antifraud (owned by relay): processed_events, outbox"
@@ -206,22 +211,13 @@ psql_ "$ADMIN_URL" >/dev/null <<'SQL'
 SELECT 'CREATE DATABASE antifraud OWNER relay'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'antifraud')\gexec
 SQL
-psql_ "$AF_URL" <<'SQL'
-SET client_min_messages = warning;
-CREATE TABLE IF NOT EXISTS outbox (
-  id             uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-  aggregate_type text        NOT NULL,
-  aggregate_id   text        NOT NULL,
-  event_type     text        NOT NULL,
-  payload        jsonb       NOT NULL,
-  headers        jsonb,
-  created_at     timestamptz NOT NULL DEFAULT now()
-);
+{ echo "SET client_min_messages = warning;"; echo "$OUTBOX_TABLE_SQL"; cat <<'SQL'
 CREATE TABLE IF NOT EXISTS processed_events (
   message_id   text        PRIMARY KEY,
   processed_at timestamptz DEFAULT now()
 );
 SQL
+} | psql_ "$AF_URL"
 echo "tables processed_events, outbox ready"
 
 say "outbox-relay setup for both databases (publication and slot, idempotent)"

@@ -256,8 +256,9 @@ impl Router {
 impl Route {
     fn render(&self, idx: usize, ev: &OutboxEvent, f: &Fields<'_>, lsn_header: bool) -> Result<OutgoingMessage> {
         let name = &self.cfg.name;
-        let event_id = f.get("id").map(|c| c.into_owned()).unwrap_or_else(|| String::from("?"));
+        // The event id is looked up only when an error needs it (not per event).
         let data_err = |what: String| {
+            let event_id = f.get("id").map(|c| c.into_owned()).unwrap_or_else(|| String::from("?"));
             Error::new(
                 ErrorKind::Data,
                 format!(
