@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::config::{Config, UrlTarget};
+use crate::config::{current_url, Config, UrlTarget};
 use crate::publish::channel::{BrokerChannel, BrokerTarget};
-use crate::relay::current_url;
 use crate::route::Router;
 use crate::source::pgconfig::{quote_ident, PgTarget};
 use crate::source::replication::slot;
@@ -395,8 +394,8 @@ async fn check_broker(config: &Config) -> Report {
             ch.close().await;
             let mut exchanges: Vec<&str> = config.routes.iter().map(|rt| rt.exchange.as_str()).collect();
             for rt in &config.routes {
-                if rt.on_unroutable.unwrap_or(config.broker.on_unroutable) == crate::config::OnUnroutable::DeadLetter {
-                    exchanges.push(rt.dead_letter_exchange.as_deref().unwrap_or(&config.broker.dead_letter_exchange));
+                if rt.on_unroutable == crate::config::OnUnroutable::DeadLetter {
+                    exchanges.push(&rt.dead_letter_exchange);
                 }
             }
             exchanges.sort_unstable();

@@ -38,6 +38,29 @@ pub enum ErrorKind {
     Data,
     /// Local I/O (HTTP listener, files).
     Io,
+    /// A task of the relay panicked: a bug. The pipeline restarts from the
+    /// slot (nothing was confirmed that the broker did not confirm), but it is
+    /// not counted as a reconnect of either end.
+    Panic,
+}
+
+/// Which end of the pipeline an error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// PostgreSQL: the replication or the SQL connection.
+    Source,
+    /// RabbitMQ: the connection, the channel or its confirms.
+    Broker,
+}
+
+impl End {
+    /// Label for the `target` of `outbox_relay_reconnects_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Source => "source",
+            End::Broker => "broker",
+        }
+    }
 }
 
 /// What the relay does about an error.
@@ -58,6 +81,29 @@ impl ErrorKind {
         }
     }
 
+    /// Which end failed, for the reconnect metric; `None` for errors of the
+    /// relay itself (configuration, data, local I/O, a panic).
+    pub fn end(self) -> Option<End> {
+        match self {
+            ErrorKind::SourceConnection
+            | ErrorKind::SourceAuth
+            | ErrorKind::SourceProtocol
+            | ErrorKind::SourceQuery
+            | ErrorKind::SlotInUse
+            | ErrorKind::SlotMissing => Some(End::Source),
+            ErrorKind::BrokerConnection | ErrorKind::BrokerChannel | ErrorKind::ConfirmTimeout => Some(End::Broker),
+            ErrorKind::Config | ErrorKind::Data | ErrorKind::Io | ErrorKind::Panic => None,
+        }
+    }
+
+    /// Whether the replication connection can still carry a status update
+    /// after this error (it can unless the error is about that connection's
+    /// transport or byte stream), so what the broker confirmed is reported
+    /// before the restart.
+    pub fn source_connection_usable(self) -> bool {
+        !matches!(self, ErrorKind::SourceConnection | ErrorKind::SourceProtocol)
+    }
+
     /// Label for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -73,6 +119,7 @@ impl ErrorKind {
             ErrorKind::ConfirmTimeout => "confirm_timeout",
             ErrorKind::Data => "data",
             ErrorKind::Io => "io",
+            ErrorKind::Panic => "panic",
         }
     }
 
@@ -91,6 +138,7 @@ impl ErrorKind {
             ErrorKind::ConfirmTimeout => "the broker did not confirm in time; the relay reconnects and republishes from the last confirmed position",
             ErrorKind::Data => "the row is committed in the WAL and cannot be edited there: change the route so it can render the row (or route it elsewhere), then restart; the relay resumes at this row. Skipping it means losing it: only `SELECT pg_replication_slot_advance(slot, lsn)` past it does that, deliberately",
             ErrorKind::Io => "check the local resource named above",
+            ErrorKind::Panic => "a bug in outbox-relay: the pipeline restarts from the slot and nothing is lost; please report it with the log line",
         }
     }
 }
@@ -104,12 +152,12 @@ pub struct Error {
 
 impl Error {
     /// An error of `kind` described by `context`.
-    pub fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
         Error { kind, context: context.into(), source: None }
     }
 
     /// An error of `kind` described by `context`, caused by `source`.
-    pub fn with_source(
+    pub(crate) fn with_source(
         kind: ErrorKind,
         context: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
@@ -211,7 +259,7 @@ impl DbError {
 
 /// Turn a tokio-postgres error into ours, rendering the server's fields
 /// ourselves (its `Display` hides them behind "db error").
-pub fn from_pg(kind: ErrorKind, context: impl Into<String>, e: tokio_postgres::Error) -> Error {
+pub(crate) fn from_pg(kind: ErrorKind, context: impl Into<String>, e: tokio_postgres::Error) -> Error {
     match e.as_db_error() {
         Some(db) => {
             let db = DbError::from_tokio(db);

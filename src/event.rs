@@ -83,6 +83,42 @@ impl fmt::Display for Position {
     }
 }
 
+/// The sequence number of a polling batch: polling's own order, which has
+/// nothing to do with the WAL.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct BatchSeq(pub u64);
+
+/// Where a transaction sits in its source's order: what the tracker orders
+/// in-flight transactions by and hands back as confirmed progress. A
+/// replication transaction is known by its commit end LSN, a polling batch by
+/// its sequence number; the two never mix within one pipeline.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum SourcePosition {
+    /// A committed transaction from logical replication.
+    Wal(EndLsn),
+    /// A batch of rows read by the polling source.
+    Batch(BatchSeq),
+}
+
+impl SourcePosition {
+    /// The commit end LSN, for a replication transaction.
+    pub fn end_lsn(self) -> Option<EndLsn> {
+        match self {
+            SourcePosition::Wal(lsn) => Some(lsn),
+            SourcePosition::Batch(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for SourcePosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourcePosition::Wal(lsn) => write!(f, "WAL {lsn}"),
+            SourcePosition::Batch(seq) => write!(f, "polling batch {}", seq.0),
+        }
+    }
+}
+
 /// Microseconds since 2000-01-01 00:00:00 UTC, PostgreSQL's timestamp epoch.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Default)]
 pub struct PgTimestamp(pub i64);
@@ -175,8 +211,8 @@ pub struct Column {
 pub struct OutboxEvent {
     /// The row or message.
     pub source: EventSource,
-    /// End LSN of the transaction that committed it.
-    pub end_lsn: EndLsn,
+    /// The transaction that committed it: its end LSN, or its polling batch.
+    pub position: SourcePosition,
     /// Commit time of that transaction.
     pub commit_time: PgTimestamp,
     /// Position within its transaction, from 0.
@@ -186,9 +222,10 @@ pub struct OutboxEvent {
 /// A whole committed transaction: what the source hands to the publisher.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Transaction {
-    /// End LSN of the commit record: the position to report once every event
-    /// of this and every earlier transaction is confirmed.
-    pub end_lsn: EndLsn,
+    /// Its place in the source's order: for replication the end LSN of the
+    /// commit record, the position to report once every event of this and
+    /// every earlier transaction is confirmed.
+    pub position: SourcePosition,
     /// Commit time.
     pub commit_time: PgTimestamp,
     /// The events, in insert order. May be empty (a transaction that touched

@@ -1,9 +1,9 @@
 //! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (alive) and
-//! `/readyz` (streaming, or a healthy standby; the body says which).
+//! `/readyz` (streaming, or a healthy standby; the body says which). It only
+//! serves: the state it reports lives in [`crate::health`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use http_body_util::Full;
@@ -13,68 +13,8 @@ use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::health::{Health, State, WEDGED_AFTER};
 use crate::metrics::Metrics;
-
-/// The streaming loop turns at least every 100 ms; this long without a turn
-/// means it is wedged (`/healthz` fails, the systemd watchdog stops pinging).
-pub const WEDGED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// What the relay is doing, for `/readyz`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum State {
-    /// Connecting or reconnecting.
-    Starting = 0,
-    /// Connected to both ends and streaming.
-    Streaming = 1,
-    /// Another instance holds the slot; this one waits to take over.
-    Standby = 2,
-    /// Stopping.
-    Stopping = 3,
-}
-
-/// Shared, lock-free health state: what the relay is doing, and when its
-/// pipeline last showed it is turning (for the systemd watchdog).
-#[derive(Debug, Default)]
-pub struct Health {
-    state: AtomicU8,
-    /// Unix milliseconds of the last [`Health::beat`].
-    beat: std::sync::atomic::AtomicU64,
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-impl Health {
-    /// Sets the state.
-    pub fn set(&self, s: State) {
-        self.state.store(s as u8, Ordering::Relaxed);
-        self.beat();
-    }
-
-    /// Records that the streaming loop is turning.
-    pub fn beat(&self) {
-        self.beat.store(unix_ms(), Ordering::Relaxed);
-    }
-
-    /// Whether the process is not wedged: while streaming, the loop must have
-    /// turned within `within`; other states are bounded by their own timeouts.
-    pub fn alive(&self, within: std::time::Duration) -> bool {
-        self.get() != State::Streaming
-            || unix_ms().saturating_sub(self.beat.load(Ordering::Relaxed)) <= within.as_millis() as u64
-    }
-
-    /// The state.
-    pub fn get(&self) -> State {
-        match self.state.load(Ordering::Relaxed) {
-            1 => State::Streaming,
-            2 => State::Standby,
-            3 => State::Stopping,
-            _ => State::Starting,
-        }
-    }
-}
 
 /// Binds `addr` and serves until `stop` is cancelled. Returns the bound
 /// address (useful with port 0).

@@ -21,7 +21,10 @@
 //! - [`route`]: first-match routing and `{column}` templates.
 //! - [`publish`]: the broker channel, confirm correlation, publisher task.
 //! - [`ack`]: the in-flight tracker and the monotonic flush position.
-//! - [`relay`]: the supervisor (retry, standby, graceful stop).
+//! - [`session`]: one pipeline run: connects both ends, runs the source
+//!   beside the publisher task, drains on stop.
+//! - [`relay`]: the supervisor (retry, backoff, standby).
+//! - [`health`]: readiness state and the streaming loop's heartbeat.
 //! - [`metrics`], [`http`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`.
 //! - [`setup`]: publication and slot creation.
 //! - [`error`]: the error type, its kinds and their retry policy.
@@ -33,12 +36,14 @@ pub mod check;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod publish;
 pub mod relay;
 pub mod route;
+pub mod session;
 pub mod setup;
 pub mod source;
 pub mod tls;
@@ -58,7 +63,7 @@ pub struct Running {
     /// The HTTP address actually bound.
     pub http_addr: SocketAddr,
     /// Metrics and health.
-    pub handles: relay::Handles,
+    pub handles: session::Handles,
 }
 
 /// Runs the relay until `shutdown` resolves, then drains in-flight confirms,
@@ -83,9 +88,9 @@ pub async fn run_with(
     started: impl FnOnce(&Running),
 ) -> Result<()> {
     let stop = CancellationToken::new();
-    let handles = relay::Handles {
-        metrics: metrics::Metrics::new(relay::route_names(&config)),
-        health: Arc::new(http::Health::default()),
+    let handles = session::Handles {
+        metrics: metrics::Metrics::new(route::route_names(&config.routes)),
+        health: Arc::new(health::Health::default()),
     };
     let http_stop = CancellationToken::new();
     let http_addr =

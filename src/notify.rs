@@ -10,7 +10,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{Health, State};
+use crate::health::{Health, State};
 
 /// Watches the health state: tells systemd READY=1 the first time the relay
 /// is streaming or standing by, and updates STATUS=; pings the watchdog at
@@ -52,7 +52,7 @@ pub fn spawn(health: Arc<Health>, stop: CancellationToken) {
             }
             if let Some(interval) = watchdog {
                 // Ping only while the pipeline turns: a wedged loop gets restarted.
-                if last_ping.elapsed() >= interval && health.alive(crate::http::WEDGED_AFTER) {
+                if last_ping.elapsed() >= interval && health.alive(crate::health::WEDGED_AFTER) {
                     let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
                     last_ping = tokio::time::Instant::now();
                 }

@@ -78,7 +78,7 @@ async fn polling_mark_mode_keeps_rows_and_one_instance_holds_the_lock() {
     let b = tokio::spawn(async move {
         let b = InProcess::start_any(&b_cfg).await;
         support::wait_until(Duration::from_secs(15), "second instance on standby", || {
-            let standby = b.handles.health.get() == outbox_relay::http::State::Standby;
+            let standby = b.handles.health.get() == outbox_relay::health::State::Standby;
             async move { standby }
         })
         .await;

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use outbox_relay::event::{Column, EndLsn, EventSource, Lsn, OutboxEvent, PgTimestamp, Transaction};
+use outbox_relay::event::{Column, EndLsn, EventSource, Lsn, OutboxEvent, PgTimestamp, SourcePosition, Transaction};
 use outbox_relay::source::replication::pgoutput::{self, PgOutputMessage};
 use outbox_relay::source::replication::transaction::{AssembleError, TransactionAssembler};
 
@@ -97,17 +97,18 @@ impl Model {
 }
 
 fn transaction(end_lsn: EndLsn, commit_time: PgTimestamp, sources: Vec<EventSource>) -> Transaction {
+    let position = SourcePosition::Wal(end_lsn);
     let events = sources
         .into_iter()
         .enumerate()
         .map(|(i, source)| OutboxEvent {
             source,
-            end_lsn,
+            position,
             commit_time,
             ordinal: u32::try_from(i).expect("fuzz inputs hold far fewer than 2^32 events"),
         })
         .collect();
-    Transaction { end_lsn, commit_time, events }
+    Transaction { position, commit_time, events }
 }
 
 fn error_kind(err: &AssembleError) -> &'static str {
@@ -148,13 +149,13 @@ fuzz_target!(|data: &[u8]| {
             (Ok(Some(tx)), _) => {
                 for (i, ev) in tx.events.iter().enumerate() {
                     assert_eq!(ev.ordinal as usize, i, "ordinals not 0..n");
-                    assert_eq!(ev.end_lsn, tx.end_lsn, "event end LSN differs from its transaction's");
+                    assert_eq!(ev.position, tx.position, "event end LSN differs from its transaction's");
                     assert_eq!(ev.commit_time, tx.commit_time);
                 }
                 match &msg {
-                    PgOutputMessage::Commit { end_lsn, .. } => assert_eq!(tx.end_lsn, *end_lsn),
+                    PgOutputMessage::Commit { end_lsn, .. } => assert_eq!(tx.position, SourcePosition::Wal(*end_lsn)),
                     PgOutputMessage::Message { transactional: false, lsn, .. } => {
-                        assert_eq!(tx.end_lsn, EndLsn(*lsn));
+                        assert_eq!(tx.position, SourcePosition::Wal(EndLsn(*lsn)));
                         assert_eq!(tx.events.len(), 1);
                     }
                     other => panic!("{other:?} completed a transaction"),

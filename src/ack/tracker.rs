@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use crate::event::{EndLsn, PgTimestamp};
+use crate::event::{PgTimestamp, SourcePosition};
 
 /// Identifies a registered transaction: a sequence number, so the entry's
 /// index in the queue is `id - front_id`.
@@ -20,8 +20,9 @@ pub struct TxnId(u64);
 /// What the publisher reports to the source after each change.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// End LSN of the newest transaction confirmed with all before it.
-    pub confirmed: Option<EndLsn>,
+    /// The newest transaction confirmed with all before it (its end LSN, or
+    /// its polling batch).
+    pub confirmed: Option<SourcePosition>,
     /// How many transactions have been fully confirmed since the pipeline
     /// started. The source compares it with how many it handed over to know
     /// whether anything is still in flight.
@@ -30,8 +31,8 @@ pub struct Progress {
 
 #[derive(Debug)]
 struct Entry {
-    /// End LSN of the transaction.
-    end_lsn: EndLsn,
+    /// The transaction's place in its source's order.
+    position: SourcePosition,
     /// Commit time, for `lag_seconds`.
     commit_time: PgTimestamp,
     /// Events of this transaction not yet confirmed.
@@ -62,14 +63,14 @@ impl Tracker {
     ///
     /// # Panics
     ///
-    /// In debug builds, if `end_lsn` is not newer than the previous one.
-    pub fn register(&mut self, end_lsn: EndLsn, commit_time: PgTimestamp, events: usize) -> TxnId {
+    /// In debug builds, if `position` is not newer than the previous one.
+    pub fn register(&mut self, position: SourcePosition, commit_time: PgTimestamp, events: usize) -> TxnId {
         debug_assert!(
-            self.entries.back().is_none_or(|e| e.end_lsn < end_lsn),
+            self.entries.back().is_none_or(|e| e.position < position),
             "transactions registered out of commit order"
         );
         let id = TxnId(self.front_id + self.entries.len() as u64);
-        self.entries.push_back(Entry { end_lsn, commit_time, unconfirmed: events });
+        self.entries.push_back(Entry { position, commit_time, unconfirmed: events });
         self.advance();
         id
     }
@@ -98,7 +99,7 @@ impl Tracker {
             }
             let done = self.entries.pop_front().expect("front exists");
             self.front_id += 1;
-            self.progress.confirmed = Some(done.end_lsn);
+            self.progress.confirmed = Some(done.position);
             self.progress.txns_done += 1;
             moved = true;
         }
@@ -125,22 +126,27 @@ impl Tracker {
         let idx = txn.0.checked_sub(self.front_id)? as usize;
         self.entries.get(idx).map(|e| e.commit_time)
     }
-
-    /// End LSN of the oldest transaction not yet fully confirmed: the
-    /// position is stuck behind it.
-    pub fn first_gap(&self) -> Option<EndLsn> {
-        self.entries.front().map(|e| e.end_lsn)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Lsn;
+    use crate::event::{BatchSeq, EndLsn, Lsn};
     use proptest::prelude::*;
 
-    fn lsn(n: u64) -> EndLsn {
-        EndLsn(Lsn(n))
+    fn lsn(n: u64) -> SourcePosition {
+        SourcePosition::Wal(EndLsn(Lsn(n)))
+    }
+
+    #[test]
+    fn polling_batches_are_tracked_by_their_own_sequence() {
+        let mut t = Tracker::new();
+        let a = t.register(SourcePosition::Batch(BatchSeq(1)), PgTimestamp(0), 2);
+        t.confirm(a);
+        assert_eq!(t.progress().confirmed, None);
+        t.confirm(a);
+        assert_eq!(t.progress().confirmed, Some(SourcePosition::Batch(BatchSeq(1))));
+        assert_eq!(t.progress().confirmed.and_then(SourcePosition::end_lsn), None, "a batch is never an LSN");
     }
 
     #[test]

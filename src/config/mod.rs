@@ -28,7 +28,7 @@ mod rules;
 pub mod secret;
 mod validate;
 
-pub use secret::{redact_url, resolve_url_override, SecretString, UrlTarget};
+pub use secret::{current_url, redact_url, resolve_url_override, SecretString, UrlTarget};
 pub use validate::{from_str, load, process_env};
 
 /// The whole validated configuration of one relay process.
@@ -205,10 +205,12 @@ pub struct RouteConfig {
     /// Filter: every `(column, value)` pair must equal the row's text value for the route
     /// to match. Empty matches every event. In file order.
     pub when: Vec<(String, String)>,
-    /// This route's own `on_unroutable`, overriding `broker.on_unroutable`.
-    pub on_unroutable: Option<OnUnroutable>,
-    /// This route's own dead-letter exchange, overriding `broker.dead_letter_exchange`.
-    pub dead_letter_exchange: Option<String>,
+    /// What to do with a returned message of this route: the route's own
+    /// `on_unroutable`, else `broker.on_unroutable` (resolved by validation).
+    pub on_unroutable: OnUnroutable,
+    /// The route's own dead-letter exchange, else `broker.dead_letter_exchange`
+    /// (resolved by validation); non-empty when `on_unroutable` is `DeadLetter`.
+    pub dead_letter_exchange: String,
 }
 
 /// What a route takes events from.

@@ -322,6 +322,21 @@ pub fn resolve_url_override(
     Ok(Some(SecretString(value)))
 }
 
+/// The URL to use for a connection attempt: the environment override, re-read
+/// now so a rotated `_FILE` secret is picked up without a restart, or the
+/// file's value.
+///
+/// # Errors
+///
+/// `Config` when the override is set twice, unreadable or malformed.
+pub fn current_url(target: UrlTarget, configured: &SecretString) -> crate::error::Result<SecretString> {
+    match resolve_url_override(target, &super::process_env) {
+        Ok(Some(url)) => Ok(url),
+        Ok(None) => Ok(configured.clone()),
+        Err(p) => Err(crate::error::Error::new(crate::error::ErrorKind::Config, format!("{}: {}", p.key, p.message))),
+    }
+}
+
 /// The URL for `target`: the environment override if set, else the config file's value,
 /// checked with [`UrlTarget::check`].
 pub(super) fn configured_url(

@@ -98,7 +98,7 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig, path: &Path, env: Env) -> Config {
         let source = self.source(raw.source.unwrap_or_default(), env);
         let broker = self.broker(raw.broker.unwrap_or_default(), env);
-        let routes = self.routes(raw.routes.unwrap_or_default());
+        let routes = self.routes(raw.routes.unwrap_or_default(), &broker);
         let listen = raw.http.unwrap_or_default().listen;
         let listen = listen.unwrap_or_else(|| "127.0.0.1:9187".into());
         let listen = self.value("http.listen", rules::listen_addr(&listen), ([127, 0, 0, 1], 9187).into());
@@ -192,11 +192,11 @@ impl Validator<'_> {
         }
     }
 
-    fn routes(&mut self, raw: Vec<RawRoute>) -> Vec<RouteConfig> {
+    fn routes(&mut self, raw: Vec<RawRoute>, broker: &BrokerConfig) -> Vec<RouteConfig> {
         if raw.is_empty() {
             self.problem("routes", NO_ROUTES);
         }
-        let routes: Vec<_> = raw.into_iter().enumerate().map(|(i, r)| self.route(i, r)).collect();
+        let routes: Vec<_> = raw.into_iter().enumerate().map(|(i, r)| self.route(i, r, broker)).collect();
         for (i, route) in routes.iter().enumerate() {
             if let Some(j) = routes[..i].iter().position(|other| other.name == route.name) {
                 let message = format!(
@@ -210,7 +210,9 @@ impl Validator<'_> {
         routes
     }
 
-    fn route(&mut self, i: usize, r: RawRoute) -> RouteConfig {
+    /// One route, with `on_unroutable` and the dead-letter exchange resolved
+    /// against `[broker]` here, once, so nothing at run time picks between them.
+    fn route(&mut self, i: usize, r: RawRoute, broker: &BrokerConfig) -> RouteConfig {
         let key = |field: &str| format!("routes[{i}].{field}");
         let matcher = match (r.table, r.message_prefix) {
             (Some(table), Some(_)) => {
@@ -285,16 +287,27 @@ impl Validator<'_> {
             let key = format!("routes[{i}].when.{}", rules::key_part(column));
             self.check(&key, rules::identifier(column, "column"));
         }
-        let on_unroutable = r.on_unroutable.map(|v| self.choice(&key("on_unroutable"), Some(v), &ON_UNROUTABLE));
-        if let Some(dlx) = &r.dead_letter_exchange {
-            self.check(&key("dead_letter_exchange"), rules::exchange(dlx));
-            if dlx.is_empty() && on_unroutable == Some(OnUnroutable::DeadLetter) {
-                self.problem(key("dead_letter_exchange"), "must name an exchange when on_unroutable = \"dead_letter\"");
+        let own_policy = r.on_unroutable.map(|v| self.choice(&key("on_unroutable"), Some(v), &ON_UNROUTABLE));
+        let on_unroutable = own_policy.unwrap_or(broker.on_unroutable);
+        let own_dlx = r.dead_letter_exchange.is_some();
+        let dead_letter_exchange = match r.dead_letter_exchange {
+            Some(dlx) => {
+                self.check(&key("dead_letter_exchange"), rules::exchange(&dlx));
+                dlx
             }
+            None => broker.dead_letter_exchange.clone(),
+        };
+        // An empty inherited exchange under the broker's own dead_letter is
+        // reported once, at broker.dead_letter_exchange.
+        if dead_letter_exchange.is_empty()
+            && on_unroutable == OnUnroutable::DeadLetter
+            && (own_dlx || own_policy.is_some())
+        {
+            self.problem(key("dead_letter_exchange"), "must name an exchange when on_unroutable = \"dead_letter\"");
         }
         RouteConfig {
             on_unroutable,
-            dead_letter_exchange: r.dead_letter_exchange,
+            dead_letter_exchange,
             name,
             matcher,
             exchange,
@@ -1180,9 +1193,20 @@ level = "info"
     #[test]
     fn a_route_may_override_on_unroutable_and_its_dead_letter_exchange() {
         let cfg = ok(&route("on_unroutable = \"dead_letter\"\ndead_letter_exchange = \"route.dead\""));
-        assert_eq!(cfg.routes[0].on_unroutable, Some(OnUnroutable::DeadLetter));
-        assert_eq!(cfg.routes[0].dead_letter_exchange.as_deref(), Some("route.dead"));
-        assert_eq!(ok(&route("")).routes[0].on_unroutable, None);
+        assert_eq!(cfg.routes[0].on_unroutable, OnUnroutable::DeadLetter);
+        assert_eq!(cfg.routes[0].dead_letter_exchange, "route.dead");
+        // Without its own, a route takes the broker's, resolved here once.
+        let inherited = ok(&route(""));
+        assert_eq!(inherited.routes[0].on_unroutable, OnUnroutable::Block);
+        assert_eq!(inherited.routes[0].dead_letter_exchange, "outbox.dead");
+        let cfg = ok(&with("broker", "on_unroutable = \"drop\"\ndead_letter_exchange = \"b.dead\""));
+        assert_eq!(
+            (cfg.routes[0].on_unroutable, cfg.routes[0].dead_letter_exchange.as_str()),
+            (OnUnroutable::Drop, "b.dead")
+        );
+        // A route that asks for dead_letter with an empty inherited exchange is told so.
+        let text = format!("{}on_unroutable = \"dead_letter\"\n", with("broker", "dead_letter_exchange = \"\""));
+        assert_eq!(keys(&text), ["routes[0].dead_letter_exchange"]);
         assert_eq!(keys(&route("on_unroutable = \"sometimes\"")), ["routes[0].on_unroutable"]);
     }
 }

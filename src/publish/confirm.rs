@@ -151,7 +151,7 @@ impl InFlight {
 mod tests {
     use super::*;
     use crate::ack::Tracker;
-    use crate::event::{EndLsn, Lsn, PgTimestamp};
+    use crate::event::{EndLsn, Lsn, PgTimestamp, SourcePosition};
 
     fn msg(id: &str) -> Arc<OutgoingMessage> {
         Arc::new(OutgoingMessage {
@@ -169,7 +169,7 @@ mod tests {
 
     fn inflight(n: u64) -> InFlight {
         let mut t = Tracker::new();
-        let txn = t.register(EndLsn(Lsn(1)), PgTimestamp(0), n as usize);
+        let txn = t.register(SourcePosition::Wal(EndLsn(Lsn(1))), PgTimestamp(0), n as usize);
         let mut f = InFlight::new();
         for tag in 1..=n {
             f.insert(tag, Pending::new(txn, msg(&format!("id-{tag}")), Instant::now(), 1));

@@ -44,10 +44,14 @@ pub struct PublisherSettings {
     pub max_in_flight: usize,
     /// Longest wait for a confirm before the connection is declared dead.
     pub confirm_timeout: Duration,
-    /// What to do with a returned message.
-    pub on_unroutable: OnUnroutable,
-    /// Exchange for `dead_letter`.
-    pub dead_letter_exchange: String,
+}
+
+impl PublisherSettings {
+    /// The publisher's part of `[broker]` (a route's policy for returned
+    /// messages is on the route itself).
+    pub fn from_config(broker: &crate::config::BrokerConfig) -> Self {
+        PublisherSettings { max_in_flight: broker.max_in_flight, confirm_timeout: broker.confirm_timeout }
+    }
 }
 
 /// The transaction being published, when it did not fit the window at once.
@@ -177,10 +181,10 @@ impl Publisher {
             if let Some(m) = self.router.render(ev)? {
                 messages.push_back(Arc::new(m));
             } else {
-                tracing::debug!(lsn = %txn.end_lsn, ordinal = ev.ordinal, "event declined by every route's `when` filter");
+                tracing::debug!(position = %txn.position, ordinal = ev.ordinal, "event declined by every route's `when` filter");
             }
         }
-        let id = self.tracker.register(txn.end_lsn, txn.commit_time, messages.len());
+        let id = self.tracker.register(txn.position, txn.commit_time, messages.len());
         self.current = Some(Current { txn: id, messages });
         self.report_progress();
         Ok(())
@@ -284,9 +288,9 @@ impl Publisher {
 
     fn on_returned(&mut self, p: Pending, code: u16, text: String) {
         let m = &p.msg;
-        let (route_policy, route_dlx) = self.router.unroutable_policy(m.route);
-        let dead_letter_exchange = route_dlx.unwrap_or(&self.settings.dead_letter_exchange).to_owned();
-        match route_policy.unwrap_or(self.settings.on_unroutable) {
+        let (policy, dead_letter_exchange) = self.router.unroutable_policy(m.route);
+        let dead_letter_exchange = dead_letter_exchange.to_owned();
+        match policy {
             OnUnroutable::Block => {
                 tracing::error!(message_id = %m.message_id, exchange = %m.exchange, routing_key = %m.routing_key, reply = %format!("{code} {text}"), attempts = p.attempts,
                     "unroutable message: no queue is bound for this routing key; holding the position and retrying (bind a queue, or set on_unroutable)");

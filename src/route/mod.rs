@@ -85,13 +85,16 @@ pub struct OutgoingMessage {
     pub body: Vec<u8>,
 }
 
+/// Route labels for metrics and logs: the configured names, in order
+/// (validation gives every route a unique, non-empty name).
+pub fn route_names(routes: &[RouteConfig]) -> Vec<String> {
+    routes.iter().map(|r| r.name.clone()).collect()
+}
+
 /// The compiled routes, in config order.
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<Route>,
-    /// Whether messages carry `x-outbox-lsn` (not in polling mode, where
-    /// there is no LSN).
-    lsn_headers: bool,
 }
 
 #[derive(Debug)]
@@ -108,25 +111,19 @@ impl Router {
     pub fn new(routes: &[RouteConfig]) -> Self {
         Router {
             routes: routes.iter().map(|r| Route { cfg: r.clone(), headers_column: r.headers_column.clone() }).collect(),
-            lsn_headers: true,
         }
     }
 
-    /// Drops the `x-outbox-lsn` header (polling mode has no LSN).
-    pub fn without_lsn_headers(mut self) -> Self {
-        self.lsn_headers = false;
-        self
-    }
-
-    /// Route names, in order (metrics labels).
-    pub fn names(&self) -> Vec<String> {
-        self.routes.iter().map(|r| r.cfg.name.clone()).collect()
-    }
-
-    /// The route's own `on_unroutable` and dead-letter exchange, if it
-    /// overrides the broker's.
-    pub fn unroutable_policy(&self, route: usize) -> (Option<crate::config::OnUnroutable>, Option<&str>) {
-        self.routes.get(route).map_or((None, None), |r| (r.cfg.on_unroutable, r.cfg.dead_letter_exchange.as_deref()))
+    /// What to do when the broker returns a message of `route`, and the
+    /// dead-letter exchange for it (both resolved against `[broker]` by
+    /// validation).
+    ///
+    /// # Panics
+    ///
+    /// If `route` is not an index this router rendered.
+    pub fn unroutable_policy(&self, route: usize) -> (crate::config::OnUnroutable, &str) {
+        let cfg = &self.routes[route].cfg;
+        (cfg.on_unroutable, &cfg.dead_letter_exchange)
     }
 
     /// Whether any route takes logical decoding messages (only then are they
@@ -229,7 +226,7 @@ impl Router {
             }
             covered = true;
             if r.cfg.when.iter().all(|(c, v)| fields.get(c).as_deref() == Some(v.as_str())) {
-                return r.render(i, ev, &fields, self.lsn_headers).map(Some);
+                return r.render(i, ev, &fields).map(Some);
             }
         }
         if covered {
@@ -239,7 +236,7 @@ impl Router {
             // Logical messages are not filtered by the publication: any tool
             // in the database may emit them. A prefix no route names is not
             // ours.
-            tracing::debug!(%prefix, lsn = %ev.end_lsn, "logical message with a prefix no route names: not an outbox event, ignored");
+            tracing::debug!(%prefix, lsn = %lsn_text(ev), "logical message with a prefix no route names: not an outbox event, ignored");
             return Ok(None);
         }
         Err(Error::new(
@@ -247,25 +244,26 @@ impl Router {
             format!(
                 "{} at LSN {} matches no route: add a [[routes]] entry for it, or remove the table from the publication",
                 fields.origin(),
-                ev.end_lsn
+                lsn_text(ev)
             ),
         ))
     }
 }
 
+/// The event's LSN for an error message (polling has none).
+fn lsn_text(ev: &OutboxEvent) -> String {
+    ev.position.end_lsn().map_or_else(|| "n/a (polling)".to_owned(), |lsn| lsn.to_string())
+}
+
 impl Route {
-    fn render(&self, idx: usize, ev: &OutboxEvent, f: &Fields<'_>, lsn_header: bool) -> Result<OutgoingMessage> {
+    fn render(&self, idx: usize, ev: &OutboxEvent, f: &Fields<'_>) -> Result<OutgoingMessage> {
         let name = &self.cfg.name;
         // The event id is looked up only when an error needs it (not per event).
         let data_err = |what: String| {
             let event_id = f.get("id").map(|c| c.into_owned()).unwrap_or_else(|| String::from("?"));
             Error::new(
                 ErrorKind::Data,
-                format!(
-                    "route {name:?}: {} (event id {event_id}, LSN {}): {what}",
-                    f.origin(),
-                    if lsn_header { ev.end_lsn.to_string() } else { "n/a (polling)".into() }
-                ),
+                format!("route {name:?}: {} (event id {event_id}, LSN {}): {what}", f.origin(), lsn_text(ev)),
             )
         };
         let render = |key: &str, tpl: &template::Template| {
@@ -312,8 +310,9 @@ impl Route {
             EventSource::Message { prefix, .. } => format!("message:{prefix}"),
         };
         headers.push(("x-outbox-table".into(), HeaderValue::Str(table)));
-        if lsn_header {
-            headers.push(("x-outbox-lsn".into(), HeaderValue::Str(ev.end_lsn.to_string())));
+        // Polling has no LSN: its batch number is not a WAL position.
+        if let Some(lsn) = ev.position.end_lsn() {
+            headers.push(("x-outbox-lsn".into(), HeaderValue::Str(lsn.to_string())));
         }
         headers.push(("x-outbox-commit-time".into(), HeaderValue::Str(ev.commit_time.to_rfc3339())));
         Ok(OutgoingMessage {

@@ -12,16 +12,15 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 
-use crate::ack::Progress;
 use crate::config::{AfterPublish, Config};
 use crate::error::{from_pg, Error, ErrorKind, Result};
-use crate::event::{Column, Datum, EndLsn, EventSource, Lsn, OutboxEvent, PgTimestamp, Transaction};
+use crate::event::{BatchSeq, Column, Datum, EventSource, OutboxEvent, PgTimestamp, SourcePosition, Transaction};
+use crate::route::Router;
 use crate::source::pgconfig::quote_ident;
+use crate::source::replication::slot::table_columns;
+use crate::source::{publisher_gone, SourceLink};
 
 /// One table polled: its columns and its key.
 #[derive(Debug, Clone)]
@@ -85,24 +84,60 @@ pub async fn primary_key(client: &Client, schema: &str, table: &str) -> Result<S
     }
 }
 
-/// Runs the polling loop until `stop`, then drains.
+/// Takes the lock and reads each routed table's columns and key: everything
+/// polling needs before the broker is touched.
 ///
 /// # Errors
 ///
-/// Database or publisher failures (the supervisor restarts), `Data` errors
-/// from the publisher (the supervisor stops).
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
+/// `Config` for message routes (polling reads tables only) or a table
+/// without a single-column primary key; `SlotInUse` when another instance
+/// holds the lock; `SourceQuery`.
+pub async fn prepare(client: &Client, config: &Config, router: &Router) -> Result<Vec<PolledTable>> {
+    if router.wants_messages() {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("{}: message_prefix routes need source.mode = \"replication\"", config.path.display()),
+        ));
+    }
+    lock(client, &config.source.slot).await?;
+    let mut tables = Vec::new();
+    for (schema, table) in router.tables() {
+        let columns = table_columns(client, &schema, &table).await?.unwrap_or_default();
+        let key = primary_key(client, &schema, &table).await?;
+        tables.push(PolledTable { schema, table, columns: Arc::new(columns), key });
+    }
+    Ok(tables)
+}
+
+/// A polling source holding its lock, ready to read.
+#[derive(Debug)]
+pub struct Ready {
+    /// The connection that holds the advisory lock (session-level: it is
+    /// released when this connection ends) and runs every query.
     client: Client,
-    config: &Config,
+    /// The routed tables.
     tables: Vec<PolledTable>,
-    tx: mpsc::Sender<Transaction>,
-    mut progress: watch::Receiver<Progress>,
-    mut publisher: JoinHandle<Result<()>>,
-    stop: CancellationToken,
-    health: std::sync::Arc<crate::http::Health>,
-) -> Result<()> {
-    let src = &config.source;
+}
+
+impl Ready {
+    /// The source on the connection that took the lock for `slot`.
+    pub fn new(client: Client, tables: Vec<PolledTable>, slot: &str) -> Self {
+        tracing::info!(lock = %lock_name(slot), "polling (advisory lock held)");
+        Ready { client, tables }
+    }
+}
+
+/// Runs the polling loop until a stop, then lets the publisher drain (the
+/// contract of [`crate::source`]). Each batch is its own transaction, known
+/// by its sequence number; its rows are deleted or marked once the broker
+/// confirmed all of them.
+///
+/// # Errors
+///
+/// Database failures or [`publisher_gone`] (the session restarts).
+pub async fn run(ready: Ready, config: &Config, link: SourceLink) -> Result<()> {
+    let Ready { client, tables } = ready;
+    let SourceLink { txns: tx, mut progress, stop, health } = link;
     let mut seq: u64 = 0;
     loop {
         health.beat();
@@ -117,6 +152,7 @@ pub async fn run(
             }
             found += rows.len();
             seq += 1;
+            let batch = SourcePosition::Batch(BatchSeq(seq));
             let keys: Vec<String> = rows.iter().map(|(k, _)| k.clone()).collect();
             let now = PgTimestamp::now();
             let qualified = format!("{}.{}", t.schema, t.table);
@@ -125,39 +161,32 @@ pub async fn run(
                 .enumerate()
                 .map(|(i, (_, values))| OutboxEvent {
                     source: EventSource::Row { table: qualified.clone(), columns: t.columns.clone(), values },
-                    end_lsn: EndLsn(Lsn(seq)),
+                    position: batch,
                     commit_time: now,
                     ordinal: i as u32,
                 })
                 .collect();
-            let txn = Transaction { end_lsn: EndLsn(Lsn(seq)), commit_time: now, events };
-            if tx.send(txn).await.is_err() {
-                return publisher_failure(publisher).await;
+            if tx.send(Transaction { position: batch, commit_time: now, events }).await.is_err() {
+                return Err(publisher_gone());
             }
-            // Wait for the broker to confirm the whole batch (or the publisher
-            // to fail); once a stop is requested, at most shutdown_timeout.
-            let mut give_up: Option<tokio::time::Instant> = None;
+            // Wait for the broker to confirm the whole batch. After a stop
+            // the publisher still drains it, within the session's deadline;
+            // if the session gives up first, the rows stay for the next start.
             loop {
                 health.beat();
-                if progress.borrow().confirmed.is_some_and(|c| c.0 .0 >= seq) {
+                if progress.borrow().confirmed.is_some_and(|c| c >= batch) {
                     break;
                 }
-                if give_up.is_none() && stop.is_cancelled() {
-                    give_up = Some(tokio::time::Instant::now() + config.broker.shutdown_timeout);
-                }
                 tokio::select! {
-                    // Wake up now and then to beat and to notice a stop request.
+                    // Wake up now and then to beat.
                     _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    res = progress.changed() => if res.is_err() { return publisher_failure(publisher).await; },
-                    res = &mut publisher => return match res {
-                        Ok(Err(e)) => Err(e),
-                        _ => Err(Error::new(ErrorKind::BrokerConnection, "publisher stopped unexpectedly")),
+                    res = progress.changed() => if res.is_err() && progress.borrow().confirmed.is_none_or(|c| c < batch) {
+                        if stop.is_cancelled() {
+                            tracing::warn!("shutdown timeout: unconfirmed rows stay in the table and are published on the next start");
+                            return Ok(());
+                        }
+                        return Err(publisher_gone());
                     },
-                    _ = tokio::time::sleep_until(give_up.unwrap_or_else(tokio::time::Instant::now)), if give_up.is_some() => {
-                        tracing::warn!("shutdown timeout: unconfirmed rows stay in the table and are published on the next start");
-                        publisher.abort();
-                        return Ok(());
-                    }
                 }
             }
             finish_batch(&client, t, config, &keys).await?;
@@ -165,30 +194,15 @@ pub async fn run(
         if found == 0 {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(src.poll_interval) => {}
-                res = &mut publisher => return match res {
-                    Ok(Err(e)) => Err(e),
-                    _ => Err(Error::new(ErrorKind::BrokerConnection, "publisher stopped unexpectedly")),
-                },
+                _ = tokio::time::sleep(config.source.poll_interval) => {}
+                res = progress.changed() => if res.is_err() { return Err(publisher_gone()); },
             }
         }
     }
+    // Nothing is in flight between batches: let the publisher end.
     drop(tx);
-    match tokio::time::timeout(config.broker.shutdown_timeout, &mut publisher).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(join)) => Err(Error::with_source(ErrorKind::BrokerConnection, "publisher task panicked", join)),
-        Err(_) => {
-            publisher.abort();
-            Ok(())
-        }
-    }
-}
-
-async fn publisher_failure(publisher: JoinHandle<Result<()>>) -> Result<()> {
-    match publisher.await {
-        Ok(Err(e)) => Err(e),
-        _ => Err(Error::new(ErrorKind::BrokerConnection, "publisher stopped unexpectedly")),
-    }
+    while progress.changed().await.is_ok() {}
+    Ok(())
 }
 
 /// Reads up to `batch_size` unpublished rows, every column as text (the

@@ -124,7 +124,7 @@ pub struct InProcess {
     /// Bound HTTP address.
     pub http: std::net::SocketAddr,
     /// Metrics and health.
-    pub handles: outbox_relay::relay::Handles,
+    pub handles: outbox_relay::session::Handles,
 }
 
 impl InProcess {
@@ -206,7 +206,7 @@ impl InProcess {
 
     /// Whether it is streaming.
     pub fn streaming(&self) -> bool {
-        self.handles.health.get() == outbox_relay::http::State::Streaming
+        self.handles.health.get() == outbox_relay::health::State::Streaming
     }
 }
 

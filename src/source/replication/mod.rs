@@ -19,33 +19,29 @@ pub mod connection;
 pub mod pgoutput;
 pub mod protocol;
 pub mod slot;
+mod start;
 pub mod transaction;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::ack::{FlushPosition, Progress};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{KeepaliveLsn, Lsn, Transaction};
+use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::source::{publisher_gone, SourceLink};
 use connection::ReplicationConnection;
 use protocol::ReplicationMessage;
+pub use start::{prepare, start, Ready};
 use transaction::TransactionAssembler;
 
 /// Longest delay between a confirm and the status update that reports it.
 pub const FEEDBACK_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Settings of the reader.
-#[derive(Debug, Clone)]
-pub struct ReaderSettings {
-    /// Longest gap between two status updates.
-    pub status_interval: Duration,
-    /// How long a graceful stop waits for in-flight confirms.
-    pub shutdown_timeout: Duration,
-}
+/// Status updates while a stop drains the publisher's confirms.
+const DRAIN_STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The reader's state for one replication session.
 struct Reader {
@@ -60,31 +56,22 @@ struct Reader {
     keepalive: Option<KeepaliveLsn>,
     /// The server's newest WAL end seen, for the lag gauge.
     server_wal_end: Lsn,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
     /// Beaten on every feedback tick: proof for the watchdog that the loop turns.
-    health: std::sync::Arc<crate::http::Health>,
+    health: Arc<Health>,
 }
 
-/// Streams from an open replication connection until `shutdown`, then drains.
-///
-/// `start` is the slot's `confirmed_flush_lsn` read after START_REPLICATION.
+/// Streams from a started replication connection until a stop, then reports
+/// progress while the publisher drains and sends the final position (the
+/// contract of [`crate::source`]).
 ///
 /// # Errors
 ///
-/// Any failure of the connection, the decoder or the publisher; the caller
-/// restarts from the slot (or stops, for `Data` errors).
-#[allow(clippy::too_many_arguments)]
-pub async fn stream(
-    conn: ReplicationConnection,
-    start: Lsn,
-    tx: mpsc::Sender<Transaction>,
-    mut progress: watch::Receiver<Progress>,
-    mut publisher: JoinHandle<Result<()>>,
-    shutdown: CancellationToken,
-    settings: ReaderSettings,
-    metrics: std::sync::Arc<Metrics>,
-    health: std::sync::Arc<crate::http::Health>,
-) -> Result<()> {
+/// Any failure of the connection or the decoder, or [`publisher_gone`]; the
+/// session restarts from the slot (or stops, for `Data` errors).
+pub async fn stream(ready: Ready, link: SourceLink, status_interval: Duration, metrics: Arc<Metrics>) -> Result<()> {
+    let Ready { conn, start, _slot_health } = ready;
+    let SourceLink { txns: tx, mut progress, stop, health } = link;
     let mut r = Reader {
         conn,
         assembler: TransactionAssembler::new(),
@@ -96,7 +83,7 @@ pub async fn stream(
         metrics,
         health,
     };
-    let mut status = tokio::time::interval(settings.status_interval);
+    let mut status = tokio::time::interval(status_interval);
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut feedback = tokio::time::interval(FEEDBACK_INTERVAL);
     feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -105,43 +92,30 @@ pub async fn stream(
         tokio::select! {
             biased;
             // PRIORITY 1: stop requested.
-            _ = shutdown.cancelled() => break Ok(()),
-            // PRIORITY 2: the publisher failed (it never ends on its own while we hold `tx`).
-            res = &mut publisher => {
-                let err = match res {
-                    Ok(Err(e)) => e,
-                    Ok(Ok(())) => Error::new(ErrorKind::BrokerConnection, "publisher stopped unexpectedly"),
-                    Err(join) => Error::with_source(ErrorKind::BrokerConnection, "publisher task panicked", join),
-                };
-                // What the broker confirmed before the failure is confirmed:
-                // report it, so the restart replays only what was in flight.
-                r.refresh_position(&progress);
-                let _ = r.send_status(false).await;
-                r.conn.close().await;
-                return Err(err);
-            }
-            // PRIORITY 3: hand over a waiting transaction.
+            _ = stop.cancelled() => break Ok(()),
+            // PRIORITY 2: hand over a waiting transaction.
             permit = tx.reserve(), if r.pending.is_some() => match permit {
                 Ok(permit) => {
                     permit.send(r.pending.take().expect("guarded by is_some"));
                     r.sent_txns += 1;
                 }
-                Err(_) => break Err(Error::new(ErrorKind::BrokerConnection, "publisher stopped taking transactions")),
+                Err(_) => break Err(publisher_gone()),
             },
-            // PRIORITY 4: confirmed progress.
+            // PRIORITY 3: confirmed progress; a closed channel means the
+            // publisher ended (it never does on its own while we hold `tx`).
             res = progress.changed() => if res.is_err() {
-                break Err(Error::new(ErrorKind::BrokerConnection, "publisher dropped its progress channel"));
+                break Err(publisher_gone());
             },
-            // PRIORITY 5: report a new position promptly.
+            // PRIORITY 4: report a new position promptly.
             _ = feedback.tick() => {
                 r.health.beat();
                 if r.position.unsent() {
                     if let Err(e) = r.send_status(false).await { break Err(e); }
                 }
             }
-            // PRIORITY 6: the regular status update.
+            // PRIORITY 5: the regular status update.
             _ = status.tick() => if let Err(e) = r.send_status(false).await { break Err(e); },
-            // PRIORITY 7: read from the server, unless a transaction is waiting for room.
+            // PRIORITY 6: read from the server, unless a transaction is waiting for room.
             msg = r.conn.recv(), if r.pending.is_none() => {
                 if let Err(e) = r.on_message(msg, &tx).await { break Err(e); }
             }
@@ -149,16 +123,16 @@ pub async fn stream(
         r.refresh_position(&progress);
     };
     if let Err(e) = outcome {
-        publisher.abort();
-        if e.kind() != ErrorKind::SourceConnection && e.kind() != ErrorKind::SourceProtocol {
-            // The replication connection still works: hand back what was confirmed.
+        if e.kind().source_connection_usable() {
+            // What the broker confirmed before the failure is confirmed:
+            // report it, so the restart replays only what was in flight.
             r.refresh_position(&progress);
             let _ = r.send_status(false).await;
         }
         r.conn.close().await;
         return Err(e);
     }
-    r.drain(tx, progress, publisher, settings).await
+    r.drain(tx, progress).await
 }
 
 impl Reader {
@@ -187,16 +161,11 @@ impl Reader {
                     )
                 })?;
                 if let Some(txn) = txn {
-                    tracing::debug!(end_lsn = %txn.end_lsn, events = txn.events.len(), "transaction received");
+                    tracing::debug!(position = %txn.position, events = txn.events.len(), "transaction received");
                     match tx.try_send(txn) {
                         Ok(()) => self.sent_txns += 1,
                         Err(mpsc::error::TrySendError::Full(txn)) => self.pending = Some(txn),
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            return Err(Error::new(
-                                ErrorKind::BrokerConnection,
-                                "publisher stopped taking transactions",
-                            ))
-                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return Err(publisher_gone()),
                     }
                 }
                 Ok(())
@@ -215,10 +184,8 @@ impl Reader {
     /// Folds the publisher's progress (and, when idle, the keepalive) into
     /// the flush position.
     fn refresh_position(&mut self, progress: &watch::Receiver<Progress>) {
+        self.fold_confirmed(progress);
         let p = *progress.borrow();
-        if let Some(c) = p.confirmed {
-            self.position.confirmed(c);
-        }
         let idle = p.txns_done == self.sent_txns && self.pending.is_none() && !self.assembler.in_transaction();
         if idle {
             if let Some(k) = self.keepalive {
@@ -237,16 +204,10 @@ impl Reader {
         Ok(())
     }
 
-    /// Graceful stop: no new intake; wait for the publisher to drain its
-    /// confirms (bounded), keep the walsender fed with status updates, then
-    /// send the final position and close.
-    async fn drain(
-        mut self,
-        tx: mpsc::Sender<Transaction>,
-        mut progress: watch::Receiver<Progress>,
-        mut publisher: JoinHandle<Result<()>>,
-        settings: ReaderSettings,
-    ) -> Result<()> {
+    /// Graceful stop: no new intake; keep the walsender fed with status
+    /// updates while the publisher drains its confirms (the session bounds
+    /// that wait), then send the final position and close.
+    async fn drain(mut self, tx: mpsc::Sender<Transaction>, mut progress: watch::Receiver<Progress>) -> Result<()> {
         drop(tx);
         // A transaction that never reached the publisher is not confirmed:
         // the next session replays it.
@@ -255,33 +216,31 @@ impl Reader {
             in_flight_txns = self.sent_txns - progress.borrow().txns_done,
             "stopping: draining in-flight confirms"
         );
-        let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
-        let mut status = tokio::time::interval(Duration::from_secs(1));
-        let result = loop {
+        let mut status = tokio::time::interval(DRAIN_STATUS_INTERVAL);
+        loop {
             tokio::select! {
                 biased;
-                res = &mut publisher => break match res {
-                    Ok(r) => r,
-                    Err(join) => Err(Error::with_source(ErrorKind::BrokerConnection, "publisher task panicked", join)),
-                },
-                _ = progress.changed() => {
-                    if let Some(c) = progress.borrow().confirmed { self.position.confirmed(c); }
+                res = progress.changed() => {
+                    if res.is_err() {
+                        break;
+                    }
+                    self.fold_confirmed(&progress);
                 }
                 _ = status.tick() => { let _ = self.send_status(false).await; }
-                _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(timeout = ?settings.shutdown_timeout, "shutdown timeout: giving up on unconfirmed messages (they will be republished on the next start)");
-                    publisher.abort();
-                    break Ok(());
-                }
             }
-        };
-        if let Some(c) = progress.borrow().confirmed {
-            self.position.confirmed(c);
         }
+        self.fold_confirmed(&progress);
         let final_lsn = self.position.current();
         let sent = self.send_status(false).await;
         self.conn.close().await;
         tracing::info!(final_lsn = %final_lsn, "replication stopped; final position acknowledged");
-        result.and(sent)
+        sent
+    }
+
+    /// Folds the publisher's confirmed transaction into the flush position.
+    fn fold_confirmed(&mut self, progress: &watch::Receiver<Progress>) {
+        if let Some(c) = progress.borrow().confirmed.and_then(|c| c.end_lsn()) {
+            self.position.confirmed(c);
+        }
     }
 }

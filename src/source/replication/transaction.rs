@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::event::{Column, EndLsn, EventSource, Lsn, OutboxEvent, PgTimestamp, Transaction};
+use crate::event::{Column, EndLsn, EventSource, Lsn, OutboxEvent, PgTimestamp, SourcePosition, Transaction};
 
 use super::pgoutput::PgOutputMessage;
 use super::protocol::pg_clock_now;
@@ -264,9 +264,13 @@ impl TransactionAssembler {
             PgOutputMessage::Message { transactional: false, lsn, prefix, content } => {
                 let end_lsn = standalone_end_lsn(lsn);
                 let commit_time = (self.clock)();
-                let event =
-                    OutboxEvent { source: EventSource::Message { prefix, content }, end_lsn, commit_time, ordinal: 0 };
-                Ok(Some(Transaction { end_lsn, commit_time, events: vec![event] }))
+                let event = OutboxEvent {
+                    source: EventSource::Message { prefix, content },
+                    position: SourcePosition::Wal(end_lsn),
+                    commit_time,
+                    ordinal: 0,
+                };
+                Ok(Some(Transaction { position: SourcePosition::Wal(end_lsn), commit_time, events: vec![event] }))
             }
             PgOutputMessage::Commit { commit_lsn, end_lsn, commit_time } => {
                 let Some(open) = self.open.take_if(|open| open.final_lsn == commit_lsn) else {
@@ -279,9 +283,14 @@ impl TransactionAssembler {
                 };
                 let events = (0u32..)
                     .zip(open.sources)
-                    .map(|(ordinal, source)| OutboxEvent { source, end_lsn, commit_time, ordinal })
+                    .map(|(ordinal, source)| OutboxEvent {
+                        source,
+                        position: SourcePosition::Wal(end_lsn),
+                        commit_time,
+                        ordinal,
+                    })
                     .collect();
-                Ok(Some(Transaction { end_lsn, commit_time, events }))
+                Ok(Some(Transaction { position: SourcePosition::Wal(end_lsn), commit_time, events }))
             }
             PgOutputMessage::Skipped { .. } => Ok(None),
         }
@@ -366,12 +375,12 @@ mod tests {
         assert!(push_wire(&mut a, &PgOutputMessage::Skipped { tag: b'U' }).unwrap().is_none());
         let tx = push_wire(&mut a, &commit(0x100, 0x128, 99)).unwrap().unwrap();
         assert!(!a.in_transaction());
-        assert_eq!(tx.end_lsn, EndLsn(Lsn(0x128)));
+        assert_eq!(tx.position, SourcePosition::Wal(EndLsn(Lsn(0x128))));
         assert_eq!(tx.commit_time, PgTimestamp(99));
         assert_eq!(tx.events.len(), 4);
         for (i, ev) in tx.events.iter().enumerate() {
             assert_eq!(ev.ordinal as usize, i);
-            assert_eq!(ev.end_lsn, EndLsn(Lsn(0x128)));
+            assert_eq!(ev.position, SourcePosition::Wal(EndLsn(Lsn(0x128))));
             assert_eq!(ev.commit_time, PgTimestamp(99));
         }
         match &tx.events[0].source {
@@ -393,7 +402,10 @@ mod tests {
         let mut a = assembler();
         a.push(begin(5)).unwrap();
         let tx = a.push(commit(5, 8, 2)).unwrap().unwrap();
-        assert_eq!(tx, Transaction { end_lsn: EndLsn(Lsn(8)), commit_time: PgTimestamp(2), events: vec![] });
+        assert_eq!(
+            tx,
+            Transaction { position: SourcePosition::Wal(EndLsn(Lsn(8))), commit_time: PgTimestamp(2), events: vec![] }
+        );
     }
 
     #[test]
@@ -465,13 +477,13 @@ mod tests {
     fn standalone_message_is_its_own_transaction_at_its_lsn() {
         let mut a = assembler();
         let tx = a.push(message(false, 0x1000, "p")).unwrap().unwrap();
-        assert_eq!(tx.end_lsn, EndLsn(Lsn(0x1000)));
+        assert_eq!(tx.position, SourcePosition::Wal(EndLsn(Lsn(0x1000))));
         assert_eq!(tx.commit_time, NOW);
         assert_eq!(
             tx.events,
             vec![OutboxEvent {
                 source: EventSource::Message { prefix: "p".into(), content: b"c".to_vec() },
-                end_lsn: EndLsn(Lsn(0x1000)),
+                position: SourcePosition::Wal(EndLsn(Lsn(0x1000))),
                 commit_time: NOW,
                 ordinal: 0,
             }]
@@ -521,7 +533,7 @@ mod tests {
                 if let Ok(Some(tx)) = a.push(msg) {
                     for (i, ev) in tx.events.iter().enumerate() {
                         prop_assert_eq!(ev.ordinal as usize, i);
-                        prop_assert_eq!(ev.end_lsn, tx.end_lsn);
+                        prop_assert_eq!(ev.position, tx.position);
                         prop_assert_eq!(ev.commit_time, tx.commit_time);
                     }
                 }

@@ -1,0 +1,235 @@
+//! One pipeline run (a session): from connecting to a requested stop or the
+//! first failure. The supervisor ([`crate::relay`]) starts sessions; a
+//! session owns everything that lives for one run.
+//!
+//! ```text
+//!  open:   SQL connection -> routes checked against their tables
+//!          -> source prepared (replication: slot and publication, standby
+//!             check; polling: advisory lock, table keys)
+//!          -> broker channel (confirm mode)
+//!          -> source started (replication: START_REPLICATION)
+//!  run:    publisher task  <--Transaction--  source  (one SourceLink)
+//!                          --Progress----->
+//!  stop:   the source drops its sender and keeps reporting progress; the
+//!          session waits for the publisher until `shutdown_timeout`, once
+//! ```
+//!
+//! The session alone holds the publisher's `JoinHandle`: it is the one place
+//! that turns "the publisher ended" (an error, an unexpected clean end, a
+//! panic) into the session's result. It returns what happened; it never asks
+//! the readiness state what to do next.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinError, JoinHandle};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::Progress;
+use crate::config::{current_url, Config, SourceMode, UrlTarget};
+use crate::error::{End, Error, ErrorKind, Result};
+use crate::health::{Health, State};
+use crate::metrics::Metrics;
+use crate::publish::channel::{BrokerChannel, BrokerTarget};
+use crate::publish::{Publisher, PublisherSettings};
+use crate::route::Router;
+use crate::source::pgconfig::PgTarget;
+use crate::source::replication::{self, slot};
+use crate::source::{polling, SourceLink};
+
+/// Transactions buffered between the replication reader and the publisher.
+const TXN_CHANNEL: usize = 64;
+/// How long a source that saw the publisher go waits for its result, and how
+/// long a stopping source may take for its final report once the publisher
+/// ended.
+const TASK_EXIT: Duration = Duration::from_secs(5);
+
+/// Shared handles of a running relay: what the outside world reads.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Readiness and watchdog heartbeat.
+    pub health: Arc<Health>,
+}
+
+/// A source connected and positioned, not yet streaming.
+enum ReadySource {
+    Replication(replication::Ready),
+    Polling(polling::Ready),
+}
+
+/// Runs one session until `stop` (then drains and returns `Ok`) or the first
+/// failure (returned; the supervisor decides between retry, standby and stop).
+///
+/// A stop while still connecting or standing by returns at once: nothing is
+/// in flight, so dropping the attempt is safe, and SIGTERM is not kept
+/// waiting for a connect timeout.
+///
+/// # Errors
+///
+/// Whatever failed first: connecting, the source, or the publisher.
+pub async fn run(config: &Config, handles: &Handles, stop: &CancellationToken) -> Result<()> {
+    let (source, channel, router) = tokio::select! {
+        opened = open(config, &handles.metrics) => opened?,
+        _ = stop.cancelled() => return Ok(()),
+    };
+    handles.metrics.set_active(true);
+    handles.health.set(State::Streaming);
+
+    let capacity = match source {
+        ReadySource::Replication(_) => TXN_CHANNEL,
+        // One batch at a time: a batch is deleted only once it is confirmed.
+        ReadySource::Polling(_) => 1,
+    };
+    let (txns, rx) = mpsc::channel(capacity);
+    let (progress_tx, progress) = watch::channel(Progress::default());
+    let publisher = Publisher::new(
+        channel,
+        Arc::new(router),
+        PublisherSettings::from_config(&config.broker),
+        progress_tx,
+        handles.metrics.clone(),
+    );
+    let publisher = tokio::spawn(publisher.run(rx));
+    let link = SourceLink { txns, progress, stop: stop.clone(), health: handles.health.clone() };
+    let source = async {
+        match source {
+            ReadySource::Replication(ready) => {
+                replication::stream(ready, link, config.source.status_interval, handles.metrics.clone()).await
+            }
+            ReadySource::Polling(ready) => polling::run(ready, config, link).await,
+        }
+    };
+    let result = drive(source, publisher, stop, config.broker.shutdown_timeout).await;
+    if stop.is_cancelled() {
+        handles.health.set(State::Stopping);
+    }
+    result
+}
+
+/// Connects both ends and prepares the source, in the order that keeps a
+/// standby off the broker: the slot (or lock) is checked before the broker
+/// is touched, and replication starts only once the broker is there.
+async fn open(config: &Config, metrics: &Arc<Metrics>) -> Result<(ReadySource, BrokerChannel, Router)> {
+    let src = &config.source;
+    let target = PgTarget::parse(current_url(UrlTarget::Source, &src.url)?.expose())?;
+    let broker =
+        BrokerTarget::from_config(current_url(UrlTarget::Broker, &config.broker.url)?.expose(), &config.broker)?;
+    let sql = target.connect_sql(src.connect_timeout).await?;
+    let router = checked_router(&sql, config, &target).await?;
+    let polled = match src.mode {
+        SourceMode::Replication => {
+            replication::prepare(&sql, config, &router).await?;
+            None
+        }
+        SourceMode::Polling => Some(polling::prepare(&sql, config, &router).await?),
+    };
+    let channel =
+        BrokerChannel::open(&broker, config.broker.heartbeat, config.broker.connect_timeout, "outbox-relay").await?;
+    tracing::info!(broker = %broker.redacted, "connected to RabbitMQ (confirm mode)");
+    let source = match polled {
+        None => ReadySource::Replication(
+            replication::start(&target, sql, config, router.wants_messages(), metrics.clone()).await?,
+        ),
+        Some(tables) => ReadySource::Polling(polling::Ready::new(sql, tables, &src.slot)),
+    };
+    Ok((source, channel, router))
+}
+
+/// The routes, with every table they name checked: it exists, and every
+/// column a template names is one of its columns.
+async fn checked_router(sql: &tokio_postgres::Client, config: &Config, target: &PgTarget) -> Result<Router> {
+    let mut router = Router::new(&config.routes);
+    let mut problems = Vec::new();
+    for (schema, table) in router.tables() {
+        match slot::table_columns(sql, &schema, &table).await? {
+            Some(cols) => problems.extend(router.check_table(&schema, &table, &cols)),
+            None => {
+                return Err(Error::new(
+                    ErrorKind::SourceQuery,
+                    format!("table {schema}.{table} named by a route does not exist in database {:?} (create it, or fix the route's table)", target.dbname()),
+                ))
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::new(ErrorKind::Config, format!("{}: {}", config.path.display(), problems.join("; "))));
+    }
+    Ok(router)
+}
+
+/// Runs the source beside the publisher task until one fails or a stop has
+/// drained them both.
+///
+/// On a stop, the drain runs here, once: the source stops intake on its own
+/// (it holds the stop token) and keeps reporting progress; the publisher
+/// gets until `shutdown_timeout` to have everything confirmed, then is
+/// aborted (what it had not confirmed is replayed by the next start).
+async fn drive(
+    source: impl Future<Output = Result<()>>,
+    mut publisher: JoinHandle<Result<()>>,
+    stop: &CancellationToken,
+    shutdown_timeout: Duration,
+) -> Result<()> {
+    tokio::pin!(source);
+    let mut source_result = tokio::select! {
+        r = &mut source => match r {
+            Err(e) if !stop.is_cancelled() => return Err(after_source_failure(e, publisher).await),
+            r => Some(r),
+        },
+        _ = stop.cancelled() => None,
+    };
+    let deadline = Instant::now() + shutdown_timeout;
+    let mut publisher_result = None;
+    while source_result.is_none() || publisher_result.is_none() {
+        tokio::select! {
+            r = &mut source, if source_result.is_none() => source_result = Some(r),
+            r = &mut publisher, if publisher_result.is_none() => publisher_result = Some(publisher_outcome(r)),
+            _ = tokio::time::sleep_until(deadline), if publisher_result.is_none() => {
+                tracing::warn!(timeout = ?shutdown_timeout, "shutdown timeout: giving up on unconfirmed messages (they will be republished on the next start)");
+                publisher.abort();
+                publisher_result = Some(Ok(()));
+            }
+            _ = tokio::time::sleep_until(deadline + TASK_EXIT), if publisher_result.is_some() => {
+                tracing::warn!("the source did not finish its final report in time; stopping without it");
+                source_result = Some(Ok(()));
+            }
+        }
+    }
+    let (publisher_result, source_result) = (publisher_result.unwrap_or(Ok(())), source_result.unwrap_or(Ok(())));
+    publisher_result.and(source_result)
+}
+
+/// The source failed while streaming. If it failed because the publisher
+/// ended (a broker-side error can only come from there), the publisher's
+/// own result says why; otherwise the publisher is stopped.
+async fn after_source_failure(err: Error, mut publisher: JoinHandle<Result<()>>) -> Error {
+    if err.kind().end() != Some(End::Broker) {
+        publisher.abort();
+        return err;
+    }
+    match tokio::time::timeout(TASK_EXIT, &mut publisher).await {
+        Ok(joined) => match publisher_outcome(joined) {
+            Err(e) => e,
+            Ok(()) => Error::new(ErrorKind::BrokerConnection, "publisher stopped unexpectedly"),
+        },
+        Err(_) => {
+            publisher.abort();
+            err
+        }
+    }
+}
+
+/// The publisher task's end, as the session's result: a panic is a bug of
+/// its own kind, not a broker failure.
+fn publisher_outcome(joined: Result<Result<()>, JoinError>) -> Result<()> {
+    match joined {
+        Ok(r) => r,
+        Err(join) if join.is_panic() => Err(Error::with_source(ErrorKind::Panic, "publisher task panicked", join)),
+        Err(join) => Err(Error::with_source(ErrorKind::Panic, "publisher task was cancelled", join)),
+    }
+}
