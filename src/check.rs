@@ -14,7 +14,7 @@ use crate::config::{Config, UrlTarget};
 use crate::publish::channel::{BrokerChannel, BrokerTarget};
 use crate::relay::current_url;
 use crate::route::Router;
-use crate::source::pgconfig::{quote_ident, PgTarget};
+use crate::source::postgres::{quote_ident, PgTarget};
 use crate::source::replication::slot;
 
 /// Each end gets at most this long to answer, so `check` finishes in about ten seconds.

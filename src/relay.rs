@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::publish::channel::{BrokerChannel, BrokerTarget};
 use crate::publish::{Publisher, PublisherSettings};
 use crate::route::Router;
-use crate::source::pgconfig::PgTarget;
+use crate::source::postgres::PgTarget;
 use crate::source::replication::connection::ReplicationConnection;
 use crate::source::replication::{self, slot, ReaderSettings};
 

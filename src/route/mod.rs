@@ -118,11 +118,6 @@ impl Router {
         self
     }
 
-    /// Route names, in order (metrics labels).
-    pub fn names(&self) -> Vec<String> {
-        self.routes.iter().map(|r| r.cfg.name.clone()).collect()
-    }
-
     /// The route's own `on_unroutable` and dead-letter exchange, if it
     /// overrides the broker's.
     pub fn unroutable_policy(&self, route: usize) -> (Option<crate::config::OnUnroutable>, Option<&str>) {

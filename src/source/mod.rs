@@ -5,6 +5,6 @@
 //! through which the publisher hands back what the broker confirmed. The
 //! source alone turns that into the position it reports upstream.
 
-pub mod pgconfig;
 pub mod polling;
+pub mod postgres;
 pub mod replication;

@@ -21,7 +21,7 @@ use crate::ack::Progress;
 use crate::config::{AfterPublish, Config};
 use crate::error::{from_pg, Error, ErrorKind, Result};
 use crate::event::{Column, Datum, EndLsn, EventSource, Lsn, OutboxEvent, PgTimestamp, Transaction};
-use crate::source::pgconfig::quote_ident;
+use crate::source::postgres::quote_ident;
 
 /// One table polled: its columns and its key.
 #[derive(Debug, Clone)]
