@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 use crate::config::{current_url, Config, UrlTarget};
 use crate::publish::channel::{BrokerChannel, BrokerTarget};
 use crate::route::Router;
-use crate::source::pgconfig::{quote_ident, PgTarget};
+use crate::source::postgres::{quote_ident, PgTarget};
 use crate::source::replication::slot;
 
 /// Each end gets at most this long to answer, so `check` finishes in about ten seconds.

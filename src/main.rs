@@ -60,7 +60,7 @@ fn try_main(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             init_logging(&cfg);
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async {
-                let target = outbox_relay::source::pgconfig::PgTarget::parse(
+                let target = outbox_relay::source::postgres::PgTarget::parse(
                     outbox_relay::config::current_url(config::UrlTarget::Source, &cfg.source.url)?.expose(),
                 )?;
                 let sql = target.connect_sql(cfg.source.connect_timeout).await?;

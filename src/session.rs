@@ -36,7 +36,7 @@ use crate::metrics::Metrics;
 use crate::publish::channel::{BrokerChannel, BrokerTarget};
 use crate::publish::{Publisher, PublisherSettings};
 use crate::route::Router;
-use crate::source::pgconfig::PgTarget;
+use crate::source::postgres::PgTarget;
 use crate::source::replication::{self, slot};
 use crate::source::{polling, SourceLink};
 

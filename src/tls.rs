@@ -1,112 +1,134 @@
-//! TLS for the PostgreSQL connections, with libpq's `sslmode` semantics on
-//! rustls:
+//! rustls material shared by the PostgreSQL and the AMQPS connections: the
+//! crypto provider, root certificates (a PEM CA file or the platform's
+//! store), the client certificate and key, and the server certificate
+//! verifiers.
 //!
-//! | sslmode | encryption | chain checked | host name checked |
-//! | --- | --- | --- | --- |
-//! | disable | no | - | - |
-//! | prefer | if the server offers it | no | no |
-//! | require | yes | no (unless `sslrootcert` is given, as libpq does) | no |
-//! | verify-ca | yes | yes | no |
-//! | verify-full | yes | yes | yes |
-//!
-//! Roots come from `sslrootcert` (a PEM file, or `system` for the
-//! platform's store). A client certificate (`sslcert` + `sslkey`) is offered
-//! when the server asks. Used by both the replication connection (which does
-//! its own SSLRequest) and the ordinary tokio-postgres connection (through
-//! [`MakeRustls`]).
+//! Knows nothing of either protocol: a failure comes back as a
+//! [`LoadError`] naming the step and file, and each caller words it in its
+//! own settings' names (`sslrootcert` for PostgreSQL, the CA file for
+//! RabbitMQ).
 
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::pem::PemObject;
+use rustls::client::{VerifierBuilderError, WantsClientCert, WebPkiServerVerifier};
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use rustls::{
+    CertificateError, ClientConfig, ConfigBuilder, DigitallySignedStruct, RootCertStore, SignatureScheme, WantsVerifier,
+};
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::source::pgconfig::{PgTarget, SslMode};
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The crypto provider every TLS connection uses (ring).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the rustls client configuration for `target`, or `None` for
-/// `sslmode=disable`.
+/// A client configuration builder with [`provider`] and the safe default
+/// protocol versions.
 ///
 /// # Errors
 ///
-/// `Config` naming the file that could not be read or parsed.
-pub fn client_config(target: &PgTarget) -> Result<Option<Arc<ClientConfig>>> {
-    let mode = target.ssl_mode;
-    if mode == SslMode::Disable {
-        return Ok(None);
+/// When the provider cannot do those versions.
+pub fn builder() -> Result<ConfigBuilder<ClientConfig, WantsVerifier>, rustls::Error> {
+    ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()
+}
+
+/// What failed while loading TLS files: the step, the file and the cause.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The CA file could not be read.
+    CaRead(PathBuf, pem::Error),
+    /// The CA file was read but is not PEM.
+    CaNotPem(PathBuf, pem::Error),
+    /// rustls refused a certificate of the CA file.
+    CaRejected(PathBuf, rustls::Error),
+    /// The client certificate file could not be read.
+    CertRead(PathBuf, pem::Error),
+    /// The client certificate file was read but is not PEM.
+    CertNotPem(PathBuf, pem::Error),
+    /// The client key could not be read (or the file holds none).
+    KeyRead(PathBuf, pem::Error),
+    /// rustls refused the client certificate and key.
+    ClientAuth(rustls::Error),
+    /// A client certificate without a key, or a key without a certificate.
+    Unpaired,
+}
+
+/// The platform's root certificates; those rustls cannot use are skipped.
+pub fn platform_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
     }
-    let cfg_err = |m: String| Error::new(ErrorKind::Config, format!("source url {}: {m}", target.redacted));
-    let roots = match target.ssl_root_cert.as_deref() {
-        Some("system") => {
-            let mut roots = RootCertStore::empty();
-            for c in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(c);
-            }
-            Some(roots)
-        }
-        Some(path) => {
-            let mut roots = RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| cfg_err(format!("cannot read sslrootcert {path}: {e}")))?
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| cfg_err(format!("sslrootcert {path} is not PEM: {e}")))?;
-            for c in certs {
-                roots.add(c).map_err(|e| cfg_err(format!("sslrootcert {path}: {e}")))?;
-            }
-            Some(roots)
-        }
-        None => None,
-    };
-    let verify_chain =
-        matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) || (mode == SslMode::Require && roots.is_some());
-    if verify_chain && roots.is_none() {
-        return Err(cfg_err(format!(
-            "sslmode={} needs sslrootcert (a CA file, or \"system\" for the platform's roots)",
-            if mode == SslMode::VerifyCa { "verify-ca" } else { "verify-full" }
-        )));
+    roots
+}
+
+/// The root certificates of a PEM CA file.
+///
+/// # Errors
+///
+/// `CaRead`, `CaNotPem` or `CaRejected`.
+pub fn file_roots(path: &Path) -> Result<RootCertStore, LoadError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| LoadError::CaRead(path.into(), e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| LoadError::CaNotPem(path.into(), e))?;
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots.add(c).map_err(|e| LoadError::CaRejected(path.into(), e))?;
     }
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| cfg_err(format!("TLS setup: {e}")))?;
-    let verifier: Arc<dyn ServerCertVerifier> = match (verify_chain, roots) {
-        (true, Some(roots)) => {
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(|e| cfg_err(format!("TLS roots: {e}")))?;
-            Arc::new(Verifier { inner: Some(webpki), check_name: mode == SslMode::VerifyFull })
-        }
-        _ => Arc::new(Verifier { inner: None, check_name: false }),
-    };
-    let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
-    let config = match (&target.ssl_cert, &target.ssl_key) {
+    Ok(roots)
+}
+
+/// Finishes `builder` with the client certificate and key (PEM files), or
+/// with no client authentication when neither is given.
+///
+/// # Errors
+///
+/// `CertRead`, `CertNotPem`, `KeyRead`, `ClientAuth`, or `Unpaired` when
+/// only one of the two is given.
+pub fn with_client_cert(
+    builder: ConfigBuilder<ClientConfig, WantsClientCert>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<ClientConfig, LoadError> {
+    match (cert, key) {
         (Some(cert), Some(key)) => {
             let certs = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| cfg_err(format!("cannot read sslcert {cert}: {e}")))?
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| cfg_err(format!("sslcert {cert} is not PEM: {e}")))?;
-            let key =
-                PrivateKeyDer::from_pem_file(key).map_err(|e| cfg_err(format!("cannot read sslkey {key}: {e}")))?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| cfg_err(format!("sslcert/sslkey: {e}")))?
+                .map_err(|e| LoadError::CertRead(cert.into(), e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| LoadError::CertNotPem(cert.into(), e))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| LoadError::KeyRead(key.into(), e))?;
+            builder.with_client_auth_cert(certs, key).map_err(LoadError::ClientAuth)
         }
-        (None, None) => builder.with_no_client_auth(),
-        _ => return Err(cfg_err("sslcert and sslkey go together".into())),
-    };
-    Ok(Some(Arc::new(config)))
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err(LoadError::Unpaired),
+    }
+}
+
+/// A verifier that checks the chain against `roots`, and the host name only
+/// when `check_name` (libpq's `verify-full` as opposed to `verify-ca`).
+///
+/// # Errors
+///
+/// When rustls cannot build a verifier from `roots` (none at all, ...).
+pub fn chain_verifier(
+    roots: RootCertStore,
+    check_name: bool,
+) -> Result<Arc<dyn ServerCertVerifier>, VerifierBuilderError> {
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+    Ok(Arc::new(Verifier { inner: Some(webpki), check_name }))
+}
+
+/// A verifier that accepts any certificate (encryption without
+/// authentication: `sslmode=require`, RabbitMQ's `verify_none`).
+pub fn no_verification() -> Arc<dyn ServerCertVerifier> {
+    Arc::new(Verifier { inner: None, check_name: false })
 }
 
 /// Checks the chain (when `inner` is set) and the host name (when
-/// `check_name`), or nothing at all (`sslmode=prefer/require` without roots).
+/// `check_name`), or nothing at all.
 #[derive(Debug)]
 struct Verifier {
     inner: Option<Arc<WebPkiServerVerifier>>,
@@ -121,7 +143,7 @@ impl ServerCertVerifier for Verifier {
         server_name: &ServerName<'_>,
         ocsp: &[u8],
         now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+    ) -> Result<ServerCertVerified, rustls::Error> {
         let Some(inner) = &self.inner else { return Ok(ServerCertVerified::assertion()) };
         match inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
@@ -136,7 +158,7 @@ impl ServerCertVerifier for Verifier {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
     }
 
@@ -145,106 +167,11 @@ impl ServerCertVerifier for Verifier {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         provider().signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// A verifier that accepts any certificate (encryption without
-/// authentication: `sslmode=require`, RabbitMQ's `verify_none`).
-pub fn no_verification() -> Arc<dyn ServerCertVerifier> {
-    Arc::new(Verifier { inner: None, check_name: false })
-}
-
-/// The server name for SNI and verification: the host, or an IP address.
-pub fn server_name(host: &str) -> Result<ServerName<'static>> {
-    ServerName::try_from(host.to_owned())
-        .map_err(|e| Error::new(ErrorKind::Config, format!("{host:?} is not a valid TLS server name: {e}")))
-}
-
-/// The `tls-server-end-point` channel binding data (RFC 5929): a hash of the
-/// server's certificate, SHA-256 for the usual signature algorithms.
-pub fn tls_server_end_point(cert: &CertificateDer<'_>) -> Vec<u8> {
-    use ring::digest;
-    digest::digest(&digest::SHA256, cert.as_ref()).as_ref().to_vec()
-}
-
-/// tokio-postgres's TLS hook, on rustls.
-#[derive(Clone, Debug)]
-pub struct MakeRustls {
-    config: Arc<ClientConfig>,
-}
-
-impl MakeRustls {
-    /// From a client configuration built by [`client_config`].
-    pub fn new(config: Arc<ClientConfig>) -> Self {
-        MakeRustls { config }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> tokio_postgres::tls::MakeTlsConnect<S> for MakeRustls {
-    type Stream = RustlsStream<S>;
-    type TlsConnect = RustlsConnect;
-    type Error = io::Error;
-
-    fn make_tls_connect(&mut self, domain: &str) -> io::Result<RustlsConnect> {
-        let name =
-            ServerName::try_from(domain.to_owned()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        Ok(RustlsConnect { config: self.config.clone(), name })
-    }
-}
-
-/// One TLS handshake for tokio-postgres.
-#[derive(Debug)]
-pub struct RustlsConnect {
-    config: Arc<ClientConfig>,
-    name: ServerName<'static>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> tokio_postgres::tls::TlsConnect<S> for RustlsConnect {
-    type Stream = RustlsStream<S>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        Box::pin(async move {
-            let s = tokio_rustls::TlsConnector::from(self.config).connect(self.name, stream).await?;
-            Ok(RustlsStream(s))
-        })
-    }
-}
-
-/// A TLS stream handed to tokio-postgres.
-#[derive(Debug)]
-pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
-
-impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for RustlsStream<S> {
-    fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
-        match self.0.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-            Some(cert) => tokio_postgres::tls::ChannelBinding::tls_server_end_point(tls_server_end_point(cert)),
-            None => tokio_postgres::tls::ChannelBinding::none(),
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

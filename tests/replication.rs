@@ -219,7 +219,7 @@ async fn a_scram_role_streams_and_a_wrong_password_is_refused_without_leaking_it
 
     // AND a wrong password is refused with an authentication error that never shows the password
     url.set_password(Some("Wrong-Password-9")).unwrap();
-    let target = outbox_relay::source::pgconfig::PgTarget::parse(url.as_str()).unwrap();
+    let target = outbox_relay::source::postgres::PgTarget::parse(url.as_str()).unwrap();
     let err =
         outbox_relay::source::replication::connection::ReplicationConnection::connect(&target, Duration::from_secs(5))
             .await

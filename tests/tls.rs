@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use outbox_relay::source::pgconfig::PgTarget;
+use outbox_relay::source::postgres::PgTarget;
 use outbox_relay::source::replication::connection::ReplicationConnection;
 
 use crate::support::cluster::{PgCluster, PgOptions, RabbitNode, TlsFiles};

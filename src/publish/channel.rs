@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use crate::config::secret::redact_url;
 use crate::error::{Error, ErrorKind, Result};
 use crate::route::{HeaderValue, OutgoingMessage};
+use crate::tls::{self, LoadError};
 
 /// Something the broker told us, in arrival order.
 #[derive(Debug, Clone, PartialEq)]
@@ -351,45 +352,32 @@ impl BrokerChannel {
 /// platform's roots), an optional client certificate, and verification on
 /// unless `verify_none`.
 fn broker_tls_config(t: &BrokerTls) -> std::result::Result<std::sync::Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    match &t.ca_file {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
-                .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
-            for c in certs {
-                roots.add(c).map_err(|e| format!("CA file {}: {e}", path.display()))?;
-            }
-        }
-        None => {
-            for c in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(c);
-            }
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    let mut config = match (&t.cert_file, &t.key_file) {
-        (Some(cert), Some(key)) => {
-            let certs = CertificateDer::pem_file_iter(cert)
-                .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
-                .map_err(|e| format!("cannot read client certificate {}: {e}", cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("cannot read client key {}: {e}", key.display()))?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| format!("client certificate: {e}"))?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        _ => return Err("tls_cert_file and tls_key_file go together".into()),
+    let roots = match &t.ca_file {
+        Some(path) => tls::file_roots(path).map_err(describe)?,
+        None => tls::platform_roots(),
     };
+    let builder = tls::builder().map_err(|e| e.to_string())?.with_root_certificates(roots);
+    let mut config = tls::with_client_cert(builder, t.cert_file.as_deref(), t.key_file.as_deref()).map_err(describe)?;
     if !t.verify {
-        config.dangerous().set_certificate_verifier(crate::tls::no_verification());
+        config.dangerous().set_certificate_verifier(tls::no_verification());
     }
     Ok(std::sync::Arc::new(config))
+}
+
+/// Words a loading failure with the broker's TLS setting names.
+fn describe(e: LoadError) -> String {
+    match e {
+        LoadError::CaRead(path, e) | LoadError::CaNotPem(path, e) => {
+            format!("cannot read CA file {}: {e}", path.display())
+        }
+        LoadError::CaRejected(path, e) => format!("CA file {}: {e}", path.display()),
+        LoadError::CertRead(path, e) | LoadError::CertNotPem(path, e) => {
+            format!("cannot read client certificate {}: {e}", path.display())
+        }
+        LoadError::KeyRead(path, e) => format!("cannot read client key {}: {e}", path.display()),
+        LoadError::ClientAuth(e) => format!("client certificate: {e}"),
+        LoadError::Unpaired => "tls_cert_file and tls_key_file go together".into(),
+    }
 }
 
 fn field_value(v: &HeaderValue) -> FieldValue {
@@ -470,5 +458,23 @@ impl ChannelCallback for ChanCallback {
             reply_code: ret.reply_code(),
             reply_text: ret.reply_text().clone(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(query: &str) -> String {
+        let target = BrokerTarget::parse(&format!("amqps://h/%2f?{query}")).unwrap();
+        broker_tls_config(target.tls.as_ref().unwrap()).unwrap_err()
+    }
+
+    #[test]
+    fn tls_file_problems_name_the_broker_setting() {
+        assert!(problem("cacertfile=/nonexistent/ca.pem").starts_with("cannot read CA file /nonexistent/ca.pem: "));
+        assert_eq!(problem("certfile=/nonexistent/c.pem"), "tls_cert_file and tls_key_file go together");
+        assert!(problem("certfile=/nonexistent/c.pem&keyfile=/nonexistent/k.pem")
+            .starts_with("cannot read client certificate /nonexistent/c.pem: "));
     }
 }

@@ -16,8 +16,8 @@
 //!   progress until the publisher has drained (or the session gave up on it
 //!   and `progress` closed); then it reports the final position and returns.
 
-pub mod pgconfig;
 pub mod polling;
+pub mod postgres;
 pub mod replication;
 
 use std::sync::Arc;

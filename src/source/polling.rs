@@ -18,7 +18,7 @@ use crate::config::{AfterPublish, Config};
 use crate::error::{from_pg, Error, ErrorKind, Result};
 use crate::event::{BatchSeq, Column, Datum, EventSource, OutboxEvent, PgTimestamp, SourcePosition, Transaction};
 use crate::route::Router;
-use crate::source::pgconfig::quote_ident;
+use crate::source::postgres::quote_ident;
 use crate::source::replication::slot::table_columns;
 use crate::source::{publisher_gone, SourceLink};
 

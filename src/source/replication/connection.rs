@@ -31,7 +31,8 @@ use tokio_postgres::config::Host;
 use super::protocol::{self, ReplicationMessage};
 use crate::error::{DbError, Error, ErrorKind, Result};
 use crate::event::Lsn;
-use crate::source::pgconfig::{quote_ident, quote_literal, PgTarget, SslMode};
+use crate::source::postgres::tls::{client_config, server_name, tls_server_end_point};
+use crate::source::postgres::{quote_ident, quote_literal, PgTarget, SslMode};
 
 /// Largest backend message we accept (PostgreSQL's own limit for a row is 1 GB).
 const MAX_FRAME: usize = 1 << 30;
@@ -92,7 +93,7 @@ impl ReplicationConnection {
     async fn connect_inner(target: &PgTarget) -> Result<Self> {
         let endpoint = target.endpoint();
         let port = target.config.get_ports().first().copied().unwrap_or(5432);
-        let tls = crate::tls::client_config(target)?;
+        let tls = client_config(target)?;
         let mut binding = None;
         let stream: Box<dyn Stream> = match target.config.get_hosts().first() {
             // libpq never uses TLS over a Unix socket.
@@ -126,7 +127,7 @@ impl ReplicationConnection {
                             ))
                         }
                         true => {
-                            let name = crate::tls::server_name(h)?;
+                            let name = server_name(h)?;
                             let s = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
                                 Error::with_source(
                                     ErrorKind::SourceConnection,
@@ -137,12 +138,8 @@ impl ReplicationConnection {
                                     e,
                                 )
                             })?;
-                            binding = s
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .map(crate::tls::tls_server_end_point);
+                            binding =
+                                s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(tls_server_end_point);
                             Box::new(s)
                         }
                     },

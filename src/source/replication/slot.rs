@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 
 use crate::error::{from_pg, Error, ErrorKind, Result};
 use crate::event::{Column, Lsn};
-use crate::source::pgconfig::quote_ident;
+use crate::source::postgres::quote_ident;
 
 /// A replication slot as `pg_replication_slots` shows it.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::Lsn;
 use crate::metrics::Metrics;
 use crate::route::Router;
-use crate::source::pgconfig::PgTarget;
+use crate::source::postgres::PgTarget;
 
 /// How often the slot's WAL retention is read.
 const SLOT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);

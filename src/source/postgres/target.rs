@@ -1,14 +1,12 @@
-//! The PostgreSQL connection string: libpq's URL and keyword forms, split into
-//! what tokio-postgres understands and the TLS keys it does not
-//! (`sslmode=verify-*`, `sslrootcert`, `sslcert`, `sslkey`), which we handle
-//! ourselves. Also opens the ordinary (non-replication) SQL connection.
-
-use std::time::Duration;
+//! The connection target: libpq's URL and keyword forms, split into what
+//! tokio-postgres understands and the TLS keys it does not (`sslmode`,
+//! `sslrootcert`, `sslcert`, `sslkey`), which we handle ourselves; and SQL
+//! identifier and literal quoting.
 
 use tokio_postgres::config::Host;
 
 use crate::config::secret::redact_url;
-use crate::error::{from_pg, Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// libpq's `sslmode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +47,8 @@ impl SslMode {
     }
 }
 
-/// A parsed connection target.
+/// A parsed connection target. [`PgTarget::connect_sql`] opens an SQL
+/// connection to it.
 #[derive(Clone)]
 pub struct PgTarget {
     /// Everything but the TLS keys, as tokio-postgres parsed it.
@@ -154,61 +153,6 @@ impl PgTarget {
             .map(str::to_owned)
             .or_else(|| self.config.get_user().map(str::to_owned))
             .unwrap_or_default()
-    }
-
-    /// Opens an ordinary SQL connection and spawns its driver task.
-    ///
-    /// # Errors
-    ///
-    /// Connection or authentication failures, with the endpoint and the
-    /// server's own message.
-    pub async fn connect_sql(&self, timeout: Duration) -> Result<tokio_postgres::Client> {
-        let mut cfg = self.config.clone();
-        cfg.connect_timeout(timeout);
-        if cfg.get_application_name().is_none() {
-            cfg.application_name("outbox-relay");
-        }
-        let timed_out = || {
-            Error::new(
-                ErrorKind::SourceConnection,
-                format!("connecting to PostgreSQL at {} timed out after {timeout:?}", self.endpoint()),
-            )
-        };
-        let failed = |e| {
-            from_pg(
-                ErrorKind::SourceConnection,
-                format!("connecting to PostgreSQL at {} (sslmode {})", self.endpoint(), self.ssl_mode.as_str()),
-                e,
-            )
-        };
-        match crate::tls::client_config(self)? {
-            None => {
-                cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                let (client, conn) =
-                    tokio::time::timeout(timeout + Duration::from_secs(1), cfg.connect(tokio_postgres::NoTls))
-                        .await
-                        .map_err(|_| timed_out())?
-                        .map_err(failed)?;
-                tokio::spawn(conn);
-                Ok(client)
-            }
-            Some(tls) => {
-                cfg.ssl_mode(if self.ssl_mode == SslMode::Prefer {
-                    tokio_postgres::config::SslMode::Prefer
-                } else {
-                    tokio_postgres::config::SslMode::Require
-                });
-                let (client, conn) = tokio::time::timeout(
-                    timeout + Duration::from_secs(1),
-                    cfg.connect(crate::tls::MakeRustls::new(tls)),
-                )
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(failed)?;
-                tokio::spawn(conn);
-                Ok(client)
-            }
-        }
     }
 }
 
