@@ -33,6 +33,8 @@ pub mod check;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod exit;
+pub mod healthcheck;
 pub mod http;
 pub mod metrics;
 pub mod notify;
