@@ -41,9 +41,11 @@ RUN mkdir -p src tests \
     && cargo build --release --locked --bin outbox-relay \
     && rm -rf src
 
-# Then the real sources. COPY keeps the files' own modification times, which
-# may be older than the stand-ins' build: touch them so cargo rebuilds the crate.
+# Then the real sources, and the default outbox table's DDL that src/setup.rs
+# includes. COPY keeps the files' own modification times, which may be older
+# than the stand-ins' build: touch them so cargo rebuilds the crate.
 COPY src ./src
+COPY deploy/sql ./deploy/sql
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --bin outbox-relay \
     && install -D -m 0755 target/release/outbox-relay /out/outbox-relay

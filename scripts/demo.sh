@@ -150,19 +150,14 @@ psql_() { "$PSQL" -X -q -v ON_ERROR_STOP=1 "$@"; }
 # one value from a query
 value() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$1" -c "$2"; }
 
-# The SPEC's default outbox table, used by both services.
-OUTBOX_TABLE_SQL=$(cat <<'SQL'
-CREATE TABLE IF NOT EXISTS outbox (
-  id             uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-  aggregate_type text        NOT NULL,
-  aggregate_id   text        NOT NULL,
-  event_type     text        NOT NULL,
-  payload        jsonb       NOT NULL,
-  headers        jsonb,
-  created_at     timestamptz NOT NULL DEFAULT now()
-);
-SQL
-)
+# The SPEC's default outbox table, used by both services, as the relay itself prints
+# it (its one copy is deploy/sql/outbox.sql): the CREATE TABLE statement of
+# `setup --print-sql`, which reads the config but connects to nothing
+OUTBOX_TABLE_SQL=$(OUTBOX_RELAY_SOURCE_URL=$WALLET_URL OUTBOX_RELAY_BROKER_URL=$AMQP_URL \
+  "$RELAY" setup --print-sql --config "$WALLET_CONFIG" |
+  awk '/^CREATE TABLE/ { on = 1 } on { print } on && /^\);/ { exit }')
+[[ $OUTBOX_TABLE_SQL == "CREATE TABLE"*");" ]] ||
+  die "could not get the default outbox table from 'outbox-relay setup --print-sql'"
 
 say "Wallet database demo: accounts, wallet_transactions (a trigger refuses flagged accounts), processed_events, outbox"
 { echo "SET client_min_messages = warning;"; echo "$OUTBOX_TABLE_SQL"; cat <<'SQL'

@@ -1,24 +1,23 @@
 //! `outbox-relay setup`: create the publication and the slot if missing
-//! (idempotent), or print the SQL that would. The relay runs the same code at
-//! start when `source.create_slot = true`.
+//! (idempotent), or print the SQL that would, and the line the command
+//! prints. The relay runs the same [`ensure`] at start when
+//! `source.create_slot = true`. Also the default outbox table's DDL, whose one
+//! copy is `deploy/sql/outbox.sql` (docker-compose.yml mounts the same file,
+//! `scripts/demo.sh` reads it from `setup --print-sql`).
+
+use std::fmt;
 
 use tokio_postgres::Client;
 
-use crate::config::Config;
+use crate::config::{Config, UrlTarget};
 use crate::error::{Error, ErrorKind, Result};
 use crate::route::Router;
+use crate::source::postgres::PgTarget;
 use crate::source::replication::slot;
 
-/// The default outbox table from SPEC.md.
-pub const DEFAULT_OUTBOX_TABLE: &str = "CREATE TABLE IF NOT EXISTS outbox (
-  id             uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-  aggregate_type text        NOT NULL,
-  aggregate_id   text        NOT NULL,
-  event_type     text        NOT NULL,
-  payload        jsonb       NOT NULL,
-  headers        jsonb,
-  created_at     timestamptz NOT NULL DEFAULT now()
-);";
+/// The default outbox table from SPEC.md: `deploy/sql/outbox.sql`, without
+/// its final newline.
+pub const DEFAULT_OUTBOX_TABLE: &str = include_str!("../deploy/sql/outbox.sql").trim_ascii_end();
 
 /// The SQL `setup` runs, for `--print-sql`.
 pub fn print_sql(config: &Config) -> String {
@@ -43,6 +42,50 @@ pub struct SetupReport {
     pub added_tables: Vec<String>,
     /// The slot was created.
     pub created_slot: bool,
+}
+
+/// What `outbox-relay setup` did, named: its [`Display`](fmt::Display) is the
+/// line the command prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupSummary {
+    /// `source.publication`.
+    pub publication: String,
+    /// `source.slot`.
+    pub slot: String,
+    /// What [`ensure`] did.
+    pub report: SetupReport,
+}
+
+impl fmt::Display for SetupSummary {
+    /// `publication "p": created|exists|added s.t, ...; slot "s": created|exists`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.report;
+        write!(f, "publication {:?}: ", self.publication)?;
+        if r.created_publication {
+            f.write_str("created")?;
+        } else if r.added_tables.is_empty() {
+            f.write_str("exists")?;
+        } else {
+            write!(f, "added {}", r.added_tables.join(", "))?;
+        }
+        write!(f, "; slot {:?}: {}", self.slot, if r.created_slot { "created" } else { "exists" })
+    }
+}
+
+/// `outbox-relay setup`: connects to the source as configured and runs
+/// [`ensure`] with the configured routes.
+///
+/// # Errors
+///
+/// As connecting (`Config` for an unreadable URL file, `SourceConnection`,
+/// `SourceAuth`) and as [`ensure`].
+pub async fn run(config: &Config) -> Result<SetupSummary> {
+    let url = crate::config::current_url(UrlTarget::Source, &config.source.url)?;
+    let target = PgTarget::parse(url.expose())?;
+    let sql = target.connect_sql(config.source.connect_timeout).await?;
+    let router = Router::new(&config.routes);
+    let report = ensure(&sql, config, &router).await?;
+    Ok(SetupSummary { publication: config.source.publication.clone(), slot: config.source.slot.clone(), report })
 }
 
 /// Creates what is missing: the publication (or the tables it lacks) and the
@@ -102,4 +145,39 @@ pub async fn ensure(client: &Client, config: &Config, router: &Router) -> Result
         Some(_) => {}
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(created_publication: bool, added_tables: &[&str], created_slot: bool) -> String {
+        SetupSummary {
+            publication: "outbox_relay".into(),
+            slot: "outbox_relay".into(),
+            report: SetupReport {
+                created_publication,
+                added_tables: added_tables.iter().map(|t| (*t).to_owned()).collect(),
+                created_slot,
+            },
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn the_summary_line_says_what_was_created_or_added() {
+        assert_eq!(summary(true, &[], true), r#"publication "outbox_relay": created; slot "outbox_relay": created"#);
+        assert_eq!(summary(false, &[], false), r#"publication "outbox_relay": exists; slot "outbox_relay": exists"#);
+        assert_eq!(
+            summary(false, &["public.a", "public.b"], false),
+            r#"publication "outbox_relay": added public.a, public.b; slot "outbox_relay": exists"#
+        );
+    }
+
+    #[test]
+    fn the_default_table_is_one_statement_without_a_trailing_newline() {
+        assert!(DEFAULT_OUTBOX_TABLE.starts_with("CREATE TABLE IF NOT EXISTS outbox (\n"), "{DEFAULT_OUTBOX_TABLE}");
+        assert!(DEFAULT_OUTBOX_TABLE.ends_with("\n);"), "{DEFAULT_OUTBOX_TABLE}");
+        assert_eq!(DEFAULT_OUTBOX_TABLE.matches(';').count(), 1);
+    }
 }

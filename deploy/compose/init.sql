@@ -1,22 +1,13 @@
 -- Run once by the postgres image when it initialises an empty data directory
--- (/docker-entrypoint-initdb.d), as the superuser, in database "app".
+-- (/docker-entrypoint-initdb.d), as the superuser, in database "app", after
+-- 05-outbox-table.sql: deploy/sql/outbox.sql, the default outbox table (the
+-- one copy of its DDL; `outbox-relay setup --print-sql` prints the same).
 -- Demo credentials: change the password (and OUTBOX_RELAY_SOURCE_URL) for anything real.
 
 -- The relay's role: LOGIN and REPLICATION to stream, SELECT on the outbox.
 -- (The postgres image's pg_hba.conf lets every role in from the network with a
 -- password: logical replication connections match ordinary database entries.)
 CREATE ROLE relay LOGIN REPLICATION PASSWORD 'relay';
-
--- The default outbox table (`outbox-relay setup --print-sql` shows the same).
-CREATE TABLE outbox (
-  id             uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-  aggregate_type text        NOT NULL,
-  aggregate_id   text        NOT NULL,
-  event_type     text        NOT NULL,
-  payload        jsonb       NOT NULL,
-  headers        jsonb,
-  created_at     timestamptz NOT NULL DEFAULT now()
-);
 GRANT SELECT ON outbox TO relay;
 
 -- The publication (creating one needs ownership of the table, which the relay
