@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use crate::support::config::TestConfig;
 use crate::support::consumer::{check_delivery, Consumer};
-use crate::support::relay::{Process, RelayConfig};
+use crate::support::relay::Process;
 use crate::support::{self, writer, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -11,25 +12,20 @@ async fn sigkill_three_times_mid_stream_loses_nothing() {
     // GIVEN the relay binary streaming while a writer commits 6,000 events
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
     cfg.setup();
     let w = writer(db.url.clone(), "k", 600, 10);
 
     // WHEN the relay is SIGKILLed three times, each time after it made progress, and restarted
     let mut relay = Process::spawn(&cfg);
     for round in 1..=3 {
-        let seen = consumer.count();
-        support::wait_until(Duration::from_secs(60), "relay makes progress before the kill", || {
-            let c = consumer.count();
-            async move { c >= seen + 300 }
-        })
-        .await;
+        consumer.wait_for_more(300, Duration::from_secs(60)).await;
         relay.kill().await;
         println!("kill {round}: {} deliveries so far", consumer.count());
         relay = Process::spawn(&cfg);
     }
     let expected = w.await.unwrap();
-    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    let ids = support::ids_of(&expected);
 
     // THEN every committed event arrives at least once, first deliveries in commit order per aggregate
     consumer.wait_for_ids(&ids, Duration::from_secs(120)).await;
@@ -45,15 +41,11 @@ async fn sigterm_mid_stream_exits_zero_and_a_restart_publishes_no_duplicates() {
     // GIVEN the relay binary streaming while a writer commits 3,000 events
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
     cfg.setup();
     let w = writer(db.url.clone(), "t", 300, 10);
     let relay = Process::spawn(&cfg);
-    support::wait_until(Duration::from_secs(60), "relay streams some events", || {
-        let c = consumer.count();
-        async move { c >= 500 }
-    })
-    .await;
+    consumer.wait_for_count(500, Duration::from_secs(60)).await;
 
     // WHEN it gets SIGTERM mid-stream
     let status = relay.terminate(Duration::from_secs(30)).await;
@@ -61,7 +53,7 @@ async fn sigterm_mid_stream_exits_zero_and_a_restart_publishes_no_duplicates() {
 
     // AND a new instance takes over after the writer finished
     let expected = w.await.unwrap();
-    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    let ids = support::ids_of(&expected);
     let relay = Process::spawn(&cfg);
     consumer.wait_for_ids(&ids, Duration::from_secs(120)).await;
 
@@ -77,24 +69,24 @@ async fn sigterm_mid_stream_exits_zero_and_a_restart_publishes_no_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_ten_times_during_50k_events_loses_nothing() {
+    // GIVEN the relay binary streaming while a writer commits 50,000 events
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
     cfg.setup();
     let w = writer(db.url.clone(), "m", 1000, 50);
     let mut relay = Process::spawn(&cfg);
+
+    // WHEN it is SIGKILLed ten times, each time after progress, and restarted
     for _ in 1..=10 {
-        let seen = consumer.count();
-        support::wait_until(Duration::from_secs(60), "relay makes progress before the kill", || {
-            let c = consumer.count();
-            async move { c >= seen + 2000 }
-        })
-        .await;
+        consumer.wait_for_more(2000, Duration::from_secs(60)).await;
         relay.kill().await;
         relay = Process::spawn(&cfg);
     }
     let expected = w.await.unwrap();
-    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    let ids = support::ids_of(&expected);
+
+    // THEN every event arrives, duplicates bounded by twice the window per crash
     consumer.wait_for_ids(&ids, Duration::from_secs(180)).await;
     let dups = check_delivery(&expected, &consumer.received());
     println!("SIGKILL x10 over {} events: {dups} duplicates", ids.len());
@@ -109,14 +101,10 @@ async fn a_stop_while_connecting_does_not_wait_for_the_connect_timeout() {
     use crate::support::proxy::{Mode, Proxy};
     use crate::support::relay::InProcess;
     // GIVEN a relay whose database never answers (a black hole), with a 30 s connect timeout
-    let pg: std::net::SocketAddr = {
-        let u = url::Url::parse(&support::pg_admin_url()).unwrap();
-        format!("{}:{}", u.host_str().unwrap(), u.port().unwrap()).parse().unwrap()
-    };
-    let proxy = Proxy::start(pg).await;
+    let proxy = Proxy::start(support::pg_addr()).await;
     proxy.set_mode(Mode::Blackhole);
-    let mut cfg = RelayConfig::new(&format!("postgres://postgres:postgres@{}/postgres", proxy.addr), "x");
-    cfg.source_extra = "connect_timeout = \"30s\"".into();
+    let cfg = TestConfig::outbox(&format!("postgres://postgres:postgres@{}/postgres", proxy.addr), "x")
+        .source_connect_timeout(Duration::from_secs(30));
     let relay = InProcess::start_any(&cfg).await;
     support::wait_until(Duration::from_secs(5), "a connection attempt is under way", || {
         let n = proxy.connections();
