@@ -7,19 +7,28 @@ use crate::support::consumer::{check_delivery, Consumer};
 use crate::support::relay::Process;
 use crate::support::{self, writer, TestDb};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_three_times_mid_stream_loses_nothing() {
-    // GIVEN the relay binary streaming while a writer commits 6,000 events
+/// The SIGKILL scenario: GIVEN the relay binary streaming while a writer
+/// commits `txns` transactions of `per_txn` events, WHEN it is SIGKILLed
+/// `kills` times, each time after `progress` more deliveries, and restarted,
+/// THEN every committed event arrives at least once (within `deliver_within`),
+/// first deliveries in commit order per aggregate, and the last instance
+/// exits cleanly on SIGTERM. Returns the number of duplicate deliveries.
+async fn sigkilled_repeatedly(
+    tag: &'static str,
+    (txns, per_txn): (usize, usize),
+    kills: usize,
+    progress: usize,
+    deliver_within: Duration,
+) -> usize {
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
     let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
     cfg.setup();
-    let w = writer(db.url.clone(), "k", 600, 10);
+    let w = writer(db.url.clone(), tag, txns, per_txn);
 
-    // WHEN the relay is SIGKILLed three times, each time after it made progress, and restarted
     let mut relay = Process::spawn(&cfg);
-    for round in 1..=3 {
-        consumer.wait_for_more(300, Duration::from_secs(60)).await;
+    for round in 1..=kills {
+        consumer.wait_for_more(progress, Duration::from_secs(60)).await;
         relay.kill().await;
         println!("kill {round}: {} deliveries so far", consumer.count());
         relay = Process::spawn(&cfg);
@@ -27,13 +36,19 @@ async fn sigkill_three_times_mid_stream_loses_nothing() {
     let expected = w.await.unwrap();
     let ids = support::ids_of(&expected);
 
-    // THEN every committed event arrives at least once, first deliveries in commit order per aggregate
-    consumer.wait_for_ids(&ids, Duration::from_secs(120)).await;
+    consumer.wait_for_ids(&ids, deliver_within).await;
     let dups = check_delivery(&expected, &consumer.received());
-    println!("SIGKILL x3 over {} events: {dups} duplicates", ids.len());
+    println!("SIGKILL x{kills} over {} events: {dups} duplicates", ids.len());
     let status = relay.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
     db.drop_all().await;
+    dups
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_three_times_mid_stream_loses_nothing() {
+    // 6,000 events, a kill after every 300 deliveries
+    sigkilled_repeatedly("k", (600, 10), 3, 300, Duration::from_secs(120)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,31 +84,10 @@ async fn sigterm_mid_stream_exits_zero_and_a_restart_publishes_no_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_ten_times_during_50k_events_loses_nothing() {
-    // GIVEN the relay binary streaming while a writer commits 50,000 events
-    let db = TestDb::new().await;
-    let consumer = Consumer::start("#").await;
-    let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
-    cfg.setup();
-    let w = writer(db.url.clone(), "m", 1000, 50);
-    let mut relay = Process::spawn(&cfg);
-
-    // WHEN it is SIGKILLed ten times, each time after progress, and restarted
-    for _ in 1..=10 {
-        consumer.wait_for_more(2000, Duration::from_secs(60)).await;
-        relay.kill().await;
-        relay = Process::spawn(&cfg);
-    }
-    let expected = w.await.unwrap();
-    let ids = support::ids_of(&expected);
-
-    // THEN every event arrives, duplicates bounded by twice the window per crash
-    consumer.wait_for_ids(&ids, Duration::from_secs(180)).await;
-    let dups = check_delivery(&expected, &consumer.received());
-    println!("SIGKILL x10 over {} events: {dups} duplicates", ids.len());
+    // 50,000 events, a kill after every 2,000 deliveries
+    let dups = sigkilled_repeatedly("m", (1000, 50), 10, 2000, Duration::from_secs(180)).await;
+    // AND the duplicates stay within twice the window (1,000) per crash
     assert!(dups <= 10 * 2 * 1000, "duplicates {dups} exceed twice the window per crash");
-    let status = relay.terminate(Duration::from_secs(30)).await;
-    assert!(status.success());
-    db.drop_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,11 +30,7 @@ async fn metrics_tell_the_truth_about_delivery_lag_and_position() {
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
     let proxy = Proxy::start(support::amqp_addr()).await;
-    let cfg = TestConfig::outbox(&db.url, &consumer.exchange)
-        .broker_through(proxy.addr)
-        .confirm_timeout(Duration::from_secs(60))
-        .heartbeat(Duration::from_secs(60))
-        .shutdown_timeout(Duration::from_secs(5));
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange).patient_broker_through(proxy.addr);
     let relay = InProcess::start(&cfg).await;
     let http = relay.http;
 

@@ -23,11 +23,7 @@ async fn polling_publishes_in_order_and_deletes_only_confirmed_rows() {
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
     let proxy = Proxy::start(support::amqp_addr()).await;
-    let cfg = polling(&db, &consumer.exchange)
-        .broker_through(proxy.addr)
-        .confirm_timeout(Duration::from_secs(60))
-        .heartbeat(Duration::from_secs(60))
-        .shutdown_timeout(Duration::from_secs(5));
+    let cfg = polling(&db, &consumer.exchange).patient_broker_through(proxy.addr);
     let relay = InProcess::start(&cfg).await;
     let client = db.client().await;
 
@@ -54,11 +50,10 @@ async fn polling_publishes_in_order_and_deletes_only_confirmed_rows() {
     // WHEN the broker goes silent THEN new rows stay in the table: nothing is deleted unconfirmed
     proxy.set_mode(Mode::Blackhole);
     let held = insert_events(&client, "wallet", &["h".into(), "h".into()], "Held").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while std::time::Instant::now() < deadline {
+    support::holds_throughout(Duration::from_secs(3), || async {
         assert_eq!(rows(&db, "SELECT count(*) FROM outbox").await, 2, "a row was deleted before its confirm");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     proxy.set_mode(Mode::Pass);
     consumer.wait_for_ids(&held, Duration::from_secs(30)).await;
     relay.stop().await.unwrap();
@@ -96,9 +91,11 @@ async fn polling_mark_mode_keeps_rows_and_one_instance_holds_the_lock() {
         async move { rows(db, "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL").await == 3 }
     })
     .await;
-    // marked rows are not published again
-    tokio::time::sleep(Duration::from_millis(300)).await; // several poll intervals (50 ms) pass
-    assert_eq!(consumer.count(), 3, "marked rows are not republished");
+    // AND marked rows are not published again, over several poll intervals (50 ms)
+    support::holds_throughout(Duration::from_millis(300), || async {
+        assert_eq!(consumer.count(), 3, "marked rows are not republished");
+    })
+    .await;
     a.stop().await.unwrap();
     b.stop().await.unwrap();
     db.drop_all().await;

@@ -140,11 +140,7 @@ async fn the_slot_never_moves_past_unconfirmed_messages_while_the_broker_is_blac
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
     let proxy = Proxy::start(support::amqp_addr()).await;
-    let cfg = TestConfig::outbox(&db.url, &consumer.exchange)
-        .broker_through(proxy.addr)
-        .confirm_timeout(Duration::from_secs(60))
-        .heartbeat(Duration::from_secs(60))
-        .shutdown_timeout(Duration::from_secs(5));
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange).patient_broker_through(proxy.addr);
     let relay = InProcess::start(&cfg).await;
     let client = db.client().await;
     let first = insert_events(&client, "wallet", &["a".into()], "First").await;
@@ -158,12 +154,11 @@ async fn the_slot_never_moves_past_unconfirmed_messages_while_the_broker_is_blac
     let after_commit = db.current_wal().await;
 
     // THEN for as long as the broker is silent, the slot stays before the new commit
-    let observe_until = std::time::Instant::now() + Duration::from_secs(4);
-    while std::time::Instant::now() < observe_until {
+    support::holds_throughout(Duration::from_secs(4), || async {
         let flush = db.confirmed_flush().await.unwrap();
         assert!(flush < after_commit, "confirmed_flush_lsn moved past a commit the broker never confirmed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     assert!(consumer.received().iter().all(|m| !second.contains(&m.message_id)), "the proxy held the messages");
 
     // AND once the broker answers again, the events arrive and the slot moves past them

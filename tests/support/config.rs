@@ -294,6 +294,17 @@ impl TestConfig {
         self.broker_url(u.as_str())
     }
 
+    /// [`broker_through`](Self::broker_through) a proxy that will black-hole
+    /// the broker: confirm timeout and heartbeat of 60 s, so that silence
+    /// holds messages instead of tearing the connection down, and a 5 s
+    /// shutdown timeout.
+    pub fn patient_broker_through(self, addr: SocketAddr) -> TestConfig {
+        self.broker_through(addr)
+            .confirm_timeout(Duration::from_secs(60))
+            .heartbeat(Duration::from_secs(60))
+            .shutdown_timeout(Duration::from_secs(5))
+    }
+
     /// `broker.tls_ca_file`.
     pub fn tls_ca_file(mut self, path: &Path) -> TestConfig {
         self.broker.set("tls_ca_file", string(&path.display().to_string()));

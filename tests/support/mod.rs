@@ -284,6 +284,24 @@ pub async fn wait_until_at<F, Fut>(
     }
 }
 
+/// Runs `check` (which asserts) every 200 ms for `period`: a condition that
+/// must hold throughout, not just become true. It runs at least once, and
+/// once more at or after the end of the period.
+pub async fn holds_throughout<F, Fut>(period: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let end = Instant::now() + period;
+    loop {
+        check().await;
+        if Instant::now() >= end {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A background writer: `txns` transactions of `per_txn` events over 20
 /// aggregates, paced (a short pause every 20 transactions) so faults land
 /// mid-stream. Returns (aggregate, id) in commit order.
