@@ -136,7 +136,7 @@ async fn no_password_appears_in_any_log_line_in_either_format() {
 
 #[test]
 fn healthz_turns_unhealthy_when_the_streaming_loop_stops_turning() {
-    use outbox_relay::http::{Health, State};
+    use crate::support::relay::{Health, State};
     let h = Health::default();
     h.set(State::Streaming);
     assert!(h.alive(Duration::from_secs(10)));

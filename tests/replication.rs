@@ -202,11 +202,7 @@ async fn a_scram_role_streams_and_a_wrong_password_is_refused_without_leaking_it
 
     // AND a wrong password is refused with an authentication error that never shows the password
     url.set_password(Some("Wrong-Password-9")).unwrap();
-    let target = outbox_relay::source::pgconfig::PgTarget::parse(url.as_str()).unwrap();
-    let err =
-        outbox_relay::source::replication::connection::ReplicationConnection::connect(&target, Duration::from_secs(5))
-            .await
-            .expect_err("wrong password must fail");
+    let err = support::relay_replication_connect(url.as_str()).await.expect_err("wrong password must fail");
     assert_eq!(err.kind(), outbox_relay::ErrorKind::SourceAuth, "{}", err.chain());
     let text = format!("{} {:?} {}", err, err, err.chain());
     assert!(text.contains("28P01"), "names the SQLSTATE: {text}");

@@ -2,26 +2,15 @@
 
 use std::time::Duration;
 
-use outbox_relay::source::pgconfig::PgTarget;
-use outbox_relay::source::replication::connection::ReplicationConnection;
-
 use crate::support::cluster::{PgCluster, PgOptions, RabbitNode, TlsFiles};
 use crate::support::config::TestConfig;
 use crate::support::consumer::Consumer;
 use crate::support::pki::Pki;
 use crate::support::relay::InProcess;
-use crate::support::{self, insert_events};
+use crate::support::{self, insert_events, relay_replication_connect as repl, relay_sql_connect as sql};
 
 fn url(port: u16, host: &str, params: &str) -> String {
     format!("postgres://postgres:postgres@{host}:{port}/app?{params}")
-}
-
-async fn repl(url: &str) -> Result<ReplicationConnection, outbox_relay::Error> {
-    ReplicationConnection::connect(&PgTarget::parse(url).unwrap(), Duration::from_secs(5)).await
-}
-
-async fn sql(url: &str) -> Result<tokio_postgres::Client, outbox_relay::Error> {
-    PgTarget::parse(url).unwrap().connect_sql(Duration::from_secs(5)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,10 @@ pub mod relay;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+// The crate's internal connection paths are named here only, so that a
+// move in `src/` is fixed in one place.
+use outbox_relay::source::pgconfig::PgTarget;
+use outbox_relay::source::replication::connection::ReplicationConnection;
 use tokio_postgres::{Client, NoTls};
 
 /// Admin URL of the test cluster (a superuser, database `postgres`).
@@ -204,6 +208,16 @@ pub fn pg_addr() -> std::net::SocketAddr {
 /// The ids of `(aggregate, id)` pairs, in order.
 pub fn ids_of(expected: &[(String, String)]) -> Vec<String> {
     expected.iter().map(|(_, id)| id.clone()).collect()
+}
+
+/// The relay's own replication connection to `url` (5 s timeout).
+pub async fn relay_replication_connect(url: &str) -> Result<ReplicationConnection, outbox_relay::Error> {
+    ReplicationConnection::connect(&PgTarget::parse(url).expect("a valid source URL"), Duration::from_secs(5)).await
+}
+
+/// The relay's own SQL connection to `url` (5 s timeout).
+pub async fn relay_sql_connect(url: &str) -> Result<Client, outbox_relay::Error> {
+    PgTarget::parse(url).expect("a valid source URL").connect_sql(Duration::from_secs(5)).await
 }
 
 /// Replaces the database name in a postgres URL.

@@ -12,6 +12,9 @@ use tokio::sync::oneshot;
 
 use super::config::TestConfig;
 
+/// The relay's health states, named here only (so a move in `src/` is fixed in one place).
+pub use outbox_relay::http::{Health, State};
+
 /// A relay running inside the test process.
 pub struct InProcess {
     stop: Option<oneshot::Sender<()>>,
@@ -95,12 +98,12 @@ impl InProcess {
 
     /// Whether it is streaming.
     pub fn streaming(&self) -> bool {
-        self.handles.health.get() == outbox_relay::http::State::Streaming
+        self.handles.health.get() == State::Streaming
     }
 
     /// Whether it is a standby (another instance holds the slot or lock).
     pub fn standing_by(&self) -> bool {
-        self.handles.health.get() == outbox_relay::http::State::Standby
+        self.handles.health.get() == State::Standby
     }
 }
 
