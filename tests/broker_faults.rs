@@ -2,16 +2,12 @@
 
 use std::time::Duration;
 
+use crate::support::config::TestConfig;
 use crate::support::consumer::{check_delivery, Consumer};
 use crate::support::http::{metric, scrape};
 use crate::support::proxy::{Mode, Proxy};
-use crate::support::relay::{InProcess, RelayConfig};
+use crate::support::relay::InProcess;
 use crate::support::{self, insert_events, writer, TestDb};
-
-pub fn broker_addr() -> std::net::SocketAddr {
-    let u = url::Url::parse(&support::amqp_url()).unwrap();
-    format!("{}:{}", u.host_str().unwrap(), u.port().unwrap_or(5672)).parse().unwrap()
-}
 
 async fn reconnects(http: std::net::SocketAddr, target: &str) -> f64 {
     metric(&scrape(http).await, "outbox_relay_reconnects_total", &format!("target=\"{target}\"")).unwrap_or(0.0)
@@ -22,21 +18,14 @@ async fn cutting_the_broker_connection_five_times_during_20k_events_loses_nothin
     // GIVEN a relay whose broker connection runs through a proxy, and a writer of 20,000 events
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let proxy = Proxy::start(broker_addr()).await;
-    let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
-    cfg.broker_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
-    cfg.broker_extra.push_str("\nmax_in_flight = 500");
+    let proxy = Proxy::start(support::amqp_addr()).await;
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange).broker_through(proxy.addr).max_in_flight(500);
     let relay = InProcess::start(&cfg).await;
     let w = writer(db.url.clone(), "c", 400, 50);
 
     // WHEN the broker connection is cut five times, each time after progress
     for cut in 1..=5 {
-        let seen = consumer.count();
-        support::wait_until(Duration::from_secs(60), "progress before the cut", || {
-            let c = consumer.count();
-            async move { c >= seen + 1500 }
-        })
-        .await;
+        consumer.wait_for_more(1500, Duration::from_secs(60)).await;
         proxy.cut();
         let http = relay.http;
         support::wait_until(Duration::from_secs(30), "the relay notices the cut", || async move {
@@ -45,7 +34,7 @@ async fn cutting_the_broker_connection_five_times_during_20k_events_loses_nothin
         .await;
     }
     let expected = w.await.unwrap();
-    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    let ids = support::ids_of(&expected);
 
     // THEN every event arrives, first deliveries in commit order, duplicates bounded by what was in flight
     consumer.wait_for_ids(&ids, Duration::from_secs(120)).await;
@@ -64,11 +53,13 @@ async fn a_black_holed_broker_trips_the_confirm_timeout_and_the_relay_recovers()
     // GIVEN a relay with a 2 s confirm timeout behind a proxy (heartbeats too slow to notice first)
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let proxy = Proxy::start(broker_addr()).await;
-    let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
-    cfg.broker_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
-    cfg.broker_extra =
-        "confirm_timeout = \"2s\"\nheartbeat = \"60s\"\nconnect_timeout = \"2s\"\nshutdown_timeout = \"5s\"".into();
+    let proxy = Proxy::start(support::amqp_addr()).await;
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange)
+        .broker_through(proxy.addr)
+        .confirm_timeout(Duration::from_secs(2))
+        .heartbeat(Duration::from_secs(60))
+        .broker_connect_timeout(Duration::from_secs(2))
+        .shutdown_timeout(Duration::from_secs(5));
     let relay = InProcess::start(&cfg).await;
     let client = db.client().await;
     let before = insert_events(&client, "wallet", &["a".into()], "Before").await;

@@ -1,22 +1,15 @@
 //! The preflight: one test per problem it must find.
 
-use std::process::Output;
 use std::time::{Duration, Instant};
 
+use crate::support::config::{Route, TestConfig};
 use crate::support::consumer::Consumer;
-use crate::support::relay::{InProcess, RelayConfig};
+use crate::support::relay::InProcess;
 use crate::support::{self, TestDb};
 
 /// Runs `outbox-relay check` on `cfg`; returns (exit code, stdout+stderr).
-fn check(cfg: &RelayConfig) -> (i32, String) {
-    let (_dir, path) = cfg.write();
-    let out: Output = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .env_remove("OUTBOX_RELAY_SOURCE_URL")
-        .env_remove("OUTBOX_RELAY_BROKER_URL")
-        .output()
-        .unwrap();
+fn check(cfg: &TestConfig) -> (i32, String) {
+    let out = cfg.run_binary(&["check"], &["OUTBOX_RELAY_SOURCE_URL", "OUTBOX_RELAY_BROKER_URL"]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
 }
@@ -30,13 +23,16 @@ fn with_user(url: &str, user: &str, password: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ready_setup_passes_with_only_warnings() {
+    // GIVEN a fresh database with the outbox table, no slot yet
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
+    // THEN check passes, warning only
     let (code, text) = check(&cfg);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("will be created"), "a missing slot with create_slot = true is not a problem: {text}");
     assert!(text.contains("max_slot_wal_keep_size = -1"), "warns about unbounded WAL retention: {text}");
+    // AND after setup it finds the slot
     cfg.setup();
     let (code, text) = check(&cfg);
     assert_eq!(code, 0, "{text}");
@@ -47,8 +43,8 @@ async fn a_ready_setup_passes_with_only_warnings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_ends_are_reported_within_ten_seconds() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(); // dropped: nothing listens
-    let mut cfg = RelayConfig::new(&format!("postgres://relay:pw@{closed}/app"), "x");
-    cfg.broker_url = format!("amqp://guest:guest@{closed}/%2f");
+    let cfg = TestConfig::outbox(&format!("postgres://relay:pw@{closed}/app"), "x")
+        .broker_url(&format!("amqp://guest:guest@{closed}/%2f"));
     let started = Instant::now();
     let (code, text) = check(&cfg);
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
@@ -63,8 +59,8 @@ async fn unreachable_ends_are_reported_within_ten_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_passwords_are_reported_without_the_password() {
     let db = TestDb::new().await;
-    let mut cfg = RelayConfig::new(&with_user(&db.url, "postgres", "Not-The-Password-1"), "x");
-    cfg.broker_url = support::amqp_url().replace("guest:guest", "guest:Not-The-Password-2");
+    let cfg = TestConfig::outbox(&with_user(&db.url, "postgres", "Not-The-Password-1"), "x")
+        .broker_url(&support::amqp_url().replace("guest:guest", "guest:Not-The-Password-2"));
     let (code, text) = check(&cfg);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("28P01"), "PostgreSQL's refusal is named: {text}");
@@ -79,7 +75,7 @@ async fn a_role_without_replication_or_select_gets_the_grant_to_run() {
     let role = support::random_name("plain_");
     db.client().await.batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'pw'")).await.unwrap();
     let consumer = Consumer::start("#").await;
-    let cfg = RelayConfig::new(&with_user(&db.url, &role, "pw"), &consumer.exchange);
+    let cfg = TestConfig::outbox(&with_user(&db.url, &role, "pw"), &consumer.exchange);
     let (code, text) = check(&cfg);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains(&format!("ALTER ROLE \"{role}\" REPLICATION")), "{text}");
@@ -91,10 +87,10 @@ async fn a_role_without_replication_or_select_gets_the_grant_to_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_table_column_publication_slot_and_exchange_are_each_named() {
     let db = TestDb::new().await;
-    let mut cfg = RelayConfig::new(&db.url, "no.such.exchange");
-    cfg.source_extra = "create_slot = false".into();
-    cfg.route_extra = "routing_key = \"{aggregate_type}.{no_such_column}\"".into();
-    cfg.tail = "[[routes]]\ntable = \"public.no_such_table\"\nexchange = \"no.such.exchange\"\n".into();
+    let cfg = TestConfig::new(&db.url)
+        .create_slot(false)
+        .route(Route::outbox("no.such.exchange").routing_key("{aggregate_type}.{no_such_column}"))
+        .route(Route::table("public.no_such_table").exchange("no.such.exchange"));
     let (code, text) = check(&cfg);
     assert_eq!(code, 1, "{text}");
     for needle in [
@@ -114,7 +110,7 @@ async fn a_missing_table_column_publication_slot_and_exchange_are_each_named() {
 async fn a_slot_active_elsewhere_is_a_warning_not_a_problem() {
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
     let relay = InProcess::start(&cfg).await;
     let (code, text) = check(&cfg);
     assert_eq!(code, 0, "{text}");
@@ -152,7 +148,7 @@ async fn wal_level_replica_and_exhausted_slots_are_problems_with_their_fix() {
     admin.batch_execute("SELECT pg_create_physical_replication_slot('someone_else')").await.unwrap();
     pg.local_client("app").await.batch_execute(outbox_relay::setup::DEFAULT_OUTBOX_TABLE).await.unwrap();
     let consumer = Consumer::start("#").await;
-    let cfg = RelayConfig::new(&pg.url("app"), &consumer.exchange);
+    let cfg = TestConfig::outbox(&pg.url("app"), &consumer.exchange);
     // THEN check names both, with the fix
     let (code, text) = check(&cfg);
     assert_eq!(code, 1, "{text}");
@@ -169,16 +165,14 @@ async fn polling_mode_needs_no_logical_wal_but_a_key_a_privilege_and_the_mark_co
     pg.local_client("postgres").await.batch_execute("CREATE DATABASE app").await.unwrap();
     pg.local_client("app").await.batch_execute(outbox_relay::setup::DEFAULT_OUTBOX_TABLE).await.unwrap();
     let consumer = Consumer::start("#").await;
-    let mut cfg = RelayConfig::new(&pg.url("app"), &consumer.exchange);
-    cfg.source_extra = "mode = \"polling\"".into();
+    let cfg = TestConfig::outbox(&pg.url("app"), &consumer.exchange).polling();
     // THEN polling passes check: no complaint about wal_level, slots or publications
     let (code, text) = check(&cfg);
     assert_eq!(code, 0, "{text}");
     assert!(!text.contains("wal_level") && !text.contains("slot"), "{text}");
     assert!(text.contains("primary key \"id\""), "{text}");
     // AND with after_publish = "mark", a missing mark column is a problem with its fix
-    cfg.source_extra = "mode = \"polling\"\nafter_publish = \"mark\"\nmark_column = \"published_at\"".into();
-    let (code, text) = check(&cfg);
+    let (code, text) = check(&cfg.mark_published("published_at"));
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("ADD COLUMN \"published_at\" timestamptz"), "{text}");
 }

@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use crate::support::config::TestConfig;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
 }
@@ -34,14 +36,11 @@ fn an_invalid_config_exits_2_naming_file_and_key_without_the_password() {
 
 #[test]
 fn setup_print_sql_shows_the_default_table_publication_and_slot() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        "[source]\nurl = \"postgres://relay@127.0.0.1/app\"\nslot = \"s1\"\npublication = \"p1\"\n[broker]\nurl = \"amqp://guest:guest@127.0.0.1/%2f\"\n[[routes]]\ntable = \"public.outbox\"\nexchange = \"wallet.events\"\n",
-    )
-    .unwrap();
-    let out = bin().args(["setup", "--print-sql", "--config"]).arg(&path).output().unwrap();
+    let cfg = TestConfig::outbox("postgres://relay@127.0.0.1/app", "wallet.events")
+        .slot("s1")
+        .publication("p1")
+        .broker_url("amqp://guest:guest@127.0.0.1/%2f");
+    let out = cfg.run_binary(&["setup", "--print-sql"], &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let sql = String::from_utf8_lossy(&out.stdout);
     assert!(sql.contains("CREATE TABLE IF NOT EXISTS outbox"), "{sql}");

@@ -2,17 +2,10 @@
 
 use std::time::Duration;
 
+use crate::support::config::{Route, TestConfig};
 use crate::support::consumer::{check_delivery, Consumer};
-use crate::support::relay::{InProcess, RelayConfig};
+use crate::support::relay::InProcess;
 use crate::support::{self, insert_events, TestDb};
-
-/// Waits for the in-process relay to stop by itself and returns its error.
-async fn stopped_with_error(relay: InProcess) -> outbox_relay::Error {
-    tokio::time::timeout(Duration::from_secs(30), relay.join())
-        .await
-        .expect("the relay stops by itself on a bad row")
-        .expect_err("a bad row is an error, not a clean stop")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_null_payload_stops_the_relay_naming_table_id_and_lsn_and_is_never_skipped() {
@@ -21,7 +14,7 @@ async fn a_null_payload_stops_the_relay_naming_table_id_and_lsn_and_is_never_ski
     let client = db.client().await;
     client.batch_execute("ALTER TABLE outbox ALTER COLUMN payload DROP NOT NULL").await.unwrap();
     let consumer = Consumer::start("#").await;
-    let cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
     let relay = InProcess::start(&cfg).await;
     let good = insert_events(&client, "wallet", &["a".into()], "Good").await;
     let bad_id = support::uuid();
@@ -35,7 +28,7 @@ async fn a_null_payload_stops_the_relay_naming_table_id_and_lsn_and_is_never_ski
     let later = insert_events(&client, "wallet", &["a".into()], "Later").await;
 
     // WHEN the relay reaches the bad row THEN it stops with a data error naming table, id and LSN
-    let err = stopped_with_error(relay).await;
+    let err = relay.stopped_with_error("a bad row").await;
     assert_eq!(err.kind(), outbox_relay::ErrorKind::Data, "{}", err.chain());
     let text = err.to_string();
     assert!(
@@ -51,18 +44,21 @@ async fn a_null_payload_stops_the_relay_naming_table_id_and_lsn_and_is_never_ski
 
     // AND a restart stops at the same row again: it is never skipped
     let relay = InProcess::start(&cfg).await;
-    let err = stopped_with_error(relay).await;
+    let err = relay.stopped_with_error("the same bad row").await;
     assert!(err.to_string().contains(&bad_id), "{}", err.chain());
     db.drop_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_null_template_column_stops_the_relay_with_the_column_named() {
+    // GIVEN an outbox whose aggregate_type (used by the routing key) may be NULL
     let db = TestDb::new().await;
     let client = db.client().await;
     client.batch_execute("ALTER TABLE outbox ALTER COLUMN aggregate_type DROP NOT NULL").await.unwrap();
     let consumer = Consumer::start("#").await;
-    let relay = InProcess::start(&RelayConfig::new(&db.url, &consumer.exchange)).await;
+    let relay = InProcess::start(&TestConfig::outbox(&db.url, &consumer.exchange)).await;
+
+    // WHEN a row has a NULL aggregate_type
     let bad_id = support::uuid();
     client
         .batch_execute(&format!(
@@ -70,7 +66,9 @@ async fn a_null_template_column_stops_the_relay_with_the_column_named() {
         ))
         .await
         .unwrap();
-    let err = stopped_with_error(relay).await;
+
+    // THEN the relay stops naming the column, the template and the row, having published nothing
+    let err = relay.stopped_with_error("a NULL template column").await;
     let text = err.to_string();
     assert!(text.contains("aggregate_type") && text.contains("routing_key") && text.contains(&bad_id), "{text}");
     assert_eq!(consumer.count(), 0);
@@ -82,10 +80,11 @@ async fn logical_decoding_messages_are_routed_by_prefix() {
     // GIVEN a route for the message prefix "wallet" next to the table route
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
-    cfg.tail = format!(
-        "[[routes]]\nname = \"wallet-messages\"\nmessage_prefix = \"wallet\"\nexchange = \"{}\"\nrouting_key = \"msg.{{aggregate_type}}.{{event_type}}\"\n",
-        consumer.exchange
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange).route(
+        Route::message_prefix("wallet")
+            .name("wallet-messages")
+            .exchange(&consumer.exchange)
+            .routing_key("msg.{aggregate_type}.{event_type}"),
     );
     let relay = InProcess::start(&cfg).await;
     let client = db.client().await;

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeSet;
 
+use crate::support::config::TestConfig;
 use crate::support::consumer::Consumer;
 use crate::support::http::scrape;
-use crate::support::relay::{InProcess, RelayConfig};
+use crate::support::relay::InProcess;
 use crate::support::TestDb;
 
 /// Every `outbox_relay_*` name in a file.
@@ -31,7 +32,7 @@ async fn every_metric_the_alerts_and_the_dashboard_use_exists_in_metrics() {
     assert!(names.len() >= 8, "the deploy files name the contract's metrics: {names:?}");
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let relay = InProcess::start(&RelayConfig::new(&db.url, &consumer.exchange)).await;
+    let relay = InProcess::start(&TestConfig::outbox(&db.url, &consumer.exchange)).await;
     let text = scrape(relay.http).await;
     let exposed: BTreeSet<&str> = text
         .lines()

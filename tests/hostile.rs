@@ -3,16 +3,10 @@
 use std::time::Duration;
 
 use crate::support::cluster::{PgAuth, PgCluster, PgOptions};
+use crate::support::config::{Route, TestConfig};
 use crate::support::consumer::Consumer;
-use crate::support::relay::{InProcess, Process, RelayConfig};
+use crate::support::relay::{InProcess, Process};
 use crate::support::{self, insert_events, TestDb};
-
-async fn stopped_with_error(relay: InProcess) -> outbox_relay::Error {
-    tokio::time::timeout(Duration::from_secs(30), relay.join())
-        .await
-        .expect("the relay stops by itself")
-        .expect_err("an error, not a clean stop")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_but_valid_data_is_delivered_intact() {
@@ -24,12 +18,9 @@ async fn odd_but_valid_data_is_delivered_intact() {
         .await
         .unwrap();
     let consumer = Consumer::start("#").await;
-    let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
-    cfg.route_extra = "headers = { aggregate_id = \"{aggregate_id}\" }".into();
-    cfg.tail = format!(
-        "[[routes]]\ntable = \"public.bin_outbox\"\nexchange = \"{}\"\ncontent_type = \"application/octet-stream\"\n",
-        consumer.exchange
-    );
+    let cfg = TestConfig::new(&db.url)
+        .route(Route::outbox(&consumer.exchange).header("aggregate_id", "{aggregate_id}"))
+        .route(Route::table("public.bin_outbox").exchange(&consumer.exchange).content_type("application/octet-stream"));
     let relay = InProcess::start(&cfg).await;
 
     // WHEN a row has every byte value as its bytea payload
@@ -80,16 +71,18 @@ async fn odd_but_valid_data_is_delivered_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn columns_added_and_dropped_while_streaming_are_followed() {
+    // GIVEN a streaming relay and an event
     let db = TestDb::new().await;
     let client = db.client().await;
     let consumer = Consumer::start("#").await;
-    let relay = InProcess::start(&RelayConfig::new(&db.url, &consumer.exchange)).await;
+    let relay = InProcess::start(&TestConfig::outbox(&db.url, &consumer.exchange)).await;
     let mut ids = insert_events(&client, "wallet", &["a".into()], "Before").await;
-    // a column is added (a new Relation message) and then another one is dropped
+    // WHEN a column is added (a new Relation message) and then another one is dropped, with events after each
     client.batch_execute("ALTER TABLE outbox ADD COLUMN extra text DEFAULT 'x'").await.unwrap();
     ids.extend(insert_events(&client, "wallet", &["a".into()], "Added").await);
     client.batch_execute("ALTER TABLE outbox DROP COLUMN created_at").await.unwrap();
     ids.extend(insert_events(&client, "wallet", &["a".into()], "Dropped").await);
+    // THEN all three arrive
     consumer.wait_for_ids(&ids, Duration::from_secs(30)).await;
     relay.stop().await.unwrap();
     db.drop_all().await;
@@ -107,12 +100,12 @@ async fn a_renamed_route_table_or_a_non_json_payload_stops_with_a_clear_error() 
         .await
         .unwrap();
     let consumer = Consumer::start("#").await;
-    let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
-    cfg.tail = format!("[[routes]]\ntable = \"text_outbox\"\nexchange = \"{}\"\n", consumer.exchange);
+    let cfg =
+        TestConfig::outbox(&db.url, &consumer.exchange).route(Route::table("text_outbox").exchange(&consumer.exchange));
     let relay = InProcess::start(&cfg).await;
     let id = support::uuid();
     client.batch_execute(&format!("INSERT INTO text_outbox VALUES ('{id}', 'w', 'E', 'not {{json')")).await.unwrap();
-    let e = stopped_with_error(relay).await;
+    let e = relay.stopped_with_error("a payload that is not JSON").await;
     assert!(
         e.to_string().contains("not valid JSON")
             && e.to_string().contains(&id)
@@ -125,13 +118,13 @@ async fn a_renamed_route_table_or_a_non_json_payload_stops_with_a_clear_error() 
     // The route's table renamed under the relay
     let db = TestDb::new().await;
     let client = db.client().await;
-    let relay = InProcess::start(&RelayConfig::new(&db.url, &consumer.exchange)).await;
+    let relay = InProcess::start(&TestConfig::outbox(&db.url, &consumer.exchange)).await;
     client.batch_execute("ALTER TABLE outbox RENAME TO outbox_renamed").await.unwrap();
     client
         .batch_execute("INSERT INTO outbox_renamed (aggregate_type, aggregate_id, event_type, payload) VALUES ('w', 'a', 'E', '{}')")
         .await
         .unwrap();
-    let e = stopped_with_error(relay).await;
+    let e = relay.stopped_with_error("a row of a table no route names").await;
     assert!(
         e.to_string().contains("public.outbox_renamed") && e.to_string().contains("matches no route"),
         "{}",
@@ -148,12 +141,9 @@ async fn hostile_identifiers_are_quoted_and_cannot_inject_sql() {
     client.batch_execute("CREATE TABLE canary (x int); INSERT INTO canary VALUES (1)").await.unwrap();
     client.batch_execute("CREATE TABLE \"evil'; DROP TABLE canary; --\" (LIKE outbox INCLUDING ALL)").await.unwrap();
     let consumer = Consumer::start("#").await;
-    let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
-    cfg.source_extra = "publication = \"pub\\\"; DROP TABLE canary; --\"".into();
-    cfg.tail = format!(
-        "[[routes]]\nname = \"evil\"\ntable = \"public.evil'; DROP TABLE canary; --\"\nexchange = \"{}\"\n",
-        consumer.exchange
-    );
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange)
+        .publication("pub\"; DROP TABLE canary; --")
+        .route(Route::table("public.evil'; DROP TABLE canary; --").name("evil").exchange(&consumer.exchange));
 
     // WHEN the relay creates its publication and streams from both tables
     let relay = InProcess::start(&cfg).await;
@@ -206,8 +196,7 @@ async fn md5_login_and_a_rotated_password_file_is_picked_up_without_a_restart() 
     let secret = dir.path().join("source-url");
     std::fs::write(&secret, format!("{}\n", url_with("stale-Pass-0"))).unwrap();
     let consumer = Consumer::start("#").await;
-    let mut cfg = RelayConfig::new("postgres://placeholder@127.0.0.1/app", &consumer.exchange);
-    cfg.slot = "rotation".into();
+    let cfg = TestConfig::outbox("postgres://placeholder@127.0.0.1/app", &consumer.exchange).slot("rotation");
     let relay = Process::spawn_env(&cfg, &[("OUTBOX_RELAY_SOURCE_URL_FILE", secret.to_str().unwrap())]);
     // THEN it says why, once per attempt, without the password
     support::wait_until(Duration::from_secs(20), "the refusal is logged", || {

@@ -2,42 +2,53 @@
 
 use std::time::Duration;
 
+use crate::support::config::TestConfig;
 use crate::support::consumer::{check_delivery, Consumer};
-use crate::support::relay::{Process, RelayConfig};
+use crate::support::relay::Process;
 use crate::support::{self, writer, TestDb};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_three_times_mid_stream_loses_nothing() {
-    // GIVEN the relay binary streaming while a writer commits 6,000 events
+/// The SIGKILL scenario: GIVEN the relay binary streaming while a writer
+/// commits `txns` transactions of `per_txn` events, WHEN it is SIGKILLed
+/// `kills` times, each time after `progress` more deliveries, and restarted,
+/// THEN every committed event arrives at least once (within `deliver_within`),
+/// first deliveries in commit order per aggregate, and the last instance
+/// exits cleanly on SIGTERM. Returns the number of duplicate deliveries.
+async fn sigkilled_repeatedly(
+    tag: &'static str,
+    (txns, per_txn): (usize, usize),
+    kills: usize,
+    progress: usize,
+    deliver_within: Duration,
+) -> usize {
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
     cfg.setup();
-    let w = writer(db.url.clone(), "k", 600, 10);
+    let w = writer(db.url.clone(), tag, txns, per_txn);
 
-    // WHEN the relay is SIGKILLed three times, each time after it made progress, and restarted
     let mut relay = Process::spawn(&cfg);
-    for round in 1..=3 {
-        let seen = consumer.count();
-        support::wait_until(Duration::from_secs(60), "relay makes progress before the kill", || {
-            let c = consumer.count();
-            async move { c >= seen + 300 }
-        })
-        .await;
+    for round in 1..=kills {
+        consumer.wait_for_more(progress, Duration::from_secs(60)).await;
         relay.kill().await;
         println!("kill {round}: {} deliveries so far", consumer.count());
         relay = Process::spawn(&cfg);
     }
     let expected = w.await.unwrap();
-    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    let ids = support::ids_of(&expected);
 
-    // THEN every committed event arrives at least once, first deliveries in commit order per aggregate
-    consumer.wait_for_ids(&ids, Duration::from_secs(120)).await;
+    consumer.wait_for_ids(&ids, deliver_within).await;
     let dups = check_delivery(&expected, &consumer.received());
-    println!("SIGKILL x3 over {} events: {dups} duplicates", ids.len());
+    println!("SIGKILL x{kills} over {} events: {dups} duplicates", ids.len());
     let status = relay.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
     db.drop_all().await;
+    dups
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_three_times_mid_stream_loses_nothing() {
+    // 6,000 events, a kill after every 300 deliveries
+    sigkilled_repeatedly("k", (600, 10), 3, 300, Duration::from_secs(120)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,15 +56,11 @@ async fn sigterm_mid_stream_exits_zero_and_a_restart_publishes_no_duplicates() {
     // GIVEN the relay binary streaming while a writer commits 3,000 events
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
     cfg.setup();
     let w = writer(db.url.clone(), "t", 300, 10);
     let relay = Process::spawn(&cfg);
-    support::wait_until(Duration::from_secs(60), "relay streams some events", || {
-        let c = consumer.count();
-        async move { c >= 500 }
-    })
-    .await;
+    consumer.wait_for_count(500, Duration::from_secs(60)).await;
 
     // WHEN it gets SIGTERM mid-stream
     let status = relay.terminate(Duration::from_secs(30)).await;
@@ -61,7 +68,7 @@ async fn sigterm_mid_stream_exits_zero_and_a_restart_publishes_no_duplicates() {
 
     // AND a new instance takes over after the writer finished
     let expected = w.await.unwrap();
-    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    let ids = support::ids_of(&expected);
     let relay = Process::spawn(&cfg);
     consumer.wait_for_ids(&ids, Duration::from_secs(120)).await;
 
@@ -77,31 +84,10 @@ async fn sigterm_mid_stream_exits_zero_and_a_restart_publishes_no_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_ten_times_during_50k_events_loses_nothing() {
-    let db = TestDb::new().await;
-    let consumer = Consumer::start("#").await;
-    let cfg = RelayConfig::new(&db.url, &consumer.exchange);
-    cfg.setup();
-    let w = writer(db.url.clone(), "m", 1000, 50);
-    let mut relay = Process::spawn(&cfg);
-    for _ in 1..=10 {
-        let seen = consumer.count();
-        support::wait_until(Duration::from_secs(60), "relay makes progress before the kill", || {
-            let c = consumer.count();
-            async move { c >= seen + 2000 }
-        })
-        .await;
-        relay.kill().await;
-        relay = Process::spawn(&cfg);
-    }
-    let expected = w.await.unwrap();
-    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
-    consumer.wait_for_ids(&ids, Duration::from_secs(180)).await;
-    let dups = check_delivery(&expected, &consumer.received());
-    println!("SIGKILL x10 over {} events: {dups} duplicates", ids.len());
+    // 50,000 events, a kill after every 2,000 deliveries
+    let dups = sigkilled_repeatedly("m", (1000, 50), 10, 2000, Duration::from_secs(180)).await;
+    // AND the duplicates stay within twice the window (1,000) per crash
     assert!(dups <= 10 * 2 * 1000, "duplicates {dups} exceed twice the window per crash");
-    let status = relay.terminate(Duration::from_secs(30)).await;
-    assert!(status.success());
-    db.drop_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,14 +95,10 @@ async fn a_stop_while_connecting_does_not_wait_for_the_connect_timeout() {
     use crate::support::proxy::{Mode, Proxy};
     use crate::support::relay::InProcess;
     // GIVEN a relay whose database never answers (a black hole), with a 30 s connect timeout
-    let pg: std::net::SocketAddr = {
-        let u = url::Url::parse(&support::pg_admin_url()).unwrap();
-        format!("{}:{}", u.host_str().unwrap(), u.port().unwrap()).parse().unwrap()
-    };
-    let proxy = Proxy::start(pg).await;
+    let proxy = Proxy::start(support::pg_addr()).await;
     proxy.set_mode(Mode::Blackhole);
-    let mut cfg = RelayConfig::new(&format!("postgres://postgres:postgres@{}/postgres", proxy.addr), "x");
-    cfg.source_extra = "connect_timeout = \"30s\"".into();
+    let cfg = TestConfig::outbox(&format!("postgres://postgres:postgres@{}/postgres", proxy.addr), "x")
+        .source_connect_timeout(Duration::from_secs(30));
     let relay = InProcess::start_any(&cfg).await;
     support::wait_until(Duration::from_secs(5), "a connection attempt is under way", || {
         let n = proxy.connections();

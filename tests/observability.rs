@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use crate::broker_faults::broker_addr;
+use crate::support::config::TestConfig;
 use crate::support::consumer::Consumer;
 use crate::support::http::{get, metric, scrape};
 use crate::support::proxy::{Mode, Proxy};
-use crate::support::relay::{InProcess, Process, RelayConfig};
+use crate::support::relay::{InProcess, Process};
 use crate::support::{self, insert_events, TestDb};
 
 /// Every metric of the contract (SPEC.md), present from the start.
@@ -29,10 +29,8 @@ async fn metrics_tell_the_truth_about_delivery_lag_and_position() {
     // GIVEN a relay behind a broker proxy
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let proxy = Proxy::start(broker_addr()).await;
-    let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
-    cfg.broker_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
-    cfg.broker_extra = "confirm_timeout = \"60s\"\nheartbeat = \"60s\"\nshutdown_timeout = \"5s\"".into();
+    let proxy = Proxy::start(support::amqp_addr()).await;
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange).patient_broker_through(proxy.addr);
     let relay = InProcess::start(&cfg).await;
     let http = relay.http;
 
@@ -110,9 +108,9 @@ async fn no_password_appears_in_any_log_line_in_either_format() {
         let consumer = Consumer::start("#").await;
         let mut url = url::Url::parse(&db.url).unwrap();
         url.set_password(Some("Leaky-Secret-42")).unwrap();
-        let mut cfg = RelayConfig::new(url.as_str(), &consumer.exchange);
-        cfg.broker_url = support::amqp_url().replace("guest:guest", "guest:Broker-Secret-43");
-        cfg.tail = format!("[log]\nformat = \"{format}\"\nlevel = \"debug\"\n");
+        let cfg = TestConfig::outbox(url.as_str(), &consumer.exchange)
+            .broker_url(&support::amqp_url().replace("guest:guest", "guest:Broker-Secret-43"))
+            .log(format, "debug");
         let relay = Process::spawn(&cfg);
         support::wait_until(Duration::from_secs(20), "the refusals are logged", || {
             let log = relay.log_text();
@@ -138,7 +136,7 @@ async fn no_password_appears_in_any_log_line_in_either_format() {
 
 #[test]
 fn healthz_turns_unhealthy_when_the_streaming_loop_stops_turning() {
-    use outbox_relay::health::{Health, State};
+    use crate::support::relay::{Health, State};
     let h = Health::default();
     h.set(State::Streaming);
     assert!(h.alive(Duration::from_secs(10)));

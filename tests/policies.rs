@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use crate::support::config::{Route, TestConfig, Unroutable};
 use crate::support::consumer::Consumer;
 use crate::support::http::{metric, scrape};
-use crate::support::relay::{InProcess, RelayConfig};
+use crate::support::relay::InProcess;
 use crate::support::{self, insert_events, TestDb};
 
 async fn unroutable(http: std::net::SocketAddr) -> f64 {
@@ -17,7 +18,7 @@ async fn block_holds_the_position_until_a_queue_is_bound_and_loses_nothing() {
     let db = TestDb::new().await;
     let exchange = support::random_name("x.");
     let consumer = Consumer::declare_only(&exchange).await;
-    let relay = InProcess::start(&RelayConfig::new(&db.url, &exchange)).await;
+    let relay = InProcess::start(&TestConfig::outbox(&db.url, &exchange)).await;
     let client = db.client().await;
 
     // WHEN events commit that no queue will take
@@ -34,11 +35,7 @@ async fn block_holds_the_position_until_a_queue_is_bound_and_loses_nothing() {
     // WHEN a queue is bound THEN the retried messages arrive and the slot moves on
     let consumer = consumer.bind_queue("#").await;
     consumer.wait_for_ids(&ids, Duration::from_secs(60)).await;
-    support::wait_until(Duration::from_secs(15), "slot moves past the delivered events", || {
-        let db = &db;
-        async move { db.confirmed_flush().await.unwrap_or(0) >= after }
-    })
-    .await;
+    db.wait_confirmed_past(after, Duration::from_secs(15)).await;
     relay.stop().await.unwrap();
     db.drop_all().await;
 }
@@ -49,9 +46,7 @@ async fn dead_letter_sends_unroutable_messages_with_their_origin_and_moves_on() 
     let db = TestDb::new().await;
     let main = Consumer::start("routable.#").await;
     let dead = Consumer::start("#").await;
-    let mut cfg = RelayConfig::new(&db.url, &main.exchange);
-    cfg.broker_extra
-        .push_str(&format!("\non_unroutable = \"dead_letter\"\ndead_letter_exchange = \"{}\"", dead.exchange));
+    let cfg = TestConfig::outbox(&db.url, &main.exchange).on_unroutable(Unroutable::DeadLetter(dead.exchange.clone()));
     let relay = InProcess::start(&cfg).await;
     let client = db.client().await;
 
@@ -69,35 +64,30 @@ async fn dead_letter_sends_unroutable_messages_with_their_origin_and_moves_on() 
     assert!(m.header("x-outbox-reason").unwrap().contains("312"), "reason names NO_ROUTE");
     assert!(main.received().iter().all(|m| m.message_id != lost[0]));
     // AND the position moves on
-    support::wait_until(Duration::from_secs(15), "slot moves past the dead-lettered event", || {
-        let db = &db;
-        async move { db.confirmed_flush().await.unwrap_or(0) >= after }
-    })
-    .await;
+    db.wait_confirmed_past(after, Duration::from_secs(15)).await;
     relay.stop().await.unwrap();
     db.drop_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_counts_and_moves_on() {
+    // GIVEN an exchange with no queue at all, and the policy drop
     let db = TestDb::new().await;
     let exchange = support::random_name("x.");
     let _decl = Consumer::declare_only(&exchange).await;
-    let mut cfg = RelayConfig::new(&db.url, &exchange);
-    cfg.broker_extra.push_str("\non_unroutable = \"drop\"");
-    let relay = InProcess::start(&cfg).await;
+    let relay = InProcess::start(&TestConfig::outbox(&db.url, &exchange).on_unroutable(Unroutable::Drop)).await;
+
+    // WHEN two events commit
     insert_events(&db.client().await, "wallet", &["a".into(), "b".into()], "Dropped").await;
     let after = db.current_wal().await;
+
+    // THEN both are counted as unroutable and the position moves past them
     let http = relay.http;
     support::wait_until(Duration::from_secs(20), "both counted as unroutable", || async move {
         unroutable(http).await == 2.0
     })
     .await;
-    support::wait_until(Duration::from_secs(15), "slot moves past the dropped events", || {
-        let db = &db;
-        async move { db.confirmed_flush().await.unwrap_or(0) >= after }
-    })
-    .await;
+    db.wait_confirmed_past(after, Duration::from_secs(15)).await;
     relay.stop().await.unwrap();
     db.drop_all().await;
 }
@@ -110,24 +100,20 @@ async fn a_route_overrides_the_broker_policy_with_its_own() {
     let exchange = support::random_name("x.");
     let _decl = Consumer::declare_only(&exchange).await;
     let dead = Consumer::start("#").await;
-    let mut cfg = RelayConfig::new(&db.url, &exchange);
-    cfg.route_extra = format!(
-        "name = \"audit\"\nwhen = {{ event_type = \"Audit\" }}\non_unroutable = \"drop\"\n\n[[routes]]\nname = \"rest\"\ntable = \"public.outbox\"\nexchange = \"{exchange}\"\non_unroutable = \"dead_letter\"\ndead_letter_exchange = \"{}\"",
-        dead.exchange
-    );
+    let cfg = TestConfig::new(&db.url)
+        .route(Route::outbox(&exchange).name("audit").when("event_type", "Audit").on_unroutable(Unroutable::Drop))
+        .route(Route::outbox(&exchange).name("rest").on_unroutable(Unroutable::DeadLetter(dead.exchange.clone())));
     let relay = InProcess::start(&cfg).await;
     let client = db.client().await;
+
+    // WHEN an audit event and a payment commit, neither routable
     insert_events(&client, "wallet", &["a".into()], "Audit").await;
     let rest = insert_events(&client, "wallet", &["a".into()], "Payment").await;
     let after = db.current_wal().await;
     // THEN the audit event is dropped, the payment is dead-lettered, and the position moves on
     dead.wait_for_ids(&rest, Duration::from_secs(20)).await;
     assert_eq!(dead.count(), 1, "only the payment is dead-lettered");
-    support::wait_until(Duration::from_secs(15), "slot moves past both", || {
-        let db = &db;
-        async move { db.confirmed_flush().await.unwrap_or(0) >= after }
-    })
-    .await;
+    db.wait_confirmed_past(after, Duration::from_secs(15)).await;
     let text = scrape(relay.http).await;
     assert_eq!(metric(&text, "outbox_relay_events_unroutable_total", "route=\"audit\""), Some(1.0), "{text}");
     relay.stop().await.unwrap();

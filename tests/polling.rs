@@ -2,20 +2,19 @@
 
 use std::time::Duration;
 
-use crate::broker_faults::broker_addr;
+use crate::support::config::TestConfig;
 use crate::support::consumer::{check_delivery, Consumer};
 use crate::support::proxy::{Mode, Proxy};
-use crate::support::relay::{InProcess, RelayConfig};
+use crate::support::relay::InProcess;
 use crate::support::{self, insert_events, TestDb};
 
 async fn rows(db: &TestDb, sql: &str) -> i64 {
     db.client().await.query_one(sql, &[]).await.unwrap().get(0)
 }
 
-fn polling(db: &TestDb, exchange: &str) -> RelayConfig {
-    let mut cfg = RelayConfig::new(&db.url, exchange);
-    cfg.source_extra = "mode = \"polling\"\npoll_interval = \"50ms\"\nbatch_size = 100".into();
-    cfg
+/// A polling relay on the outbox, polling every 50 ms, 100 rows at a time.
+fn polling(db: &TestDb, exchange: &str) -> TestConfig {
+    TestConfig::outbox(&db.url, exchange).polling().poll_interval(Duration::from_millis(50)).batch_size(100)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,10 +22,8 @@ async fn polling_publishes_in_order_and_deletes_only_confirmed_rows() {
     // GIVEN a polling relay whose broker connection runs through a proxy
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let proxy = Proxy::start(broker_addr()).await;
-    let mut cfg = polling(&db, &consumer.exchange);
-    cfg.broker_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
-    cfg.broker_extra = "confirm_timeout = \"60s\"\nheartbeat = \"60s\"\nshutdown_timeout = \"5s\"".into();
+    let proxy = Proxy::start(support::amqp_addr()).await;
+    let cfg = polling(&db, &consumer.exchange).patient_broker_through(proxy.addr);
     let relay = InProcess::start(&cfg).await;
     let client = db.client().await;
 
@@ -40,7 +37,7 @@ async fn polling_publishes_in_order_and_deletes_only_confirmed_rows() {
         expected.push((agg, ids[0].clone()));
     }
     // THEN all arrive in order, without the LSN header, and the table empties
-    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    let ids = support::ids_of(&expected);
     consumer.wait_for_ids(&ids, Duration::from_secs(60)).await;
     check_delivery(&expected, &consumer.received());
     assert!(consumer.received().iter().all(|m| m.header("x-outbox-lsn").is_none()));
@@ -53,11 +50,10 @@ async fn polling_publishes_in_order_and_deletes_only_confirmed_rows() {
     // WHEN the broker goes silent THEN new rows stay in the table: nothing is deleted unconfirmed
     proxy.set_mode(Mode::Blackhole);
     let held = insert_events(&client, "wallet", &["h".into(), "h".into()], "Held").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while std::time::Instant::now() < deadline {
+    support::holds_throughout(Duration::from_secs(3), || async {
         assert_eq!(rows(&db, "SELECT count(*) FROM outbox").await, 2, "a row was deleted before its confirm");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     proxy.set_mode(Mode::Pass);
     consumer.wait_for_ids(&held, Duration::from_secs(30)).await;
     relay.stop().await.unwrap();
@@ -66,19 +62,19 @@ async fn polling_publishes_in_order_and_deletes_only_confirmed_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_mark_mode_keeps_rows_and_one_instance_holds_the_lock() {
+    // GIVEN a polling relay that marks published rows
     let db = TestDb::new().await;
     let client = db.client().await;
     client.batch_execute("ALTER TABLE outbox ADD COLUMN published_at timestamptz").await.unwrap();
     let consumer = Consumer::start("#").await;
-    let mut cfg = polling(&db, &consumer.exchange);
-    cfg.source_extra.push_str("\nafter_publish = \"mark\"\nmark_column = \"published_at\"");
+    let cfg = polling(&db, &consumer.exchange).mark_published("published_at");
     let a = InProcess::start(&cfg).await;
-    // a second instance on the same lock name stands by
+    // AND a second instance on the same lock name, which stands by
     let b_cfg = cfg.clone();
     let b = tokio::spawn(async move {
         let b = InProcess::start_any(&b_cfg).await;
         support::wait_until(Duration::from_secs(15), "second instance on standby", || {
-            let standby = b.handles.health.get() == outbox_relay::health::State::Standby;
+            let standby = b.standing_by();
             async move { standby }
         })
         .await;
@@ -86,6 +82,8 @@ async fn polling_mark_mode_keeps_rows_and_one_instance_holds_the_lock() {
     })
     .await
     .unwrap();
+
+    // WHEN events commit THEN they arrive once and their rows are marked, not deleted
     let ids = insert_events(&client, "wallet", &["m".into(), "m".into(), "n".into()], "Marked").await;
     consumer.wait_for_ids(&ids, Duration::from_secs(20)).await;
     support::wait_until(Duration::from_secs(10), "rows marked, not deleted", || {
@@ -93,9 +91,11 @@ async fn polling_mark_mode_keeps_rows_and_one_instance_holds_the_lock() {
         async move { rows(db, "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL").await == 3 }
     })
     .await;
-    // marked rows are not published again
-    tokio::time::sleep(Duration::from_millis(300)).await; // several poll intervals (50 ms) pass
-    assert_eq!(consumer.count(), 3, "marked rows are not republished");
+    // AND marked rows are not published again, over several poll intervals (50 ms)
+    support::holds_throughout(Duration::from_millis(300), || async {
+        assert_eq!(consumer.count(), 3, "marked rows are not republished");
+    })
+    .await;
     a.stop().await.unwrap();
     b.stop().await.unwrap();
     db.drop_all().await;

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use crate::support::config::TestConfig;
 use crate::support::consumer::{check_delivery, Consumer};
-use crate::support::relay::{InProcess, RelayConfig};
+use crate::support::relay::InProcess;
 use crate::support::{self, writer, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -11,18 +12,13 @@ async fn terminating_the_walsender_twice_mid_stream_loses_nothing() {
     // GIVEN a streaming relay and a writer of 5,000 events
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let relay = InProcess::start(&RelayConfig::new(&db.url, &consumer.exchange)).await;
+    let relay = InProcess::start(&TestConfig::outbox(&db.url, &consumer.exchange)).await;
     let w = writer(db.url.clone(), "w", 250, 20);
     let admin = db.client().await;
 
     // WHEN its walsender is terminated twice, each time after progress
     for round in 0..2 {
-        let seen = consumer.count();
-        support::wait_until(Duration::from_secs(60), "progress before terminating", || {
-            let c = consumer.count();
-            async move { c >= seen + 800 }
-        })
-        .await;
+        consumer.wait_for_more(800, Duration::from_secs(60)).await;
         let pid = db.active_pid().await.expect("a walsender streams from the slot");
         admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
         // the relay reconnects: a new walsender with another PID
@@ -34,7 +30,7 @@ async fn terminating_the_walsender_twice_mid_stream_loses_nothing() {
         println!("walsender {pid} terminated (round {round})");
     }
     let expected = w.await.unwrap();
-    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    let ids = support::ids_of(&expected);
 
     // THEN everything arrives, in order per aggregate
     consumer.wait_for_ids(&ids, Duration::from_secs(120)).await;

@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::support::config::TestConfig;
 use crate::support::consumer::{check_delivery, Consumer};
 use crate::support::proxy::{Mode, Proxy};
-use crate::support::relay::{InProcess, RelayConfig};
+use crate::support::relay::InProcess;
 use crate::support::{self, insert_events, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -13,7 +14,7 @@ async fn ten_thousand_events_from_four_writers_arrive_in_commit_order_with_spec_
     // GIVEN a relay on a fresh database and a consumer bound to everything
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let relay = InProcess::start(&RelayConfig::new(&db.url, &consumer.exchange)).await;
+    let relay = InProcess::start(&TestConfig::outbox(&db.url, &consumer.exchange)).await;
 
     // WHEN four writers commit 2,500 events each, 10 per transaction, each on its own aggregates
     let mut writers = Vec::new();
@@ -34,7 +35,7 @@ async fn ten_thousand_events_from_four_writers_arrive_in_commit_order_with_spec_
     for w in writers {
         expected.extend(w.await.unwrap());
     }
-    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    let ids = support::ids_of(&expected);
 
     // THEN every id arrives, first deliveries per aggregate in commit order
     consumer.wait_for_ids(&ids, Duration::from_secs(120)).await;
@@ -71,21 +72,20 @@ async fn ten_thousand_events_from_four_writers_arrive_in_commit_order_with_spec_
 
     // AND the slot's position reaches the end of the last transaction after the confirms
     let last_lsn = received.iter().map(|m| support::lsn(&m.header("x-outbox-lsn").unwrap())).max().unwrap();
-    support::wait_until(Duration::from_secs(10), "confirmed_flush_lsn reaches the last commit", || {
-        let db = &db;
-        async move { db.confirmed_flush().await.unwrap_or(0) >= last_lsn }
-    })
-    .await;
+    db.wait_confirmed_past(last_lsn, Duration::from_secs(10)).await;
     relay.stop().await.expect("clean stop");
     db.drop_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_of_rolled_back_transactions_never_arrive() {
+    // GIVEN a streaming relay
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let relay = InProcess::start(&RelayConfig::new(&db.url, &consumer.exchange)).await;
+    let relay = InProcess::start(&TestConfig::outbox(&db.url, &consumer.exchange)).await;
     let client = db.client().await;
+
+    // WHEN rolled-back and committed transactions alternate
     let mut expected = Vec::new();
     for i in 0..20 {
         // a rolled-back transaction with outbox rows...
@@ -100,7 +100,9 @@ async fn rows_of_rolled_back_transactions_never_arrive() {
         let ids = insert_events(&client, "wallet", &[format!("c{i}")], "Committed").await;
         expected.push((format!("c{i}"), ids[0].clone()));
     }
-    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    let ids = support::ids_of(&expected);
+
+    // THEN only the committed events arrive
     consumer.wait_for_ids(&ids, Duration::from_secs(30)).await;
     // check_delivery fails on any id that was not committed
     check_delivery(&expected, &consumer.received());
@@ -114,7 +116,7 @@ async fn writes_to_unpublished_tables_advance_the_slot_while_the_outbox_is_quiet
     // GIVEN a streaming relay and a table outside the publication
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let relay = InProcess::start(&RelayConfig::new(&db.url, &consumer.exchange)).await;
+    let relay = InProcess::start(&TestConfig::outbox(&db.url, &consumer.exchange)).await;
     let client = db.client().await;
     client.batch_execute("CREATE TABLE unrelated (id serial primary key, v text)").await.unwrap();
     // WHEN only the unrelated table is written
@@ -126,11 +128,7 @@ async fn writes_to_unpublished_tables_advance_the_slot_while_the_outbox_is_quiet
     }
     let target = db.current_wal().await;
     // THEN the slot's confirmed position moves past those writes (no WAL retained for nothing)
-    support::wait_until(Duration::from_secs(30), "confirmed_flush_lsn passes the unrelated writes", || {
-        let db = &db;
-        async move { db.confirmed_flush().await.unwrap_or(0) >= target }
-    })
-    .await;
+    db.wait_confirmed_past(target, Duration::from_secs(30)).await;
     assert_eq!(consumer.count(), 0, "nothing was published for the unrelated table");
     relay.stop().await.unwrap();
     db.drop_all().await;
@@ -141,24 +139,14 @@ async fn the_slot_never_moves_past_unconfirmed_messages_while_the_broker_is_blac
     // GIVEN a relay whose broker connection goes through a proxy
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let broker_addr: std::net::SocketAddr = {
-        let u = url::Url::parse(&support::amqp_url()).unwrap();
-        format!("{}:{}", u.host_str().unwrap(), u.port().unwrap_or(5672)).parse().unwrap()
-    };
-    let proxy = Proxy::start(broker_addr).await;
-    let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
-    cfg.broker_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
-    cfg.broker_extra = "confirm_timeout = \"60s\"\nheartbeat = \"60s\"\nshutdown_timeout = \"5s\"".into();
+    let proxy = Proxy::start(support::amqp_addr()).await;
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange).patient_broker_through(proxy.addr);
     let relay = InProcess::start(&cfg).await;
     let client = db.client().await;
     let first = insert_events(&client, "wallet", &["a".into()], "First").await;
     consumer.wait_for_ids(&first, Duration::from_secs(30)).await;
     let before_block = db.current_wal().await;
-    support::wait_until(Duration::from_secs(10), "slot confirms the first event", || {
-        let db = &db;
-        async move { db.confirmed_flush().await.unwrap_or(0) >= before_block }
-    })
-    .await;
+    db.wait_confirmed_past(before_block, Duration::from_secs(10)).await;
 
     // WHEN the broker is black-holed and more events commit
     proxy.set_mode(Mode::Blackhole);
@@ -166,22 +154,17 @@ async fn the_slot_never_moves_past_unconfirmed_messages_while_the_broker_is_blac
     let after_commit = db.current_wal().await;
 
     // THEN for as long as the broker is silent, the slot stays before the new commit
-    let observe_until = std::time::Instant::now() + Duration::from_secs(4);
-    while std::time::Instant::now() < observe_until {
+    support::holds_throughout(Duration::from_secs(4), || async {
         let flush = db.confirmed_flush().await.unwrap();
         assert!(flush < after_commit, "confirmed_flush_lsn moved past a commit the broker never confirmed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     assert!(consumer.received().iter().all(|m| !second.contains(&m.message_id)), "the proxy held the messages");
 
     // AND once the broker answers again, the events arrive and the slot moves past them
     proxy.set_mode(Mode::Pass);
     consumer.wait_for_ids(&second, Duration::from_secs(60)).await;
-    support::wait_until(Duration::from_secs(15), "slot moves past the released events", || {
-        let db = &db;
-        async move { db.confirmed_flush().await.unwrap_or(0) >= after_commit }
-    })
-    .await;
+    db.wait_confirmed_past(after_commit, Duration::from_secs(15)).await;
     relay.stop().await.unwrap();
     db.drop_all().await;
 }
@@ -212,18 +195,14 @@ async fn a_scram_role_streams_and_a_wrong_password_is_refused_without_leaking_it
     url.set_password(Some("Scram-Secret-1")).unwrap();
 
     // WHEN the relay logs in as that role THEN events flow (replication connection authenticated by SCRAM)
-    let relay = InProcess::start(&RelayConfig::new(url.as_str(), &consumer.exchange)).await;
+    let relay = InProcess::start(&TestConfig::outbox(url.as_str(), &consumer.exchange)).await;
     let ids = insert_events(&db.client().await, "wallet", &["s".into()], "Scram").await;
     consumer.wait_for_ids(&ids, Duration::from_secs(30)).await;
     relay.stop().await.unwrap();
 
     // AND a wrong password is refused with an authentication error that never shows the password
     url.set_password(Some("Wrong-Password-9")).unwrap();
-    let target = outbox_relay::source::postgres::PgTarget::parse(url.as_str()).unwrap();
-    let err =
-        outbox_relay::source::replication::connection::ReplicationConnection::connect(&target, Duration::from_secs(5))
-            .await
-            .expect_err("wrong password must fail");
+    let err = support::relay_replication_connect(url.as_str()).await.expect_err("wrong password must fail");
     assert_eq!(err.kind(), outbox_relay::ErrorKind::SourceAuth, "{}", err.chain());
     let text = format!("{} {:?} {}", err, err, err.chain());
     assert!(text.contains("28P01"), "names the SQLSTATE: {text}");
@@ -236,23 +215,16 @@ async fn a_confirmed_position_reaches_the_slot_within_a_second_not_a_status_inte
     // GIVEN a relay whose regular status updates are 30 s apart
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
-    cfg.source_extra = "status_interval = \"30s\"".into();
-    cfg.source_url = db.url.clone();
-    let toml = cfg.toml().replace("status_interval = \"1s\"\n", "");
-    assert!(toml.contains("status_interval = \"30s\""));
-    let relay = InProcess::start_toml(&toml).await;
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange).status_interval(Duration::from_secs(30));
+    assert_eq!(cfg.load().source.status_interval, Duration::from_secs(30));
+    let relay = InProcess::start(&cfg).await;
     // WHEN an event is delivered
     let ids = insert_events(&db.client().await, "wallet", &["a".into()], "Prompt").await;
     consumer.wait_for_ids(&ids, Duration::from_secs(10)).await;
     let lsn = support::lsn(&consumer.received()[0].header("x-outbox-lsn").unwrap());
     let delivered = std::time::Instant::now();
     // THEN the slot's confirmed position passes its commit within about a second
-    support::wait_until(Duration::from_millis(1500), "confirmed_flush_lsn within a second of the confirm", || {
-        let db = &db;
-        async move { db.confirmed_flush().await.unwrap_or(0) >= lsn }
-    })
-    .await;
+    db.wait_confirmed_past(lsn, Duration::from_millis(1500)).await;
     println!("slot confirmed {:?} after delivery", delivered.elapsed());
     relay.stop().await.unwrap();
     db.drop_all().await;

@@ -5,8 +5,9 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::support::cluster::{PgCluster, PgOptions, RabbitNode};
+use crate::support::config::TestConfig;
 use crate::support::consumer::{check_delivery, Consumer};
-use crate::support::relay::{InProcess, RelayConfig};
+use crate::support::relay::InProcess;
 use crate::support::{self, uuid};
 
 /// A writer that survives the database restarting under it: on an error it
@@ -76,23 +77,18 @@ async fn restarting_postgresql_twice_mid_stream_loses_nothing() {
     pg.local_client("postgres").await.batch_execute("CREATE DATABASE app").await.unwrap();
     pg.local_client("app").await.batch_execute(outbox_relay::setup::DEFAULT_OUTBOX_TABLE).await.unwrap();
     let consumer = Consumer::start("#").await;
-    let cfg = RelayConfig::new(&pg.url("app"), &consumer.exchange);
+    let cfg = TestConfig::outbox(&pg.url("app"), &consumer.exchange);
     let relay = InProcess::start(&cfg).await;
     let w = resilient_writer(pg.url("app"), 300, 20);
 
     // WHEN PostgreSQL is restarted (pg_ctl restart -m fast) twice, each time after progress
     for round in 1..=2 {
-        let seen = consumer.count();
-        support::wait_until(Duration::from_secs(60), "progress before the restart", || {
-            let c = consumer.count();
-            async move { c >= seen + 1000 }
-        })
-        .await;
+        consumer.wait_for_more(1000, Duration::from_secs(60)).await;
         pg.restart_fast().await;
         println!("PostgreSQL restarted (round {round}) at {} deliveries", consumer.count());
     }
     let expected = w.await.unwrap();
-    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    let ids = support::ids_of(&expected);
 
     // THEN every committed event arrives, in order per aggregate
     consumer.wait_for_ids(&ids, Duration::from_secs(120)).await;
@@ -107,22 +103,19 @@ async fn restarting_rabbitmq_mid_stream_loses_nothing() {
     let rabbit = RabbitNode::start().await;
     let (exchange, queue) = Consumer::declare_durable(&rabbit.amqp_url(), "#").await;
     let db = support::TestDb::new().await;
-    let mut cfg = RelayConfig::new(&db.url, &exchange);
-    cfg.broker_url = rabbit.amqp_url();
-    cfg.broker_extra.push_str("\nconnect_timeout = \"3s\"");
+    let cfg = TestConfig::outbox(&db.url, &exchange)
+        .broker_url(&rabbit.amqp_url())
+        .broker_connect_timeout(Duration::from_secs(3));
     let relay = InProcess::start(&cfg).await;
     let w = crate::support::writer(db.url.clone(), "q", 300, 10);
 
     // WHEN the broker restarts mid-stream (messages wait in the durable queue)
     let after_some = db.current_wal().await;
-    support::wait_until(Duration::from_secs(60), "some events confirmed before the restart", || {
-        let db = &db;
-        async move { db.confirmed_flush().await.unwrap_or(0) > after_some }
-    })
-    .await;
+    // (strictly past: some event after this point was confirmed)
+    db.wait_confirmed_past(after_some + 1, Duration::from_secs(60)).await;
     rabbit.restart().await;
     let expected = w.await.unwrap();
-    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    let ids = support::ids_of(&expected);
 
     // THEN, read from the durable queue, every event is there, first deliveries in commit order
     let consumer = Consumer::consume_existing(&rabbit.amqp_url(), &exchange, &queue).await;

@@ -2,9 +2,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::config::TestConfig;
 use crate::support::consumer::{check_delivery, Consumer};
 use crate::support::http::{get, metric, scrape};
-use crate::support::relay::{Process, RelayConfig};
+use crate::support::relay::Process;
 use crate::support::{self, writer, TestDb};
 
 /// "active", "standby" or "not ready", from /readyz.
@@ -23,7 +24,7 @@ async fn two_instances_one_active_and_the_standby_takes_over_within_15s_of_a_sig
     // GIVEN two relay processes on the same slot
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let mut a_cfg = RelayConfig::new(&db.url, &consumer.exchange);
+    let mut a_cfg = TestConfig::outbox(&db.url, &consumer.exchange);
     a_cfg.setup();
     let mut b_cfg = a_cfg.clone();
     let a_http = a_cfg.fixed_http_port();
@@ -49,11 +50,7 @@ async fn two_instances_one_active_and_the_standby_takes_over_within_15s_of_a_sig
     assert!(body.contains("standby"), "{body}");
     let (status, body) = get(active_http, "/readyz").await;
     assert!(status == 200 && body.contains("active"), "{body}");
-    support::wait_until(Duration::from_secs(30), "progress before the kill", || {
-        let c = consumer.count();
-        async move { c >= 500 }
-    })
-    .await;
+    consumer.wait_for_count(500, Duration::from_secs(30)).await;
 
     // WHEN the active one is SIGKILLed
     active_proc.kill().await;
@@ -66,7 +63,7 @@ async fn two_instances_one_active_and_the_standby_takes_over_within_15s_of_a_sig
     .await;
     println!("standby took over {:?} after the SIGKILL", killed.elapsed());
     let expected = w.await.unwrap();
-    let ids: Vec<String> = expected.iter().map(|(_, id)| id.clone()).collect();
+    let ids = support::ids_of(&expected);
     consumer.wait_for_ids(&ids, Duration::from_secs(60)).await;
     let dups = check_delivery(&expected, &consumer.received());
     println!("standby takeover over {} events: {dups} duplicates", ids.len());

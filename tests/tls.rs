@@ -2,25 +2,15 @@
 
 use std::time::Duration;
 
-use outbox_relay::source::postgres::PgTarget;
-use outbox_relay::source::replication::connection::ReplicationConnection;
-
 use crate::support::cluster::{PgCluster, PgOptions, RabbitNode, TlsFiles};
+use crate::support::config::TestConfig;
 use crate::support::consumer::Consumer;
 use crate::support::pki::Pki;
-use crate::support::relay::{InProcess, RelayConfig};
-use crate::support::{self, insert_events};
+use crate::support::relay::InProcess;
+use crate::support::{self, insert_events, relay_replication_connect as repl, relay_sql_connect as sql};
 
 fn url(port: u16, host: &str, params: &str) -> String {
     format!("postgres://postgres:postgres@{host}:{port}/app?{params}")
-}
-
-async fn repl(url: &str) -> Result<ReplicationConnection, outbox_relay::Error> {
-    ReplicationConnection::connect(&PgTarget::parse(url).unwrap(), Duration::from_secs(5)).await
-}
-
-async fn sql(url: &str) -> Result<tokio_postgres::Client, outbox_relay::Error> {
-    PgTarget::parse(url).unwrap().connect_sql(Duration::from_secs(5)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,9 +66,7 @@ async fn postgres_tls_modes_verify_what_libpq_verifies_on_both_connections() {
     // AND the relay streams through verify-full end to end
     pg.local_client("app").await.batch_execute(outbox_relay::setup::DEFAULT_OUTBOX_TABLE).await.unwrap();
     let consumer = Consumer::start("#").await;
-    let mut cfg = RelayConfig::new(&good, &consumer.exchange);
-    cfg.slot = "tls_slot".into();
-    let relay = InProcess::start(&cfg).await;
+    let relay = InProcess::start(&TestConfig::outbox(&good, &consumer.exchange).slot("tls_slot")).await;
     let ids = insert_events(&pg.local_client("app").await, "wallet", &["a".into()], "OverTls").await;
     consumer.wait_for_ids(&ids, Duration::from_secs(20)).await;
     relay.stop().await.unwrap();
@@ -99,9 +87,9 @@ async fn amqps_verifies_the_broker_and_a_client_certificate_logs_in_with_externa
     let db = support::TestDb::new().await;
 
     // WHEN the relay publishes over amqps with our CA (file key), host name verified
-    let mut cfg = RelayConfig::new(&db.url, &exchange);
-    cfg.broker_url = format!("amqps://guest:guest@localhost:{tls_port}/%2f");
-    cfg.broker_extra.push_str(&format!("\ntls_ca_file = \"{}\"", pki.ca.display()));
+    let cfg = TestConfig::outbox(&db.url, &exchange)
+        .broker_url(&format!("amqps://guest:guest@localhost:{tls_port}/%2f"))
+        .tls_ca_file(&pki.ca);
     let relay = InProcess::start(&cfg).await;
     let ids = insert_events(&db.client().await, "wallet", &["a".into()], "OverAmqps").await;
     let consumer = Consumer::consume_existing(&rabbit.amqp_url(), &exchange, &queue).await;

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use crate::support::config::{TestConfig, Unroutable};
 use crate::support::consumer::Consumer;
 use crate::support::http::{metric, scrape};
-use crate::support::relay::{InProcess, RelayConfig};
+use crate::support::relay::InProcess;
 use crate::support::{self, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -13,8 +14,7 @@ async fn every_seventh_of_20k_pipelined_messages_is_unroutable_and_each_return_i
     // (so each return is counted once and the run ends)
     let db = TestDb::new().await;
     let consumer = Consumer::start("routable.#").await;
-    let mut cfg = RelayConfig::new(&db.url, &consumer.exchange);
-    cfg.broker_extra.push_str("\nmax_in_flight = 1000\non_unroutable = \"drop\"");
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange).max_in_flight(1000).on_unroutable(Unroutable::Drop);
     let relay = InProcess::start(&cfg).await;
 
     // WHEN 20,000 events commit, every 7th with an aggregate_type that no queue is bound for

@@ -774,51 +774,59 @@ impl RabbitNode {
     /// running. Returns once the AMQP port accepts connections again. For a
     /// restart of the process itself see [`restart_process`](Self::restart_process).
     pub async fn restart(&self) {
-        let t0 = Instant::now();
-        self.stop_app().await;
-        self.start_app().await;
-        println!("[cluster] RabbitMQ node {} restarted (stop_app/start_app) in {:?}", self.node, t0.elapsed());
+        self.timed("restarted (stop_app/start_app)", async {
+            self.stop_app().await;
+            self.start_app().await;
+        })
+        .await;
     }
 
     /// `rabbitmqctl stop_app`: connections are closed and the AMQP port is
     /// closed; the VM stays up. Returns once the port refuses connections.
     pub async fn stop_app(&self) {
         self.ctl(&["stop_app"]).await;
-        let addr = self.addr();
-        super::wait_until(Duration::from_secs(30), "the AMQP port to close after stop_app", || async move {
-            !port_accepts(addr).await
-        })
-        .await;
+        self.wait_port(false, Duration::from_secs(30), "the AMQP port to close after stop_app").await;
     }
 
     /// `rabbitmqctl start_app`; returns once the AMQP port accepts connections.
     pub async fn start_app(&self) {
         self.ctl(&["start_app"]).await;
-        let addr = self.addr();
-        super::wait_until(Duration::from_secs(60), "the AMQP port to accept after start_app", || async move {
-            port_accepts(addr).await
-        })
-        .await;
+        self.wait_port(true, Duration::from_secs(60), "the AMQP port to accept after start_app").await;
     }
 
     /// Full broker restart: `rabbitmqctl stop` (graceful: clients get
     /// CONNECTION_FORCED), wait for the OS process to exit, start it again
     /// with the same node name, ports and data. Takes about as long as `start`.
     pub async fn restart_process(&self) {
-        let t0 = Instant::now();
-        self.stop_process().await;
-        self.start_process().await;
-        println!("[cluster] RabbitMQ node {} restarted (process) in {:?}", self.node, t0.elapsed());
+        self.timed("restarted (process)", async {
+            self.stop_process().await;
+            self.start_process().await;
+        })
+        .await;
     }
 
     /// Broker crash: SIGKILL to the Erlang VM (clients see their TCP
     /// connections reset, without an AMQP close), then start it again with
     /// the same node name, ports and data.
     pub async fn kill_and_restart(&self) {
+        self.timed("killed and restarted", async {
+            self.kill_process().await;
+            self.start_process().await;
+        })
+        .await;
+    }
+
+    /// Runs `steps` and prints how long they took.
+    async fn timed(&self, what: &str, steps: impl std::future::Future<Output = ()>) {
         let t0 = Instant::now();
-        self.kill_process().await;
-        self.start_process().await;
-        println!("[cluster] RabbitMQ node {} killed and restarted in {:?}", self.node, t0.elapsed());
+        steps.await;
+        println!("[cluster] RabbitMQ node {} {what} in {:?}", self.node, t0.elapsed());
+    }
+
+    /// Waits until the AMQP port accepts connections (`accepting`) or refuses them.
+    async fn wait_port(&self, accepting: bool, timeout: Duration, what: &str) {
+        let addr = self.addr();
+        super::wait_until(timeout, what, || async move { port_accepts(addr).await == accepting }).await;
     }
 
     /// Graceful stop of the whole node (`rabbitmqctl stop`); returns once the
@@ -833,11 +841,7 @@ impl RabbitNode {
     /// Starts the node's process again after [`stop_process`](Self::stop_process);
     /// returns once it has booted and accepts connections.
     pub async fn start_process(&self) {
-        let addr = self.addr();
-        super::wait_until(Duration::from_secs(30), "the old node's AMQP port to close", || async move {
-            !port_accepts(addr).await
-        })
-        .await;
+        self.wait_port(false, Duration::from_secs(30), "the old node's AMQP port to close").await;
         self.spawn();
         if let Err(e) = self.wait_booted().await {
             panic!("{e}\n{}", self.log_tail());
@@ -1043,6 +1047,12 @@ ssl_options.fail_if_no_peer_cert = false
     /// node too; it gets its own distribution port (by default all CLIs on
     /// the machine share 35672–35682).
     async fn try_ctl(&self, args: &[&str], timeout: Duration) -> Result<(), String> {
+        let what = format!("rabbitmqctl {}", args.join(" "));
+        run(&what, self.ctl_command(args), &self.dir.path().join("commands.log"), timeout).await
+    }
+
+    /// The `rabbitmqctl -n NODE ARGS` command, with its own distribution port.
+    fn ctl_command(&self, args: &[&str]) -> std::process::Command {
         let cli_port = free_port().to_string();
         let mut c = clean_command(self.bin.join("rabbitmqctl"));
         c.envs(self.env())
@@ -1051,8 +1061,7 @@ ssl_options.fail_if_no_peer_cert = false
             .current_dir(self.dir.path())
             .args(["-n", &self.node])
             .args(args);
-        let what = format!("rabbitmqctl {}", args.join(" "));
-        run(&what, c, &self.dir.path().join("commands.log"), timeout).await
+        c
     }
 
     fn logs_mention(&self, needles: &[&str]) -> bool {
@@ -1109,16 +1118,9 @@ ssl_options.fail_if_no_peer_cert = false
 impl Drop for RabbitNode {
     fn drop(&mut self) {
         if self.server_running() {
-            let cli_port = free_port().to_string();
-            let mut c = clean_command(self.bin.join("rabbitmqctl"));
-            c.envs(self.env())
-                .env("RABBITMQ_CTL_DIST_PORT_MIN", &cli_port)
-                .env("RABBITMQ_CTL_DIST_PORT_MAX", &cli_port)
-                .current_dir(self.dir.path())
-                .args(["-n", &self.node, "stop"]);
             if let Err(e) = run_blocking(
                 "drop: rabbitmqctl stop",
-                c,
+                self.ctl_command(&["stop"]),
                 &self.dir.path().join("commands.log"),
                 Duration::from_secs(60),
             ) {

@@ -1,7 +1,8 @@
 //! A RabbitMQ consumer that records every delivery by `message_id`, so tests
 //! can assert "each id at least once, first deliveries in commit order".
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -166,18 +167,42 @@ impl Consumer {
     /// Distinct ids received.
     pub fn distinct(&self) -> usize {
         let r = self.received.lock().unwrap();
-        r.iter().map(|m| m.message_id.as_str()).collect::<std::collections::HashSet<_>>().len()
+        r.iter().map(|m| m.message_id.as_str()).collect::<HashSet<_>>().len()
     }
 
     /// Waits until every id in `ids` has been received at least once.
-    pub async fn wait_for_ids(&self, ids: &[String], timeout: Duration) {
-        let want: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-        super::wait_until(timeout, "all ids delivered", || {
-            let got: std::collections::HashSet<String> = self.received().into_iter().map(|m| m.message_id).collect();
-            let done = want.iter().all(|id| got.contains(*id));
-            async move { done }
-        })
-        .await;
+    #[track_caller]
+    pub fn wait_for_ids<'a>(&'a self, ids: &'a [String], timeout: Duration) -> impl Future<Output = ()> + 'a {
+        let caller = std::panic::Location::caller();
+        async move {
+            let want: HashSet<&str> = ids.iter().map(String::as_str).collect();
+            super::wait_until_at(caller, timeout, "all ids delivered", || {
+                let got: HashSet<String> = self.received().into_iter().map(|m| m.message_id).collect();
+                let done = want.iter().all(|id| got.contains(*id));
+                async move { done }
+            })
+            .await;
+        }
+    }
+
+    /// Waits until at least `n` deliveries (duplicates included) have been received.
+    #[track_caller]
+    pub fn wait_for_count(&self, n: usize, timeout: Duration) -> impl Future<Output = ()> + '_ {
+        let caller = std::panic::Location::caller();
+        let what = format!("{n} deliveries");
+        async move {
+            super::wait_until_at(caller, timeout, &what, || {
+                let c = self.count();
+                async move { c >= n }
+            })
+            .await;
+        }
+    }
+
+    /// Waits for `n` more deliveries than so far: the relay made progress.
+    #[track_caller]
+    pub fn wait_for_more(&self, n: usize, timeout: Duration) -> impl Future<Output = ()> + '_ {
+        self.wait_for_count(self.count() + n, timeout)
     }
 }
 
@@ -198,7 +223,7 @@ pub fn check_delivery(expected: &[(String, String)], received: &[Received]) -> u
             first_pos.insert(r.message_id.as_str(), first);
         }
     }
-    let known: std::collections::HashSet<&str> = expected.iter().map(|(_, id)| id.as_str()).collect();
+    let known: HashSet<&str> = expected.iter().map(|(_, id)| id.as_str()).collect();
     for r in received {
         assert!(known.contains(r.message_id.as_str()), "unexpected message id {} was delivered", r.message_id);
     }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod config;
 pub mod consumer;
 pub mod http;
 pub mod pki;
@@ -16,6 +17,10 @@ pub mod relay;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+// The crate's internal connection paths are named here only, so that a
+// move in `src/` is fixed in one place.
+use outbox_relay::source::postgres::PgTarget;
+use outbox_relay::source::replication::connection::ReplicationConnection;
 use tokio_postgres::{Client, NoTls};
 
 /// Admin URL of the test cluster (a superuser, database `postgres`).
@@ -75,13 +80,37 @@ impl TestDb {
 
     /// The slot's (named like the database) `confirmed_flush_lsn` as a number, if the slot exists.
     pub async fn confirmed_flush(&self) -> Option<u64> {
-        let slot = &self.name;
-        let c = self.client().await;
-        let row = c
-            .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-            .await
-            .expect("read slot");
-        row.and_then(|r| r.get::<_, Option<String>>(0)).map(|s| lsn(&s))
+        slot_confirmed_flush(&self.client().await, &self.name).await
+    }
+
+    /// Waits until the slot's `confirmed_flush_lsn` is at or past `target`,
+    /// polling every 50 ms for at most `within`.
+    ///
+    /// # Panics
+    ///
+    /// On timeout, naming the caller's line, the target and the last position seen.
+    #[track_caller]
+    pub fn wait_confirmed_past(&self, target: u64, within: Duration) -> impl Future<Output = ()> + '_ {
+        let caller = std::panic::Location::caller();
+        async move {
+            let start = Instant::now();
+            let client = self.client().await;
+            loop {
+                let seen = slot_confirmed_flush(&client, &self.name).await;
+                if seen.is_some_and(|p| p >= target) {
+                    return;
+                }
+                if start.elapsed() > within {
+                    panic!(
+                        "timed out after {within:?} waiting for slot {} to confirm past {} (last seen: {}) (at {caller})",
+                        self.name,
+                        outbox_relay::event::Lsn(target),
+                        seen.map_or("no slot".to_owned(), |p| outbox_relay::event::Lsn(p).to_string()),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     /// PID of the walsender streaming from `slot`, if any.
@@ -151,6 +180,46 @@ async fn cleanup(name: String) {
     }
 }
 
+/// `confirmed_flush_lsn` of `slot` as a number, if the slot exists.
+async fn slot_confirmed_flush(client: &Client, slot: &str) -> Option<u64> {
+    let row = client
+        .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .expect("read slot");
+    row.and_then(|r| r.get::<_, Option<String>>(0)).map(|s| lsn(&s))
+}
+
+/// Host and port of a URL, as a socket address (`default_port` when it names none).
+fn socket_addr_of(url: &str, default_port: u16) -> std::net::SocketAddr {
+    let u = url::Url::parse(url).expect("valid test URL");
+    format!("{}:{}", u.host_str().expect("a host"), u.port().unwrap_or(default_port)).parse().expect("an IP address")
+}
+
+/// Where the shared broker listens (for a proxy in front of it).
+pub fn amqp_addr() -> std::net::SocketAddr {
+    socket_addr_of(&amqp_url(), 5672)
+}
+
+/// Where the shared PostgreSQL listens (for a proxy in front of it).
+pub fn pg_addr() -> std::net::SocketAddr {
+    socket_addr_of(&pg_admin_url(), 5432)
+}
+
+/// The ids of `(aggregate, id)` pairs, in order.
+pub fn ids_of(expected: &[(String, String)]) -> Vec<String> {
+    expected.iter().map(|(_, id)| id.clone()).collect()
+}
+
+/// The relay's own replication connection to `url` (5 s timeout).
+pub async fn relay_replication_connect(url: &str) -> Result<ReplicationConnection, outbox_relay::Error> {
+    ReplicationConnection::connect(&PgTarget::parse(url).expect("a valid source URL"), Duration::from_secs(5)).await
+}
+
+/// The relay's own SQL connection to `url` (5 s timeout).
+pub async fn relay_sql_connect(url: &str) -> Result<Client, outbox_relay::Error> {
+    PgTarget::parse(url).expect("a valid source URL").connect_sql(Duration::from_secs(5)).await
+}
+
 /// Replaces the database name in a postgres URL.
 pub fn with_dbname(url: &str, db: &str) -> String {
     let mut u = url::Url::parse(url).expect("valid test URL");
@@ -199,23 +268,51 @@ pub fn uuid() -> String {
 ///
 /// On timeout, naming the caller's line and `what`.
 #[track_caller]
-pub fn wait_until<'a, F, Fut>(timeout: Duration, what: &'a str, mut cond: F) -> impl Future<Output = ()> + 'a
+pub fn wait_until<'a, F, Fut>(timeout: Duration, what: &'a str, cond: F) -> impl Future<Output = ()> + 'a
 where
     F: FnMut() -> Fut + 'a,
     Fut: Future<Output = bool> + 'a,
 {
-    let caller = std::panic::Location::caller();
-    async move {
-        let start = Instant::now();
-        loop {
-            if cond().await {
-                return;
-            }
-            if start.elapsed() > timeout {
-                panic!("timed out after {timeout:?} waiting for {what} (at {caller})");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_until_at(std::panic::Location::caller(), timeout, what, cond)
+}
+
+/// [`wait_until`] naming `caller` on timeout (for helpers that are themselves `#[track_caller]`).
+pub async fn wait_until_at<F, Fut>(
+    caller: &'static std::panic::Location<'static>,
+    timeout: Duration,
+    what: &str,
+    mut cond: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return;
         }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what} (at {caller})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `check` (which asserts) every 200 ms for `period`: a condition that
+/// must hold throughout, not just become true. It runs at least once, and
+/// once more at or after the end of the period.
+pub async fn holds_throughout<F, Fut>(period: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let end = Instant::now() + period;
+    loop {
+        check().await;
+        if Instant::now() >= end {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! Starting the relay under test: in-process (through the library's `run`,
 //! with a oneshot as its shutdown future) or as the real binary (for SIGKILL
-//! and SIGTERM), always with a config file written per test.
+//! and SIGTERM), always with a config file written per test from a
+//! [`TestConfig`].
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -9,113 +10,10 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
-/// Builds the TOML for a test relay.
-#[derive(Clone, Debug)]
-pub struct RelayConfig {
-    /// PostgreSQL URL.
-    pub source_url: String,
-    /// Slot name.
-    pub slot: String,
-    /// AMQP URL.
-    pub broker_url: String,
-    /// Target exchange.
-    pub exchange: String,
-    /// Extra `[source]` lines.
-    pub source_extra: String,
-    /// Extra `[broker]` lines.
-    pub broker_extra: String,
-    /// Extra `[[routes]]` lines.
-    pub route_extra: String,
-    /// Whole extra sections appended at the end.
-    pub tail: String,
-    /// `[http] listen`.
-    pub http_listen: String,
-}
+use super::config::TestConfig;
 
-impl RelayConfig {
-    /// Defaults for a test database and exchange. Slot names are
-    /// cluster-wide, so the slot is named after the (random) database.
-    pub fn new(source_url: &str, exchange: &str) -> Self {
-        let db = url::Url::parse(source_url).expect("url").path().trim_start_matches('/').to_owned();
-        RelayConfig {
-            slot: db,
-            source_url: source_url.to_owned(),
-            broker_url: super::amqp_url(),
-            exchange: exchange.to_owned(),
-            source_extra: String::new(),
-            broker_extra: "confirm_timeout = \"10s\"\nshutdown_timeout = \"20s\"".into(),
-            route_extra: String::new(),
-            tail: String::new(),
-            http_listen: "127.0.0.1:0".into(),
-        }
-    }
-
-    /// The TOML text.
-    pub fn toml(&self) -> String {
-        format!(
-            r#"[source]
-url = "{}"
-slot = "{}"
-status_interval = "1s"
-{}
-[broker]
-url = "{}"
-{}
-[[routes]]
-table = "public.outbox"
-exchange = "{}"
-{}
-[http]
-listen = "{}"
-{}
-"#,
-            self.source_url,
-            self.slot,
-            self.source_extra,
-            self.broker_url,
-            self.broker_extra,
-            self.exchange,
-            self.route_extra,
-            self.http_listen,
-            self.tail
-        )
-    }
-
-    /// Writes the TOML to a fresh temp dir and returns its path.
-    pub fn write(&self) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("relay.toml");
-        std::fs::write(&path, self.toml()).expect("write config");
-        (dir, path)
-    }
-
-    /// Gives the relay a fixed free loopback port for HTTP (for a binary
-    /// whose port the test must know) and returns it.
-    pub fn fixed_http_port(&mut self) -> std::net::SocketAddr {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        self.http_listen = addr.to_string();
-        addr
-    }
-
-    /// Runs `outbox-relay setup` (publication and slot), so rows written
-    /// from now on are in the slot's stream even before a relay runs.
-    pub fn setup(&self) {
-        let (_dir, path) = self.write();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
-            .args(["setup", "--config"])
-            .arg(&path)
-            .output()
-            .expect("run setup");
-        assert!(out.status.success(), "setup failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    /// Parses it with the library's own loader.
-    pub fn load(&self) -> outbox_relay::Config {
-        let (_dir, path) = self.write();
-        outbox_relay::config::load(&path, &|_| None).unwrap_or_else(|e| panic!("test config invalid: {e}"))
-    }
-}
+/// The relay's health states, named here only (so a move in `src/` is fixed in one place).
+pub use outbox_relay::health::{Health, State};
 
 /// A relay running inside the test process.
 pub struct InProcess {
@@ -129,7 +27,7 @@ pub struct InProcess {
 
 impl InProcess {
     /// Starts the relay and waits until it streams.
-    pub async fn start(cfg: &RelayConfig) -> InProcess {
+    pub async fn start(cfg: &TestConfig) -> InProcess {
         let relay = InProcess::start_any(cfg).await;
         // Rows committed before the slot exists are not in its stream: wait for it.
         super::wait_until(Duration::from_secs(30), "relay streaming", || {
@@ -140,25 +38,9 @@ impl InProcess {
         relay
     }
 
-    /// Starts the relay from raw TOML text and waits until it streams.
-    pub async fn start_toml(toml: &str) -> InProcess {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("relay.toml");
-        std::fs::write(&path, toml).expect("write config");
-        let config =
-            outbox_relay::config::load(&path, &|_| None).unwrap_or_else(|e| panic!("test config invalid: {e}"));
-        let relay = InProcess::launch(config).await;
-        super::wait_until(Duration::from_secs(30), "relay streaming", || {
-            let s = relay.streaming();
-            async move { s }
-        })
-        .await;
-        relay
-    }
-
     /// Starts the relay and waits only for its HTTP listener (it may end up
     /// streaming, standing by, or failing).
-    pub async fn start_any(cfg: &RelayConfig) -> InProcess {
+    pub async fn start_any(cfg: &TestConfig) -> InProcess {
         InProcess::launch(cfg.load()).await
     }
 
@@ -204,9 +86,24 @@ impl InProcess {
         self.task.await.expect("relay task")
     }
 
+    /// Waits (at most 30 s) for the relay to stop by itself with an error,
+    /// and returns it; `why` says what should have stopped it.
+    pub async fn stopped_with_error(self, why: &str) -> outbox_relay::Error {
+        match tokio::time::timeout(Duration::from_secs(30), self.join()).await {
+            Err(_) => panic!("the relay did not stop by itself on {why}"),
+            Ok(Ok(())) => panic!("{why} must stop the relay with an error, not a clean stop"),
+            Ok(Err(e)) => e,
+        }
+    }
+
     /// Whether it is streaming.
     pub fn streaming(&self) -> bool {
-        self.handles.health.get() == outbox_relay::health::State::Streaming
+        self.handles.health.get() == State::Streaming
+    }
+
+    /// Whether it is a standby (another instance holds the slot or lock).
+    pub fn standing_by(&self) -> bool {
+        self.handles.health.get() == State::Standby
     }
 }
 
@@ -220,12 +117,12 @@ pub struct Process {
 
 impl Process {
     /// Spawns `outbox-relay run --config FILE`.
-    pub fn spawn(cfg: &RelayConfig) -> Process {
+    pub fn spawn(cfg: &TestConfig) -> Process {
         Process::spawn_env(cfg, &[])
     }
 
     /// Spawns it with extra environment variables.
-    pub fn spawn_env(cfg: &RelayConfig, env: &[(&str, &str)]) -> Process {
+    pub fn spawn_env(cfg: &TestConfig, env: &[(&str, &str)]) -> Process {
         let (dir, path) = cfg.write();
         let log = dir.path().join("relay.log");
         let logf = std::fs::File::create(&log).unwrap();
