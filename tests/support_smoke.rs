@@ -1,5 +1,7 @@
 //! Smoke tests of the harness's private instances (`support::cluster`):
-//! they start, authenticate as configured, and come back after a restart.
+//! they start, authenticate as configured, and come back after a restart;
+//! a standby streams and takes over, and an inactive slot can be lost
+//! (`support::failover`).
 //! They need no shared services; run them alone with
 //! `cargo test --test integration support_smoke`.
 
@@ -10,6 +12,7 @@ use amqprs::connection::{Connection, OpenConnectionArguments};
 use tokio_postgres::NoTls;
 
 use crate::support::cluster::{PgAuth, PgCluster, PgOptions, RabbitNode};
+use crate::support::failover::slot_wal_status;
 use crate::support::{self, wait_until};
 
 /// Connects with `url`, returning the error instead of panicking.
@@ -98,6 +101,76 @@ async fn private_pg_clusters_honour_md5_password_and_trust() {
 
     // AND trust accepts any password
     try_connect(&wrong(&trust)).await.unwrap_or_else(|e| panic!("trust login: {e}\n{}", trust.log_tail()));
+}
+
+/// The `k` column of table `state`, sorted.
+async fn state_keys(client: &tokio_postgres::Client) -> Vec<String> {
+    client.query("SELECT k FROM state ORDER BY k", &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
+}
+
+/// Whether a replication slot named `slot` exists on `client`'s server.
+async fn slot_exists(client: &tokio_postgres::Client, slot: &str) -> bool {
+    client.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.unwrap().is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_pg_standby_streams_and_after_promotion_has_the_tables_but_not_the_logical_slot() {
+    // GIVEN a private cluster with a state table, and a hot standby of it
+    let primary = PgCluster::start(PgOptions::default()).await;
+    let p = primary.local_client("postgres").await;
+    p.batch_execute("CREATE TABLE state (k text PRIMARY KEY); INSERT INTO state VALUES ('1-in-base-backup')")
+        .await
+        .unwrap();
+    let standby = primary.standby().await;
+    assert_ne!(standby.port(), primary.port());
+    assert!(standby.in_recovery().await, "a standby is in recovery");
+    let s = try_connect(&standby.url("postgres"))
+        .await
+        .unwrap_or_else(|e| panic!("TCP login on the standby: {e}\n{}", standby.log_tail()));
+
+    // WHEN the primary writes a row and creates a logical slot after the base backup
+    p.batch_execute("INSERT INTO state VALUES ('2-streamed')").await.unwrap();
+    p.batch_execute("SELECT pg_create_logical_replication_slot('s', 'pgoutput')").await.unwrap();
+    standby.wait_caught_up(&primary).await;
+
+    // THEN the standby has the row (streamed), but not the slot (PostgreSQL 15 replicates no slots)
+    assert_eq!(state_keys(&s).await, ["1-in-base-backup", "2-streamed"]);
+    assert!(!slot_exists(&s, "s").await, "a logical slot on the standby");
+    assert!(s.batch_execute("INSERT INTO state VALUES ('x')").await.is_err(), "a hot standby refuses writes");
+
+    // WHEN the primary crashes and the standby is promoted
+    p.batch_execute("INSERT INTO state VALUES ('3-before-crash')").await.unwrap();
+    standby.wait_caught_up(&primary).await;
+    primary.stop_immediate().await;
+    standby.promote().await;
+
+    // THEN it is a primary that accepts writes, with every table row written before
+    // the failover, and without the logical slot
+    assert!(!standby.in_recovery().await, "the promoted standby left recovery");
+    s.batch_execute("INSERT INTO state VALUES ('4-after-promotion')")
+        .await
+        .unwrap_or_else(|e| panic!("a write on the promoted standby: {e}\n{}", standby.log_tail()));
+    assert_eq!(state_keys(&s).await, ["1-in-base-backup", "2-streamed", "3-before-crash", "4-after-promotion"]);
+    assert!(!slot_exists(&s, "s").await, "the primary's logical slot exists after the failover");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_pg_inactive_slot_is_lost_past_max_slot_wal_keep_size() {
+    // GIVEN a cluster that keeps at most 1 MB of WAL for slots, with an inactive logical slot
+    let pg = PgCluster::start(PgOptions::default().slot_wal_limit("1MB")).await;
+    let c = pg.local_client("postgres").await;
+    c.batch_execute("SELECT pg_create_logical_replication_slot('s', 'pgoutput')").await.unwrap();
+    assert_eq!(slot_wal_status(&c, "s").await.as_deref(), Some("reserved"));
+
+    // WHEN the server goes through more WAL than that
+    pg.generate_wal(&c, 32).await;
+
+    // THEN the slot's WAL is lost
+    wait_until(Duration::from_secs(10), "slot s to have wal_status = lost", || {
+        let c = &c;
+        async move { slot_wal_status(c, "s").await.as_deref() == Some("lost") }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -177,7 +177,7 @@ fn log_header(log: &Path, what: &str, cmd: &std::process::Command) -> fs::File {
 /// Runs `cmd` with stdout and stderr appended to `log`, killing it after
 /// `timeout`. Output goes to a file, never a pipe: a daemon the command
 /// leaves behind (`pg_ctl start`) would otherwise hold the pipe open.
-async fn run(what: &str, cmd: std::process::Command, log: &Path, timeout: Duration) -> Result<(), String> {
+pub(crate) async fn run(what: &str, cmd: std::process::Command, log: &Path, timeout: Duration) -> Result<(), String> {
     let started = Instant::now();
     let f = log_header(log, what, &cmd);
     let mut cmd = tokio::process::Command::from(cmd);
@@ -356,7 +356,7 @@ fn pg_command(bin: &Path, tool: &str) -> std::process::Command {
 }
 
 /// Gives `path` to the `postgres` user when we are root.
-fn chown_postgres(path: &Path, recursive: bool) {
+pub(crate) fn chown_postgres(path: &Path, recursive: bool) {
     if !is_root() {
         return;
     }
@@ -371,6 +371,7 @@ fn chown_postgres(path: &Path, recursive: bool) {
 /// A private PostgreSQL cluster (`wal_level = logical`) on its own loopback
 /// port, superuser `postgres` with password `postgres`. Stopped
 /// (immediate mode) and deleted on drop.
+/// `support::failover` adds a hot standby of one, promotion, and slot loss.
 pub struct PgCluster {
     dir: TempDir,
     bin: PathBuf,
@@ -382,15 +383,9 @@ impl PgCluster {
     /// Runs initdb and starts the cluster; panics (with the log tail) when
     /// that fails. About 1.5 s.
     pub async fn start(opts: PgOptions) -> PgCluster {
-        sweep_stale();
         assert!(!opts.require_ssl || opts.ssl.is_some(), "require_ssl needs ssl files");
         let t0 = Instant::now();
-        let bin = pg_bin_dir().expect("no PostgreSQL: set OUTBOX_TEST_PG_BIN or install /usr/lib/postgresql/*/bin");
-        let dir = instance_dir("outbox-t-pg-");
-        chown_postgres(dir.path(), false);
-        // Unix sockets (used by `local_client`) have a 107-byte path limit.
-        let socket_dir = (dir.path().as_os_str().len() + 20 < 100).then(|| dir.path().to_path_buf());
-        let mut pg = PgCluster { bin, port: 0, socket_dir, dir };
+        let mut pg = PgCluster::new_instance();
 
         let pwfile = pg.dir.path().join("pwfile");
         fs::write(&pwfile, "postgres\n").expect("write pwfile");
@@ -415,23 +410,7 @@ impl PgCluster {
         }
         let t_init = t0.elapsed();
         pg.write_static_conf(&opts);
-
-        // The port is checked free when picked, but another process may take
-        // it before the postmaster binds: then pick again.
-        for attempt in 1..=PORT_ATTEMPTS {
-            pg.port = free_port();
-            pg.write_port_conf();
-            match pg.pg_ctl("pg_ctl start", &["start"]).await {
-                Ok(()) => break,
-                Err(e)
-                    if attempt < PORT_ATTEMPTS
-                        && pg.server_log_mentions(&["could not bind", "Address already in use"]) =>
-                {
-                    eprintln!("[cluster] PostgreSQL port {} was taken ({e}); retrying with another", pg.port);
-                }
-                Err(e) => panic!("{e}\n{}", pg.log_tail()),
-            }
-        }
+        pg.start_on_a_free_port().await;
         if opts.host_auth == PgAuth::Md5 {
             // initdb stored the superuser's password as SCRAM (its default
             // password_encryption); store it again as MD5.
@@ -447,6 +426,38 @@ impl PgCluster {
             t0.elapsed()
         );
         pg
+    }
+
+    /// An instance dir (owned by the `postgres` user) with no data dir yet
+    /// and no port; sweeps stale instances first.
+    pub(crate) fn new_instance() -> PgCluster {
+        sweep_stale();
+        let bin = pg_bin_dir().expect("no PostgreSQL: set OUTBOX_TEST_PG_BIN or install /usr/lib/postgresql/*/bin");
+        let dir = instance_dir("outbox-t-pg-");
+        chown_postgres(dir.path(), false);
+        // Unix sockets (used by `local_client`) have a 107-byte path limit.
+        let socket_dir = (dir.path().as_os_str().len() + 20 < 100).then(|| dir.path().to_path_buf());
+        PgCluster { bin, port: 0, socket_dir, dir }
+    }
+
+    /// Picks a port, writes it and starts the server (`pg_ctl start -w`).
+    /// The port is checked free when picked, but another process may take
+    /// it before the postmaster binds: then it picks again.
+    pub(crate) async fn start_on_a_free_port(&mut self) {
+        for attempt in 1..=PORT_ATTEMPTS {
+            self.port = free_port();
+            self.write_port_conf();
+            match self.pg_ctl("pg_ctl start", &["start"]).await {
+                Ok(()) => return,
+                Err(e)
+                    if attempt < PORT_ATTEMPTS
+                        && self.server_log_mentions(&["could not bind", "Address already in use"]) =>
+                {
+                    eprintln!("[cluster] PostgreSQL port {} was taken ({e}); retrying with another", self.port);
+                }
+                Err(e) => panic!("{e}\n{}", self.log_tail()),
+            }
+        }
     }
 
     /// `postgres://postgres:postgres@127.0.0.1:PORT/db`.
@@ -531,7 +542,7 @@ impl PgCluster {
         )
     }
 
-    fn data(&self) -> PathBuf {
+    pub(crate) fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
@@ -539,7 +550,7 @@ impl PgCluster {
         self.dir.path().join("postgres.log")
     }
 
-    fn commands_log(&self) -> PathBuf {
+    pub(crate) fn commands_log(&self) -> PathBuf {
         self.dir.path().join("commands.log")
     }
 
@@ -548,10 +559,16 @@ impl PgCluster {
         needles.iter().any(|n| log.contains(n))
     }
 
+    /// A command running this installation's `tool` (e.g. `pg_basebackup`)
+    /// as the `postgres` user, with a clean environment.
+    pub(crate) fn tool(&self, tool: &str) -> std::process::Command {
+        pg_command(&self.bin, tool)
+    }
+
     /// `pg_ctl -D data -l log -w -t 60 ARGS` (the `-l` matters for restart
     /// too: without it the new postmaster would write to our stdout).
-    async fn pg_ctl(&self, what: &str, args: &[&str]) -> Result<(), String> {
-        let mut c = pg_command(&self.bin, "pg_ctl");
+    pub(crate) async fn pg_ctl(&self, what: &str, args: &[&str]) -> Result<(), String> {
+        let mut c = self.tool("pg_ctl");
         c.arg("-D")
             .arg(self.data())
             .arg("-l")
@@ -642,7 +659,7 @@ local   replication  all                  trust
 impl Drop for PgCluster {
     fn drop(&mut self) {
         if self.data().join("postmaster.pid").exists() {
-            let mut c = pg_command(&self.bin, "pg_ctl");
+            let mut c = self.tool("pg_ctl");
             c.arg("-D")
                 .arg(self.data())
                 .args(["-m", "immediate", "-w", "-t", "30", "stop"])

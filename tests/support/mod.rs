@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod config;
 pub mod consumer;
+pub mod failover;
 pub mod http;
 pub mod pki;
 pub mod proxy;
@@ -126,9 +127,7 @@ impl TestDb {
     /// Current WAL insert position (past every record inserted so far, even
     /// with synchronous_commit = off, unlike pg_current_wal_lsn).
     pub async fn current_wal(&self) -> u64 {
-        let c = self.client().await;
-        let s: String = c.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
-        lsn(&s)
+        wal_insert_lsn(&self.client().await).await
     }
 
     /// Drops the slot (terminating its walsender) and the database. Also
@@ -225,6 +224,15 @@ pub fn with_dbname(url: &str, db: &str) -> String {
     let mut u = url::Url::parse(url).expect("valid test URL");
     u.set_path(&format!("/{db}"));
     u.to_string()
+}
+
+/// `pg_current_wal_insert_lsn()` on `client`'s server: past every record
+/// inserted so far, even with synchronous_commit = off (unlike
+/// `pg_current_wal_lsn()`, which only counts WAL already written out).
+pub async fn wal_insert_lsn(client: &Client) -> u64 {
+    let s: String =
+        client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.expect("read WAL position").get(0);
+    lsn(&s)
 }
 
 /// Parses "X/Y".
