@@ -14,6 +14,7 @@ use crate::config::{current_url, Config, UrlTarget};
 use crate::publish::channel::{BrokerChannel, BrokerTarget};
 use crate::route::Router;
 use crate::source::postgres::{quote_ident, PgTarget};
+use crate::source::replication::record::Place;
 use crate::source::replication::slot;
 
 /// Each end gets at most this long to answer, so `check` finishes in about ten seconds.
@@ -232,8 +233,33 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
         }
     }
 
-    // Slot.
+    // Slot, read against the relay's record of it.
     let db: String = one_text(client, "SELECT current_database()::text").await?;
+    let place = Place::new(&router.tables(), &src.slot);
+    let record = if polling { None } else { place.read(client).await? };
+    if let Some(record) = &record {
+        let lost = match &slot_state {
+            None => Some("it does not exist, although the relay streamed from it"),
+            Some(s) if s.wal_status.as_deref() == Some("lost") => Some("it is invalidated (wal_status = lost)"),
+            Some(_) if record.recovering => Some("a recovery created it and has not finished re-publishing"),
+            Some(_) => None,
+        };
+        if let Some(what) = lost {
+            r.problem(
+                format!(
+                    "slot {:?} is lost: {what}; the broker confirmed everything up to {} (last commit {}), and later events may never have been published",
+                    src.slot,
+                    record.confirmed_lsn,
+                    record.confirmed_commit_time.as_deref().unwrap_or("unknown")
+                ),
+                "run `outbox-relay recover --config FILE` (a new slot, then the rows that may not have been confirmed re-published from the outbox table), or set source.on_slot_lost = \"recover\"",
+            );
+            return Ok(());
+        }
+    }
+    if !polling {
+        warn_unrecoverable(client, &router.tables(), r).await?;
+    }
     match slot_state {
         None if src.create_slot => r.ok(format!("slot {:?} does not exist yet: will be created at start (create_slot = true); events committed before that are not relayed", src.slot)),
         None => r.problem(format!("slot {:?} does not exist", src.slot), "run `outbox-relay setup --config FILE`, or set source.create_slot = true"),
@@ -253,6 +279,30 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
                     None => r.ok(format!("slot {:?} exists (pgoutput), inactive, confirmed up to {}", src.slot, s.confirmed_flush.map(|l| l.to_string()).unwrap_or_default())),
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// A lost slot is recovered from the outbox table: rows already deleted
+/// (by the writer in the same transaction, or a clean-up job) cannot be.
+/// An empty table that has seen inserts and as many deletes is that shape.
+async fn warn_unrecoverable(client: &Client, tables: &[(String, String)], r: &mut Report) -> crate::Result<()> {
+    for (schema, table) in tables {
+        let row = client
+            .query_opt(
+                "SELECT n_tup_ins, n_tup_del, n_live_tup FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
+                &[schema, table],
+            )
+            .await
+            .map_err(|e| crate::error::from_pg(crate::ErrorKind::SourceQuery, "reading table statistics", e))?;
+        let Some(row) = row else { continue };
+        let (inserted, deleted): (i64, i64) = (row.get(0), row.get(1));
+        if inserted > 0 && deleted * 10 >= inserted * 9 {
+            r.warn(
+                format!("{schema}.{table}: {deleted} of {inserted} inserted rows are deleted; after a lost slot, `outbox-relay recover` re-publishes from the table and cannot bring back deleted rows"),
+                "keep outbox rows for longer than a recovery may need (delete them later, by age), or accept that a lost slot loses the events deleted before it was noticed",
+            );
         }
     }
     Ok(())

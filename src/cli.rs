@@ -29,6 +29,8 @@ pub enum Command {
         #[arg(long)]
         print_sql: bool,
     },
+    /// After a lost slot: create a new slot, then re-publish from the outbox table every row that may not have been confirmed.
+    Recover(ConfigArg),
     /// Probe a running relay's /healthz (for container HEALTHCHECKs: exit 0 when healthy).
     Healthcheck {
         /// The relay's HTTP address (http.listen).

@@ -27,6 +27,12 @@ pub enum ErrorKind {
     SlotInUse,
     /// The slot or publication is missing and `create_slot = false`.
     SlotMissing,
+    /// The slot the relay streamed from is lost: missing although the
+    /// relay's record says it streamed from it, invalidated (`wal_status =
+    /// lost`), or on another system than recorded. Events after the last
+    /// confirmed position may never have been published: the relay stops
+    /// (exit code 3) and never creates a slot by itself; `recover` does.
+    SlotLost,
     /// The broker could not be reached, refused the login, or the connection broke.
     BrokerConnection,
     /// The broker closed our channel (missing exchange, access refused, ...).
@@ -76,7 +82,7 @@ impl ErrorKind {
     /// Retry or stop.
     pub fn policy(self) -> Policy {
         match self {
-            ErrorKind::Config | ErrorKind::Data | ErrorKind::SlotMissing => Policy::Stop,
+            ErrorKind::Config | ErrorKind::Data | ErrorKind::SlotMissing | ErrorKind::SlotLost => Policy::Stop,
             _ => Policy::Retry,
         }
     }
@@ -90,7 +96,8 @@ impl ErrorKind {
             | ErrorKind::SourceProtocol
             | ErrorKind::SourceQuery
             | ErrorKind::SlotInUse
-            | ErrorKind::SlotMissing => Some(End::Source),
+            | ErrorKind::SlotMissing
+            | ErrorKind::SlotLost => Some(End::Source),
             ErrorKind::BrokerConnection | ErrorKind::BrokerChannel | ErrorKind::ConfirmTimeout => Some(End::Broker),
             ErrorKind::Config | ErrorKind::Data | ErrorKind::Io | ErrorKind::Panic => None,
         }
@@ -114,6 +121,7 @@ impl ErrorKind {
             ErrorKind::SourceQuery => "source_query",
             ErrorKind::SlotInUse => "slot_in_use",
             ErrorKind::SlotMissing => "slot_missing",
+            ErrorKind::SlotLost => "slot_lost",
             ErrorKind::BrokerConnection => "broker_connection",
             ErrorKind::BrokerChannel => "broker_channel",
             ErrorKind::ConfirmTimeout => "confirm_timeout",
@@ -133,6 +141,7 @@ impl ErrorKind {
             ErrorKind::SourceQuery => "read the server's message and hint above; `outbox-relay check` lists the usual causes",
             ErrorKind::SlotInUse => "another relay instance is streaming from this slot; this one waits as a standby",
             ErrorKind::SlotMissing => "run `outbox-relay setup --config FILE` or set source.create_slot = true",
+            ErrorKind::SlotLost => "events after the last confirmed position may not have been published: run `outbox-relay recover --config FILE` (it creates a new slot, then re-publishes from the outbox table every row that may not have been confirmed), or set source.on_slot_lost = \"recover\"",
             ErrorKind::BrokerConnection => "check that RabbitMQ is running and reachable and that broker.url's credentials and vhost are right",
             ErrorKind::BrokerChannel => "read the broker's reply above: a missing exchange must be declared, a refused access needs permissions",
             ErrorKind::ConfirmTimeout => "the broker did not confirm in time; the relay reconnects and republishes from the last confirmed position",
@@ -244,7 +253,20 @@ impl fmt::Display for DbError {
 
 impl std::error::Error for DbError {}
 
+/// SQLSTATE 55000 (object not in prerequisite state), which PostgreSQL
+/// raises for a slot invalidated by `max_slot_wal_keep_size`.
+const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+
 impl DbError {
+    /// Whether the server refuses the slot because it was invalidated ("can
+    /// no longer get changes from replication slot", detail "This slot has
+    /// been invalidated ...").
+    pub fn slot_invalidated(&self) -> bool {
+        self.code == OBJECT_NOT_IN_PREREQUISITE_STATE
+            && (self.message.contains("can no longer get changes")
+                || self.detail.as_deref().is_some_and(|d| d.contains("invalidated")))
+    }
+
     /// From tokio-postgres's server error, keeping every field.
     pub fn from_tokio(e: &tokio_postgres::error::DbError) -> Self {
         DbError {

@@ -1,6 +1,7 @@
 //! How a command of the `outbox-relay` binary ends: the one mapping from its
 //! result to the process exit code (0 done; 1 an error at run time, problems
-//! found by `check`, an unhealthy relay; 2 an invalid configuration or usage)
+//! found by `check`, an unhealthy relay; 2 an invalid configuration or usage;
+//! 3 the replication slot is lost)
 //! and the one wording of a configuration that did not load.
 
 use crate::config::ConfigError;
@@ -12,6 +13,20 @@ pub enum Failure {
     Failed,
     /// An invalid configuration or usage, which will not fix itself: exit 2.
     Invalid,
+    /// The replication slot is lost (`run`): exit 3, which the systemd unit
+    /// does not restart; `outbox-relay recover` is the way on.
+    SlotLost,
+}
+
+impl Failure {
+    /// The failure of a library error: by its kind.
+    pub fn of(e: &crate::Error) -> Failure {
+        match e.kind() {
+            crate::ErrorKind::Config => Failure::Invalid,
+            crate::ErrorKind::SlotLost => Failure::SlotLost,
+            _ => Failure::Failed,
+        }
+    }
 }
 
 /// The exit code of a command's result, for every command: 0 on success, 1
@@ -22,6 +37,7 @@ pub fn code(result: &Result<(), Failure>) -> u8 {
         Ok(()) => 0,
         Err(Failure::Failed) => 1,
         Err(Failure::Invalid) => 2,
+        Err(Failure::SlotLost) => 3,
     }
 }
 
@@ -42,6 +58,7 @@ mod tests {
         assert_eq!(code(&Ok(())), 0);
         assert_eq!(code(&Err(Failure::Failed)), 1);
         assert_eq!(code(&Err(Failure::Invalid)), 2);
+        assert_eq!(code(&Err(Failure::SlotLost)), 3);
     }
 
     #[test]

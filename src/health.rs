@@ -22,6 +22,9 @@ pub enum State {
     Standby = 2,
     /// Stopping.
     Stopping = 3,
+    /// The slot is lost; nothing streams until an operator recovers
+    /// ([`Health::lost_reason`] says what happened).
+    SlotLost = 4,
 }
 
 /// Shared, lock-free health state: what the relay is doing, and when its
@@ -31,6 +34,10 @@ pub struct Health {
     state: AtomicU8,
     /// Unix milliseconds of the last [`Health::beat`].
     beat: std::sync::atomic::AtomicU64,
+    /// What happened to the slot, while the state is [`State::SlotLost`].
+    /// A mutex for a string written once per incident and read per probe;
+    /// never held across an await.
+    lost: std::sync::Mutex<String>,
 }
 
 fn unix_ms() -> u64 {
@@ -42,6 +49,17 @@ impl Health {
     pub fn set(&self, s: State) {
         self.state.store(s as u8, Ordering::Relaxed);
         self.beat();
+    }
+
+    /// Enters [`State::SlotLost`] with the reason `/readyz` shows.
+    pub fn slot_lost(&self, reason: &str) {
+        *self.lost.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = reason.to_owned();
+        self.set(State::SlotLost);
+    }
+
+    /// What happened to the slot (empty unless the slot is lost).
+    pub fn lost_reason(&self) -> String {
+        self.lost.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Records that the streaming loop is turning.
@@ -62,6 +80,7 @@ impl Health {
             1 => State::Streaming,
             2 => State::Standby,
             3 => State::Stopping,
+            4 => State::SlotLost,
             _ => State::Starting,
         }
     }

@@ -69,6 +69,9 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics, health: &Health) -> Response<
             State::Standby => (StatusCode::OK, "text/plain", "standby: another instance holds the slot\n".to_owned()),
             State::Starting => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: connecting\n".to_owned()),
             State::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: stopping\n".to_owned()),
+            State::SlotLost => {
+                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: slot lost: {}\n", health.lost_reason()))
+            }
         },
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
     };
@@ -77,4 +80,40 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics, health: &Health) -> Response<
         .header("content-type", ctype)
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str, health: &Health) -> (StatusCode, String) {
+        let metrics = Metrics::new(vec!["r".into()]);
+        let req = Request::builder().uri(path).body(()).expect("request");
+        let resp = respond(&req, &metrics, health);
+        let status = resp.status();
+        let body = futures_body(resp);
+        (status, body)
+    }
+
+    fn futures_body(resp: Response<Full<Bytes>>) -> String {
+        use http_body_util::BodyExt;
+        let bytes = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(resp.into_body().collect())
+            .expect("body")
+            .to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn readyz_answers_503_with_the_reason_while_the_slot_is_lost() {
+        let health = Health::default();
+        health.set(State::Streaming);
+        assert_eq!(get("/readyz", &health).0, StatusCode::OK);
+        health.slot_lost("replication slot \"s\" is lost: it does not exist");
+        let (status, body) = get("/readyz", &health);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "not ready: slot lost: replication slot \"s\" is lost: it does not exist\n");
+    }
 }

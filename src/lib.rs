@@ -27,6 +27,8 @@
 //! - [`health`]: readiness state and the streaming loop's heartbeat.
 //! - [`metrics`], [`http`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`.
 //! - [`setup`]: publication and slot creation.
+//! - [`recover`]: after a lost slot, a new slot and the re-publishing of what
+//!   may not have been confirmed.
 //! - [`error`]: the error type, its kinds and their retry policy.
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
@@ -43,6 +45,7 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod publish;
+pub mod recover;
 pub mod relay;
 pub mod route;
 pub mod session;
@@ -52,7 +55,6 @@ pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
@@ -90,10 +92,7 @@ pub async fn run_with(
     started: impl FnOnce(&Running),
 ) -> Result<()> {
     let stop = CancellationToken::new();
-    let handles = session::Handles {
-        metrics: metrics::Metrics::new(route::route_names(&config.routes)),
-        health: Arc::new(health::Health::default()),
-    };
+    let handles = session::Handles::new(route::route_names(&config.routes));
     let http_stop = CancellationToken::new();
     let http_addr =
         http::serve(config.http.listen, handles.metrics.clone(), handles.health.clone(), http_stop.clone()).await?;

@@ -1,7 +1,8 @@
 //! The `outbox-relay` binary, thin: parse the command line, load the config,
 //! set up logging, build the runtime, call the library, and exit with the code
 //! [`outbox_relay::exit::code`] gives (0 done; 1 an error at run time, problems
-//! found, an unhealthy relay; 2 an invalid configuration or usage).
+//! found, an unhealthy relay; 2 an invalid configuration or usage; 3 the
+//! replication slot is lost).
 
 mod cli;
 
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
         cli::Command::Check(config) => check(&config.config),
         cli::Command::Setup { config, print_sql: true } => print_sql(&config.config),
         cli::Command::Setup { config, print_sql: false } => setup(&config.config),
+        cli::Command::Recover(config) => recover(&config.config),
         cli::Command::Healthcheck { addr, ready } => healthcheck(addr, ready),
     };
     ExitCode::from(exit::code(&result))
@@ -36,7 +38,7 @@ fn run(path: &Path) -> Result<(), Failure> {
         }
         Err(e) => {
             tracing::error!(error = %e.chain(), kind = e.kind().as_str(), hint = e.kind().hint(), "stopping: this needs a person");
-            Err(if e.kind() == ErrorKind::Config { Failure::Invalid } else { Failure::Failed })
+            Err(Failure::of(&e))
         }
     }
 }
@@ -73,6 +75,33 @@ fn setup(path: &Path) -> Result<(), Failure> {
     })?;
     println!("{summary}");
     Ok(())
+}
+
+/// `recover`: a new slot, then the rows that may not have been confirmed
+/// re-published from the outbox table; SIGTERM stops it (run it again).
+fn recover(path: &Path) -> Result<(), Failure> {
+    let cfg = load(path)?;
+    init_logging(&cfg);
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            on_signal.cancel();
+        });
+        outbox_relay::recover::run(&cfg, &stop).await
+    });
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("outbox-relay: {}\nhint: {}", e.chain(), e.kind().hint());
+            Err(if e.kind() == ErrorKind::Config { Failure::Invalid } else { Failure::Failed })
+        }
+    }
 }
 
 fn healthcheck(addr: SocketAddr, ready: bool) -> Result<(), Failure> {

@@ -41,6 +41,9 @@ pub const SLOT_RETAINED_WAL: &str = "outbox_relay_slot_retained_wal_bytes";
 pub const SLOT_SAFE_WAL_SIZE: &str = "outbox_relay_slot_safe_wal_size_bytes";
 /// `outbox_relay_slot_wal_status{status}`: 1 for the slot's current `wal_status`.
 pub const SLOT_WAL_STATUS: &str = "outbox_relay_slot_wal_status";
+/// `outbox_relay_slot_lost`: 1 while the slot the relay streamed from is lost
+/// (missing, invalidated, or on another system); `recover` is needed.
+pub const SLOT_LOST: &str = "outbox_relay_slot_lost";
 /// `outbox_relay_build_info{version}`.
 pub const BUILD_INFO: &str = "outbox_relay_build_info";
 
@@ -87,6 +90,7 @@ pub struct Metrics {
     commit_to_confirm: Histogram,
     reconnects: Family<TargetLabel, Counter>,
     active: Gauge,
+    slot_lost: Gauge,
     slot_retained: Gauge<i64, AtomicI64>,
     slot_safe: Gauge<i64, AtomicI64>,
     slot_status: Family<StatusLabel, Gauge>,
@@ -110,6 +114,7 @@ impl Metrics {
         ]);
         let reconnects = Family::<TargetLabel, Counter>::default();
         let active = Gauge::default();
+        let slot_lost = Gauge::default();
         let build_info = Family::<VersionLabel, Gauge>::default();
         let slot_retained = Gauge::<i64, AtomicI64>::default();
         let slot_safe = Gauge::<i64, AtomicI64>::default();
@@ -142,6 +147,7 @@ impl Metrics {
         registry.register(COMMIT_TO_CONFIRM, "From commit time to broker confirm", commit_to_confirm.clone());
         registry.register(RECONNECTS, "Reconnections by target", reconnects.clone());
         registry.register(ACTIVE, "1 while this instance holds the slot, 0 on standby", active.clone());
+        registry.register(SLOT_LOST, "1 while the slot is lost and a recovery is needed", slot_lost.clone());
         registry.register(BUILD_INFO, "Build information", build_info.clone());
         for r in &routes {
             let _ = published.get_or_create(&RouteLabel { route: r.clone() });
@@ -164,6 +170,7 @@ impl Metrics {
             commit_to_confirm,
             reconnects,
             active,
+            slot_lost,
             slot_retained,
             slot_safe,
             slot_status,
@@ -218,6 +225,11 @@ impl Metrics {
     /// Active (holds the slot) or standby.
     pub fn set_active(&self, active: bool) {
         self.active.set(i64::from(active));
+    }
+
+    /// The slot is lost (true) or streams again after a recovery (false).
+    pub fn set_slot_lost(&self, lost: bool) {
+        self.slot_lost.set(i64::from(lost));
     }
 
     /// The slot's health, read on the ordinary connection.

@@ -42,6 +42,7 @@ pub fn spawn(health: Arc<Health>, stop: CancellationToken) {
                     State::Streaming => "active: streaming",
                     State::Standby => "standby: another instance holds the slot",
                     State::Stopping => "stopping",
+                    State::SlotLost => "slot lost: run outbox-relay recover",
                 };
                 let _ = sd_notify::notify(false, &[NotifyState::Status(status)]);
                 if !ready && matches!(state, State::Streaming | State::Standby) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, OnSlotLost};
 use crate::error::{ErrorKind, Policy, Result};
 use crate::health::State;
 use crate::session::{self, Handles};
@@ -31,11 +31,13 @@ pub async fn supervise(config: &Config, handles: &Handles, stop: &CancellationTo
     let mut failures: u32 = 0;
     // A standby stays "standby" (ready) while it retries the slot.
     let mut standing_by = false;
+    // While the slot is lost, readiness says so, through recovery attempts.
+    let mut slot_lost = false;
     loop {
         if stop.is_cancelled() {
             return Ok(());
         }
-        if !standing_by {
+        if !standing_by && !slot_lost {
             handles.health.set(State::Starting);
         }
         let started = Instant::now();
@@ -51,6 +53,38 @@ pub async fn supervise(config: &Config, handles: &Handles, stop: &CancellationTo
         if stop.is_cancelled() {
             tracing::info!(error = %err.chain(), "stopped while recovering from an error");
             return Ok(());
+        }
+        if err.kind() == ErrorKind::SlotLost {
+            slot_lost = true;
+            handles.health.slot_lost(err.context());
+            handles.metrics.set_slot_lost(true);
+            tracing::error!(error = %err.chain(), hint = err.kind().hint(), "replication slot lost");
+            if config.source.on_slot_lost == OnSlotLost::Stop {
+                return Err(err);
+            }
+            // on_slot_lost = "recover": what `outbox-relay recover` does, then stream on.
+            match crate::recover::run(config, stop).await {
+                Ok(report) => {
+                    tracing::info!(%report, "recovered from the lost slot; streaming from the new slot");
+                    slot_lost = false;
+                    handles.reported.forget();
+                    handles.metrics.set_slot_lost(false);
+                    handles.health.set(State::Starting);
+                    failures = 0;
+                    continue;
+                }
+                Err(e) if e.kind().policy() == Policy::Stop => return Err(e),
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let d = backoff(failures);
+                    tracing::error!(error = %e.chain(), hint = e.kind().hint(), retry_in = ?d, "recovery failed; trying again");
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(d) => {}
+                    }
+                    continue;
+                }
+            }
         }
         if err.kind().policy() == Policy::Stop {
             return Err(err);

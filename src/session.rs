@@ -28,7 +28,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::ack::Progress;
+use crate::ack::{Progress, Reported};
 use crate::config::{current_url, Config, SourceMode, UrlTarget};
 use crate::error::{End, Error, ErrorKind, Result};
 use crate::health::{Health, State};
@@ -37,7 +37,7 @@ use crate::publish::channel::{BrokerChannel, BrokerTarget};
 use crate::publish::{Publisher, PublisherSettings};
 use crate::route::Router;
 use crate::source::postgres::PgTarget;
-use crate::source::replication::{self, slot};
+use crate::source::replication::{self, slot, StartContext};
 use crate::source::{polling, SourceLink};
 
 /// Transactions buffered between the replication reader and the publisher.
@@ -54,6 +54,26 @@ pub struct Handles {
     pub metrics: Arc<Metrics>,
     /// Readiness and watchdog heartbeat.
     pub health: Arc<Health>,
+    /// The last position reported to the slot, kept across sessions so a
+    /// restart resumes there (see [`crate::source::replication::start`]).
+    pub reported: Arc<Reported>,
+}
+
+impl Handles {
+    /// Fresh handles for a relay whose routes are named `route_names`.
+    pub fn new(route_names: Vec<String>) -> Handles {
+        Handles {
+            metrics: Metrics::new(route_names),
+            health: Arc::new(Health::default()),
+            reported: Arc::new(Reported::default()),
+        }
+    }
+}
+
+/// A source checked before the broker is touched (slot or lock).
+enum PreparedSource {
+    Replication(replication::Prepared),
+    Polling(Vec<polling::PolledTable>),
 }
 
 /// A source connected and positioned, not yet streaming.
@@ -74,7 +94,7 @@ enum ReadySource {
 /// Whatever failed first: connecting, the source, or the publisher.
 pub async fn run(config: &Config, handles: &Handles, stop: &CancellationToken) -> Result<()> {
     let (source, channel, router) = tokio::select! {
-        opened = open(config, &handles.metrics) => opened?,
+        opened = open(config, handles) => opened?,
         _ = stop.cancelled() => return Ok(()),
     };
     handles.metrics.set_active(true);
@@ -114,28 +134,30 @@ pub async fn run(config: &Config, handles: &Handles, stop: &CancellationToken) -
 /// Connects both ends and prepares the source, in the order that keeps a
 /// standby off the broker: the slot (or lock) is checked before the broker
 /// is touched, and replication starts only once the broker is there.
-async fn open(config: &Config, metrics: &Arc<Metrics>) -> Result<(ReadySource, BrokerChannel, Router)> {
+async fn open(config: &Config, handles: &Handles) -> Result<(ReadySource, BrokerChannel, Router)> {
     let src = &config.source;
     let target = PgTarget::parse(current_url(UrlTarget::Source, &src.url)?.expose())?;
     let broker =
         BrokerTarget::from_config(current_url(UrlTarget::Broker, &config.broker.url)?.expose(), &config.broker)?;
     let sql = target.connect_sql(src.connect_timeout).await?;
     let router = checked_router(&sql, config, &target).await?;
-    let polled = match src.mode {
-        SourceMode::Replication => {
-            replication::prepare(&sql, config, &router).await?;
-            None
-        }
-        SourceMode::Polling => Some(polling::prepare(&sql, config, &router).await?),
+    let prepared = match src.mode {
+        SourceMode::Replication => PreparedSource::Replication(replication::prepare(&sql, config, &router).await?),
+        SourceMode::Polling => PreparedSource::Polling(polling::prepare(&sql, config, &router).await?),
     };
     let channel =
         BrokerChannel::open(&broker, config.broker.heartbeat, config.broker.connect_timeout, "outbox-relay").await?;
     tracing::info!(broker = %broker.redacted, "connected to RabbitMQ (confirm mode)");
-    let source = match polled {
-        None => ReadySource::Replication(
-            replication::start(&target, sql, config, router.wants_messages(), metrics.clone()).await?,
-        ),
-        Some(tables) => ReadySource::Polling(polling::Ready::new(sql, tables, &src.slot)),
+    let source = match prepared {
+        PreparedSource::Replication(prepared) => {
+            let ctx = StartContext {
+                messages: router.wants_messages(),
+                metrics: handles.metrics.clone(),
+                reported: handles.reported.clone(),
+            };
+            ReadySource::Replication(replication::start(&target, sql, config, prepared, ctx).await?)
+        }
+        PreparedSource::Polling(tables) => ReadySource::Polling(polling::Ready::new(sql, tables, &src.slot)),
     };
     Ok((source, channel, router))
 }

@@ -12,7 +12,9 @@ use tokio_postgres::Client;
 use crate::config::{Config, UrlTarget};
 use crate::error::{Error, ErrorKind, Result};
 use crate::route::Router;
+use crate::event::Lsn;
 use crate::source::postgres::PgTarget;
+use crate::source::replication::record::{self, Place};
 use crate::source::replication::slot;
 
 /// The default outbox table from SPEC.md: `deploy/sql/outbox.sql`, without
@@ -23,12 +25,22 @@ pub const DEFAULT_OUTBOX_TABLE: &str = include_str!("../deploy/sql/outbox.sql").
 pub fn print_sql(config: &Config) -> String {
     let router = Router::new(&config.routes);
     let s = &config.source;
+    let tables = router.tables();
+    let place = Place::new(&tables, &s.slot);
     format!(
         "-- The default outbox table (skip it if you route your own table):\n{DEFAULT_OUTBOX_TABLE}\n\n\
          -- The publication (needs ownership of the tables):\n{};\n\n\
+         -- The relay's record of its progress (needs CREATE on the schema once, then\n\
+         -- SELECT, INSERT and UPDATE on the table; never add it to the publication):\n{}\n\n\
          -- The logical replication slot (needs the REPLICATION privilege):\n\
-         SELECT pg_create_logical_replication_slot('{}', 'pgoutput');\n",
-        slot::create_publication_sql(&s.publication, &router.tables()),
+         {};\n\
+         INSERT INTO {}.{} (slot_name, database, confirmed_lsn, replay_from)\n\
+         \x20 SELECT slot_name, database, confirmed_flush_lsn, now() FROM pg_replication_slots WHERE slot_name = '{}';\n",
+        slot::create_publication_sql(&s.publication, &tables),
+        record::create_sql(&place.schema),
+        slot::create_slot_sql(s.failover_slot).replace("$1", &format!("'{}'", s.slot.replace('\'', "''"))),
+        crate::source::postgres::quote_ident(&place.schema),
+        crate::source::postgres::quote_ident(record::TABLE),
         s.slot.replace('\'', "''"),
     )
 }
@@ -120,9 +132,18 @@ pub async fn ensure(client: &Client, config: &Config, router: &Router) -> Result
         .await
         .map_err(|e| crate::error::from_pg(ErrorKind::SourceQuery, "reading the current database", e))?
         .get(0);
+    // The record says whether the relay has streamed from this slot: only
+    // a slot it never streamed from may be created here.
+    let place = Place::new(&tables, &s.slot);
+    place.ensure_table(client).await?;
+    let record = place.read(client).await?;
     match slot::slot_state(client, &s.slot).await? {
         None => {
-            let lsn = slot::create_slot(client, &s.slot).await?;
+            if let Some(record) = &record {
+                return Err(place.lost(record, "it does not exist", &config.path));
+            }
+            let lsn = slot::create_slot(client, &s.slot, s.failover_slot).await?;
+            place.created(client, lsn, false).await?;
             report.created_slot = true;
             tracing::info!(slot = %s.slot, %lsn, "replication slot created");
         }
@@ -142,7 +163,13 @@ pub async fn ensure(client: &Client, config: &Config, router: &Router) -> Result
                 format!("replication slot {:?} uses plugin {:?}; outbox-relay needs pgoutput (choose another source.slot or drop that slot)", s.slot, st.plugin),
             ))
         }
-        Some(_) => {}
+        Some(st) => {
+            if record.is_none() {
+                // A slot made before the relay kept a record (or by hand):
+                // adopt it, from its own position.
+                place.created(client, st.confirmed_flush.unwrap_or(Lsn::ZERO), false).await?;
+            }
+        }
     }
     Ok(report)
 }

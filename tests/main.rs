@@ -35,5 +35,7 @@ mod deploy;
 mod check;
 // The command line: --version, setup, bad configs.
 mod cli;
+// A lost replication slot: exit 3, readiness, metric, check, recover.
+mod slot_loss;
 // The harness's private PostgreSQL clusters and RabbitMQ nodes (support::cluster).
 mod support_smoke;

@@ -9,5 +9,5 @@
 pub mod position;
 pub mod tracker;
 
-pub use position::FlushPosition;
+pub use position::{FlushPosition, Reported};
 pub use tracker::{Progress, Tracker, TxnId};

@@ -11,6 +11,34 @@
 
 use crate::event::{EndLsn, KeepaliveLsn, Lsn, Position};
 
+/// The last position reported to the server, kept beyond one session: the
+/// next START_REPLICATION may begin there instead of at the slot's own
+/// position, which PostgreSQL 15 and 16 may have lost at a restart (they do
+/// not save a slot whose only change is its confirmed position at a shutdown
+/// checkpoint). Shared by the reader (writes) and the session (reads).
+#[derive(Debug, Default)]
+pub struct Reported(std::sync::atomic::AtomicU64);
+
+impl Reported {
+    /// Records a position sent in a status update.
+    pub fn remember(&self, position: Position) {
+        self.0.fetch_max(position.0 .0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The newest position reported, if any.
+    pub fn get(&self) -> Option<Lsn> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            v => Some(Lsn(v)),
+        }
+    }
+
+    /// Forgets it: a new slot starts from its own position.
+    pub fn forget(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The monotonic flush position of one replication session.
 #[derive(Debug, Clone, Copy)]
 pub struct FlushPosition {

@@ -23,6 +23,8 @@ pub struct Progress {
     /// The newest transaction confirmed with all before it (its end LSN, or
     /// its polling batch).
     pub confirmed: Option<SourcePosition>,
+    /// Commit time of that transaction (for the durable progress record).
+    pub confirmed_commit_time: Option<PgTimestamp>,
     /// How many transactions have been fully confirmed since the pipeline
     /// started. The source compares it with how many it handed over to know
     /// whether anything is still in flight.
@@ -100,6 +102,7 @@ impl Tracker {
             let done = self.entries.pop_front().expect("front exists");
             self.front_id += 1;
             self.progress.confirmed = Some(done.position);
+            self.progress.confirmed_commit_time = Some(done.commit_time);
             self.progress.txns_done += 1;
             moved = true;
         }
@@ -158,7 +161,7 @@ mod tests {
         assert_eq!(t.progress().confirmed, None);
         assert!(!t.confirm(a));
         assert!(t.confirm(a));
-        assert_eq!(t.progress(), Progress { confirmed: Some(lsn(20)), txns_done: 2 });
+        assert_eq!(t.progress(), Progress { confirmed: Some(lsn(20)), confirmed_commit_time: Some(PgTimestamp(0)), txns_done: 2 });
         assert!(t.is_idle());
     }
 

@@ -80,8 +80,20 @@ pub struct SourceConfig {
     pub slot: String,
     /// Publication name: a non-empty identifier of at most 63 bytes without NUL.
     pub publication: String,
-    /// Create the slot and the publication at start when they are missing.
+    /// Create the slot and the publication at a first start when they are
+    /// missing. Never recreates a slot the relay has streamed from: that is
+    /// [`OnSlotLost`]'s business.
     pub create_slot: bool,
+    /// What `run` does when the slot it streamed from is lost.
+    pub on_slot_lost: OnSlotLost,
+    /// PostgreSQL 17+: create the slot with `failover = true`, so it is
+    /// synchronised to standbys.
+    pub failover_slot: bool,
+    /// Extra time subtracted from the recorded replay point when `recover`
+    /// re-publishes from the outbox table: covers transactions that started
+    /// earlier than the relay could see (another role's, without
+    /// `pg_read_all_stats`) and clock steps. Zero allowed.
+    pub recover_margin: Duration,
     /// Longest gap between two standby status updates; never zero.
     pub status_interval: Duration,
     /// Bound on connecting and authenticating to PostgreSQL; never zero.
@@ -148,6 +160,15 @@ pub struct BrokerConfig {
     pub dead_letter_exchange: String,
     /// AMQP heartbeat to negotiate: whole seconds up to 65535; zero disables heartbeats.
     pub heartbeat: Duration,
+}
+
+/// What `run` does when the slot it streamed from is lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnSlotLost {
+    /// Stop with exit code 3 and wait for an operator (`recover`). The default.
+    Stop,
+    /// Run the recovery (new slot, re-publish from the table), then stream on.
+    Recover,
 }
 
 /// What to do with a message the broker returned (no queue bound for its routing key).

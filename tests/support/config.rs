@@ -240,6 +240,18 @@ impl TestConfig {
         self
     }
 
+    /// `source.on_slot_lost = "recover"`: a lost slot is recovered in-process.
+    pub fn recover_on_slot_loss(mut self) -> TestConfig {
+        self.source.set("on_slot_lost", string("recover"));
+        self
+    }
+
+    /// `source.recover_margin`.
+    pub fn recover_margin(mut self, margin: Duration) -> TestConfig {
+        self.source.set("recover_margin", duration(margin));
+        self
+    }
+
     /// `source.status_interval`.
     pub fn status_interval(mut self, every: Duration) -> TestConfig {
         self.source.set("status_interval", duration(every));

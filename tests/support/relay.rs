@@ -159,6 +159,18 @@ impl Process {
         }
     }
 
+    /// Waits (bounded) for the relay to exit by itself, and returns its status.
+    pub async fn exited(mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(s) => (s.expect("wait"), self.log_text()),
+            Err(_) => {
+                let log = self.log_text();
+                let _ = self.child.kill().await;
+                panic!("relay did not exit by itself within {within:?}; log:\n{log}");
+            }
+        }
+    }
+
     /// The log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

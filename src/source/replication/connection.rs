@@ -409,8 +409,9 @@ impl ReplicationConnection {
                         Ok(Some(backend::Message::ErrorResponse(body))) => db_error(&body),
                         _ => DbError { message: "unparseable ErrorResponse".into(), ..DbError::default() },
                     };
+                    let kind = if db.slot_invalidated() { ErrorKind::SlotLost } else { ErrorKind::SourceConnection };
                     return Err(Error::with_source(
-                        ErrorKind::SourceConnection,
+                        kind,
                         format!("PostgreSQL at {} ended the replication stream", self.endpoint),
                         db,
                     ));
@@ -566,6 +567,9 @@ fn db_error(body: &backend::ErrorResponseBody) -> DbError {
 }
 
 fn query_kind(db: &DbError) -> ErrorKind {
+    if db.slot_invalidated() {
+        return ErrorKind::SlotLost;
+    }
     match db.code.as_str() {
         "55006" => ErrorKind::SlotInUse,
         "42704" => ErrorKind::SlotMissing,

@@ -16,8 +16,10 @@
 //! server asks.
 
 pub mod connection;
+mod monitor;
 pub mod pgoutput;
 pub mod protocol;
+pub mod record;
 pub mod slot;
 mod start;
 pub mod transaction;
@@ -35,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::source::{publisher_gone, SourceLink};
 use connection::ReplicationConnection;
 use protocol::ReplicationMessage;
-pub use start::{prepare, start, Ready};
+pub use start::{prepare, start, Prepared, Ready, StartContext};
 use transaction::TransactionAssembler;
 
 /// Longest delay between a confirm and the status update that reports it.
@@ -59,6 +61,9 @@ struct Reader {
     metrics: Arc<Metrics>,
     /// Beaten on every feedback tick: proof for the watchdog that the loop turns.
     health: Arc<Health>,
+    /// Every position sent, kept beyond this session (the next start may
+    /// begin there) and written to the durable record by the monitor.
+    reported: Arc<crate::ack::Reported>,
 }
 
 /// Streams from a started replication connection until a stop, then reports
@@ -70,8 +75,17 @@ struct Reader {
 /// Any failure of the connection or the decoder, or [`publisher_gone`]; the
 /// session restarts from the slot (or stops, for `Data` errors).
 pub async fn stream(ready: Ready, link: SourceLink, status_interval: Duration, metrics: Arc<Metrics>) -> Result<()> {
-    let Ready { conn, start, _slot_health } = ready;
+    let Ready { conn, start, sql, place, record, reported } = ready;
     let SourceLink { txns: tx, mut progress, stop, health } = link;
+    let _monitor = monitor::Monitor {
+        sql,
+        place,
+        progress: progress.clone(),
+        reported: reported.clone(),
+        metrics: metrics.clone(),
+        replay_from: record.replay_from,
+    }
+    .spawn();
     let mut r = Reader {
         conn,
         assembler: TransactionAssembler::new(),
@@ -82,6 +96,7 @@ pub async fn stream(ready: Ready, link: SourceLink, status_interval: Duration, m
         server_wal_end: start,
         metrics,
         health,
+        reported,
     };
     let mut status = tokio::time::interval(status_interval);
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -198,6 +213,7 @@ impl Reader {
         let flush = self.position.current().0;
         self.conn.send_status(flush, reply).await?;
         self.position.mark_sent();
+        self.reported.remember(self.position.current());
         self.metrics.set_confirmed_lsn(flush.0);
         self.metrics.set_replication_lag_bytes(self.server_wal_end.0.saturating_sub(flush.0));
         tracing::trace!(%flush, "status update sent");

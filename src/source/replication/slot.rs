@@ -24,6 +24,8 @@ pub struct SlotState {
     pub database: Option<String>,
     /// Bytes of WAL the slot keeps (`pg_current_wal_lsn() - restart_lsn`).
     pub retained_bytes: Option<i64>,
+    /// `reserved`, `extended`, `unreserved` or `lost` (invalidated).
+    pub wal_status: Option<String>,
 }
 
 /// Reads the slot, if it exists.
@@ -35,7 +37,7 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
     let row = client
         .query_opt(
             "SELECT plugin::text, confirmed_flush_lsn::text, active_pid, \
-                    (pg_current_wal_lsn() - restart_lsn)::bigint, database::text \
+                    (pg_current_wal_lsn() - restart_lsn)::bigint, database::text, wal_status::text \
              FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
@@ -47,17 +49,30 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
         active_pid: r.get(2),
         retained_bytes: r.get(3),
         database: r.get(4),
+        wal_status: r.get(5),
     }))
+}
+
+/// The SQL that creates the logical slot with pgoutput; with `failover`
+/// (PostgreSQL 17+) the slot is synchronised to standbys.
+pub fn create_slot_sql(failover: bool) -> &'static str {
+    if failover {
+        // (slot_name, plugin, temporary, twophase, failover)
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+    } else {
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')"
+    }
 }
 
 /// Creates the logical slot with pgoutput.
 ///
 /// # Errors
 ///
-/// `SourceQuery` (for instance without the REPLICATION privilege).
-pub async fn create_slot(client: &Client, slot: &str) -> Result<Lsn> {
+/// `SourceQuery` (for instance without the REPLICATION privilege, or
+/// `failover` on a server older than 17).
+pub async fn create_slot(client: &Client, slot: &str, failover: bool) -> Result<Lsn> {
     let row = client
-        .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+        .query_one(create_slot_sql(failover), &[&slot])
         .await
         .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("creating replication slot {slot:?}"), e))?;
     let lsn: String = row.get(0);
@@ -190,4 +205,16 @@ pub async fn slot_health(client: &Client, slot: &str) -> Result<Option<SlotHealt
         wal_status: r.get::<_, Option<String>>(1).unwrap_or_default(),
         safe_wal_size: r.get(2),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failover_slot_is_created_with_failover_true() {
+        assert_eq!(create_slot_sql(false), "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')");
+        // PostgreSQL 17's signature: (slot_name, plugin, temporary, twophase, failover).
+        assert!(create_slot_sql(true).ends_with("pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"));
+    }
 }

@@ -1,19 +1,24 @@
 //! What happens before the first byte streams: the publication and the slot
-//! are there (created when `create_slot`), no other instance streams from the
-//! slot, then START_REPLICATION and the position the slot resumes from.
+//! are there (the slot created only at a first start), the relay's record
+//! agrees that this is the slot it streamed from, no other instance streams
+//! from it, then START_REPLICATION and the position it resumes from.
 //!
-//! The standby check in [`prepare`] runs before the broker is touched; the
-//! race-free check is START_REPLICATION itself (SQLSTATE 55006 when another
-//! walsender holds the slot), in [`start`].
+//! A slot is lost (and the relay stops with [`ErrorKind::SlotLost`], creating
+//! nothing) when the record says the relay streamed from it and it is
+//! missing, when it is invalidated (`wal_status = lost`), when a recovery is
+//! unfinished, or when the server's system identifier is not the recorded
+//! one. The standby check in [`prepare`] runs before the broker is touched;
+//! the race-free check is START_REPLICATION itself (SQLSTATE 55006 when
+//! another walsender holds the slot), in [`start`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use super::connection::ReplicationConnection;
+use super::record::{Place, Record};
 use super::slot;
+use crate::ack::Reported;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Lsn;
@@ -21,110 +26,152 @@ use crate::metrics::Metrics;
 use crate::route::Router;
 use crate::source::postgres::PgTarget;
 
-/// How often the slot's WAL retention is read.
-const SLOT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
-
-/// A replication connection in CopyBoth mode, and where it resumes.
+/// A replication connection in CopyBoth mode, and what the reader needs
+/// beside it.
 #[derive(Debug)]
 pub struct Ready {
     /// The walsender connection, streaming.
     pub(super) conn: ReplicationConnection,
-    /// The slot's `confirmed_flush_lsn`, read after START_REPLICATION.
+    /// Where streaming resumed: the newest of the slot's `confirmed_flush_lsn`
+    /// (read after START_REPLICATION) and the relay's own last report.
     pub(super) start: Lsn,
-    /// Reads the slot's health into the metrics while the session runs;
-    /// stopped when dropped.
-    pub(super) _slot_health: AbortOnDrop,
+    /// The ordinary connection, for the monitor (slot health, the record).
+    pub(super) sql: Client,
+    /// Where the record lives.
+    pub(super) place: Place,
+    /// The record as read at the start.
+    pub(super) record: Record,
+    /// Where the reader records each position it reports.
+    pub(super) reported: Arc<Reported>,
 }
 
-/// Aborts a background task when its owner goes away.
+/// What [`prepare`] found: the record to stream under.
 #[derive(Debug)]
-pub(super) struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+pub struct Prepared {
+    place: Place,
+    record: Record,
 }
 
-/// Makes sure the publication and the slot exist (creating them when
-/// `source.create_slot`), and that no other instance streams from the slot.
+/// What [`start`] needs from the session.
+#[derive(Debug)]
+pub struct StartContext {
+    /// Whether routes want logical decoding messages.
+    pub messages: bool,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The last position reported in this process (kept across sessions).
+    pub reported: Arc<Reported>,
+}
+
+/// Makes sure the publication and the slot exist (creating them at a first
+/// start when `source.create_slot`), that the slot is the one the relay's
+/// record knows, and that no other instance streams from it.
 ///
 /// # Errors
 ///
-/// `SlotMissing` when they are missing and may not be created, `SlotInUse`
-/// when another instance is active (this one then stands by), `SourceQuery`.
-pub async fn prepare(sql: &Client, config: &Config, router: &Router) -> Result<()> {
+/// `SlotLost` (see the module doc), `SlotMissing` when they are missing and
+/// may not be created, `SlotInUse` when another instance is active (this one
+/// then stands by), `SourceQuery`.
+pub async fn prepare(sql: &Client, config: &Config, router: &Router) -> Result<Prepared> {
     let src = &config.source;
+    let place = Place::new(&router.tables(), &src.slot);
     if src.create_slot {
         crate::setup::ensure(sql, config, router).await?;
     } else {
-        if slot::slot_state(sql, &src.slot).await?.is_none() {
-            return Err(Error::new(
-                ErrorKind::SlotMissing,
-                format!("replication slot {:?} does not exist and source.create_slot = false", src.slot),
-            ));
-        }
         if slot::publication_state(sql, &src.publication).await?.is_none() {
             return Err(Error::new(
                 ErrorKind::SlotMissing,
                 format!("publication {:?} does not exist and source.create_slot = false", src.publication),
             ));
         }
+        place.ensure_table(sql).await?;
     }
-    if let Some(pid) = slot::slot_state(sql, &src.slot).await?.and_then(|s| s.active_pid) {
+    let record = place.read(sql).await?;
+    let Some(state) = slot::slot_state(sql, &src.slot).await? else {
+        return Err(match &record {
+            Some(record) => place.lost(record, "it does not exist", &config.path),
+            None => Error::new(
+                ErrorKind::SlotMissing,
+                format!("replication slot {:?} does not exist and source.create_slot = false", src.slot),
+            ),
+        });
+    };
+    if let Some(pid) = state.active_pid {
         return Err(Error::new(
             ErrorKind::SlotInUse,
             format!("replication slot {:?} is active for PID {pid}", src.slot),
         ));
     }
-    Ok(())
+    let record = match record {
+        Some(record) => record,
+        None => {
+            // A slot made by hand or before the relay kept a record: adopt it.
+            place.created(sql, state.confirmed_flush.unwrap_or(Lsn::ZERO), false).await?;
+            place.read(sql).await?.ok_or_else(|| {
+                Error::new(ErrorKind::SourceQuery, format!("the record of slot {:?} vanished after writing it", src.slot))
+            })?
+        }
+    };
+    if state.wal_status.as_deref() == Some("lost") {
+        let what = "it is invalidated (wal_status = lost: it fell behind max_slot_wal_keep_size)";
+        return Err(place.lost(&record, what, &config.path));
+    }
+    if record.recovering {
+        return Err(place.lost(&record, "a recovery created it and has not finished re-publishing", &config.path));
+    }
+    Ok(Prepared { place, record })
 }
 
-/// Opens the replication connection and starts streaming from the slot's own
-/// position. The position is read *after* START_REPLICATION, on the SQL
-/// connection, so none can slip in between. The SQL connection then serves
-/// the slot health reader.
+/// Opens the replication connection, checks the system against the record,
+/// and starts streaming from the newest position known to be confirmed: the
+/// slot's own, or the relay's last report (PostgreSQL 15 and 16 may have
+/// lost the slot's at a restart; the server accepts a later start and skips
+/// what lies before it). The slot's position is read *after*
+/// START_REPLICATION, so none can slip in between.
 ///
 /// # Errors
 ///
 /// Connection, authentication and replication command failures;
-/// `SlotInUse` when another walsender holds the slot.
+/// `SlotInUse` when another walsender holds the slot; `SlotLost` on another
+/// system, or when the slot vanished since [`prepare`].
 pub async fn start(
     target: &PgTarget,
     sql: Client,
     config: &Config,
-    messages: bool,
-    metrics: Arc<Metrics>,
+    prepared: Prepared,
+    ctx: StartContext,
 ) -> Result<Ready> {
     let src = &config.source;
+    let Prepared { place, record } = prepared;
     let mut conn = ReplicationConnection::connect(target, src.connect_timeout).await?;
     let ident = conn.identify_system().await?;
-    conn.start_replication(&src.slot, &src.publication, Lsn::ZERO, messages).await?;
-    let start = slot::slot_state(&sql, &src.slot).await?.and_then(|s| s.confirmed_flush).unwrap_or(Lsn::ZERO);
-    tracing::info!(slot = %src.slot, publication = %src.publication, from = %start, server_wal = %ident.xlog_pos, "streaming");
-    metrics.set_confirmed_lsn(start.0);
-    let slot_health = AbortOnDrop(spawn_slot_health(sql, src.slot.clone(), metrics));
-    Ok(Ready { conn, start, _slot_health: slot_health })
-}
-
-/// Reads the slot's health every [`SLOT_HEALTH_INTERVAL`] into the metrics,
-/// on the session's ordinary connection. A failed read is logged, not fatal:
-/// the replication stream is what matters.
-fn spawn_slot_health(sql: Client, slot: String, metrics: Arc<Metrics>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SLOT_HEALTH_INTERVAL);
-        loop {
-            tick.tick().await;
-            match slot::slot_health(&sql, &slot).await {
-                Ok(Some(h)) => metrics.set_slot_health(h.retained_bytes, &h.wal_status, h.safe_wal_size),
-                Ok(None) => tracing::warn!(%slot, "replication slot disappeared"),
-                Err(e) => {
-                    tracing::warn!(error = %e.chain(), "reading slot health failed");
-                    if sql.is_closed() {
-                        return;
-                    }
-                }
-            }
+    match &record.system_identifier {
+        Some(recorded) if *recorded != ident.system_id => {
+            let what = format!(
+                "the server's system identifier is {}, not the recorded {recorded}: this is another cluster",
+                ident.system_id
+            );
+            return Err(place.lost(&record, &what, &config.path));
         }
-    })
+        Some(_) if record.timeline != Some(ident.timeline as i32) => {
+            tracing::warn!(slot = %src.slot, from = ?record.timeline, to = ident.timeline, "the server's timeline changed (a failover or a restore?); the slot is still there, streaming on");
+            place.set_system(&sql, &ident.system_id, ident.timeline as i32).await?;
+        }
+        Some(_) => {}
+        None => place.set_system(&sql, &ident.system_id, ident.timeline as i32).await?,
+    }
+    let own = ctx.reported.get().unwrap_or(Lsn::ZERO).max(record.confirmed_lsn);
+    conn.start_replication(&src.slot, &src.publication, own, ctx.messages).await.map_err(|e| {
+        if e.kind() == ErrorKind::SlotMissing {
+            place.lost(&record, "it was dropped while the relay was starting", &config.path)
+        } else {
+            e
+        }
+    })?;
+    let slot_position = slot::slot_state(&sql, &src.slot).await?.and_then(|s| s.confirmed_flush).unwrap_or(Lsn::ZERO);
+    let start = slot_position.max(own);
+    tracing::info!(slot = %src.slot, publication = %src.publication, from = %start, slot_position = %slot_position, server_wal = %ident.xlog_pos, "streaming");
+    ctx.metrics.set_confirmed_lsn(start.0);
+    ctx.metrics.set_slot_lost(false);
+    Ok(Ready { conn, start, sql, place, record, reported: ctx.reported })
 }
