@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod notify;
 pub mod publish;
 pub mod relay;
+pub mod replay;
 pub mod route;
 pub mod session;
 pub mod setup;

@@ -141,8 +141,9 @@ async fn open(config: &Config, metrics: &Arc<Metrics>) -> Result<(ReadySource, B
 }
 
 /// The routes, with every table they name checked: it exists, and every
-/// column a template names is one of its columns.
-async fn checked_router(sql: &tokio_postgres::Client, config: &Config, target: &PgTarget) -> Result<Router> {
+/// column a template names is one of its columns. Shared with
+/// [`crate::replay`].
+pub(crate) async fn checked_router(sql: &tokio_postgres::Client, config: &Config, target: &PgTarget) -> Result<Router> {
     let mut router = Router::new(&config.routes);
     let mut problems = Vec::new();
     for (schema, table) in router.tables() {
