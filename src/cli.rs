@@ -31,6 +31,8 @@ pub enum Command {
     },
     /// After a lost slot: create a new slot, then re-publish from the outbox table every row that may not have been confirmed.
     Recover(ConfigArg),
+    /// Re-publish a range of outbox rows (original message_id, header x-outbox-replay: true); the slot is untouched.
+    Replay(ReplayArgs),
     /// Probe a running relay's /healthz (for container HEALTHCHECKs: exit 0 when healthy).
     Healthcheck {
         /// The relay's HTTP address (http.listen).
@@ -48,4 +50,32 @@ pub struct ConfigArg {
     /// The TOML configuration file.
     #[arg(long, short = 'c', env = "OUTBOX_RELAY_CONFIG")]
     pub config: PathBuf,
+}
+
+/// `replay`'s flags: where the range starts (exactly one of `--since` and
+/// `--from-id`), where it ends, and how to publish it.
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("start").required(true).args(["since", "from_id"]))]
+pub struct ReplayArgs {
+    /// The configuration file.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Rows whose first source.order_by column is at or after this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub since: Option<String>,
+    /// Rows at or after the row with this primary key, in source.order_by order.
+    #[arg(long, value_name = "ID")]
+    pub from_id: Option<String>,
+    /// Rows whose first source.order_by column is at or before this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub until: Option<String>,
+    /// Publish only rows whose first matching route is this one.
+    #[arg(long, value_name = "NAME")]
+    pub route: Option<String>,
+    /// At most N messages per second.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
+    /// Count and render the rows per route; publish nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }

@@ -44,6 +44,9 @@ pub enum ErrorKind {
     Data,
     /// Local I/O (HTTP listener, files).
     Io,
+    /// A command (`recover`) was stopped before it finished; running it
+    /// again completes it.
+    Interrupted,
     /// A task of the relay panicked: a bug. The pipeline restarts from the
     /// slot (nothing was confirmed that the broker did not confirm), but it is
     /// not counted as a reconnect of either end.
@@ -82,7 +85,11 @@ impl ErrorKind {
     /// Retry or stop.
     pub fn policy(self) -> Policy {
         match self {
-            ErrorKind::Config | ErrorKind::Data | ErrorKind::SlotMissing | ErrorKind::SlotLost => Policy::Stop,
+            ErrorKind::Config
+            | ErrorKind::Data
+            | ErrorKind::SlotMissing
+            | ErrorKind::SlotLost
+            | ErrorKind::Interrupted => Policy::Stop,
             _ => Policy::Retry,
         }
     }
@@ -99,7 +106,7 @@ impl ErrorKind {
             | ErrorKind::SlotMissing
             | ErrorKind::SlotLost => Some(End::Source),
             ErrorKind::BrokerConnection | ErrorKind::BrokerChannel | ErrorKind::ConfirmTimeout => Some(End::Broker),
-            ErrorKind::Config | ErrorKind::Data | ErrorKind::Io | ErrorKind::Panic => None,
+            ErrorKind::Config | ErrorKind::Data | ErrorKind::Io | ErrorKind::Interrupted | ErrorKind::Panic => None,
         }
     }
 
@@ -127,6 +134,7 @@ impl ErrorKind {
             ErrorKind::ConfirmTimeout => "confirm_timeout",
             ErrorKind::Data => "data",
             ErrorKind::Io => "io",
+            ErrorKind::Interrupted => "interrupted",
             ErrorKind::Panic => "panic",
         }
     }
@@ -147,6 +155,7 @@ impl ErrorKind {
             ErrorKind::ConfirmTimeout => "the broker did not confirm in time; the relay reconnects and republishes from the last confirmed position",
             ErrorKind::Data => "the row is committed in the WAL and cannot be edited there: change the route so it can render the row (or route it elsewhere), then restart; the relay resumes at this row. Skipping it means losing it: only `SELECT pg_replication_slot_advance(slot, lsn)` past it does that, deliberately",
             ErrorKind::Io => "check the local resource named above",
+            ErrorKind::Interrupted => "run the same command again: it starts over and finishes",
             ErrorKind::Panic => "a bug in outbox-relay: the pipeline restarts from the slot and nothing is lost; please report it with the log line",
         }
     }

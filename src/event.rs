@@ -90,14 +90,17 @@ pub struct BatchSeq(pub u64);
 
 /// Where a transaction sits in its source's order: what the tracker orders
 /// in-flight transactions by and hands back as confirmed progress. A
-/// replication transaction is known by its commit end LSN, a polling batch by
-/// its sequence number; the two never mix within one pipeline.
+/// replication transaction is known by its commit end LSN, a polling batch or
+/// a replayed page by its sequence number; they never mix within one pipeline.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub enum SourcePosition {
     /// A committed transaction from logical replication.
     Wal(EndLsn),
     /// A batch of rows read by the polling source.
     Batch(BatchSeq),
+    /// A page of rows re-published by `outbox-relay replay` ([`crate::replay`]):
+    /// its messages carry `x-outbox-replay: true` and no LSN.
+    Replay(BatchSeq),
 }
 
 impl SourcePosition {
@@ -105,7 +108,7 @@ impl SourcePosition {
     pub fn end_lsn(self) -> Option<EndLsn> {
         match self {
             SourcePosition::Wal(lsn) => Some(lsn),
-            SourcePosition::Batch(_) => None,
+            SourcePosition::Batch(_) | SourcePosition::Replay(_) => None,
         }
     }
 }
@@ -115,6 +118,7 @@ impl fmt::Display for SourcePosition {
         match self {
             SourcePosition::Wal(lsn) => write!(f, "WAL {lsn}"),
             SourcePosition::Batch(seq) => write!(f, "polling batch {}", seq.0),
+            SourcePosition::Replay(seq) => write!(f, "replay page {}", seq.0),
         }
     }
 }

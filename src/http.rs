@@ -69,9 +69,11 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics, health: &Health) -> Response<
             State::Standby => (StatusCode::OK, "text/plain", "standby: another instance holds the slot\n".to_owned()),
             State::Starting => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: connecting\n".to_owned()),
             State::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: stopping\n".to_owned()),
-            State::SlotLost => {
-                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: slot lost: {}\n", health.lost_reason()))
-            }
+            State::SlotLost => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: slot lost: {}\n", health.lost_reason()),
+            ),
         },
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
     };

@@ -47,6 +47,7 @@ pub mod notify;
 pub mod publish;
 pub mod recover;
 pub mod relay;
+pub mod replay;
 pub mod route;
 pub mod session;
 pub mod setup;

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         cli::Command::Setup { config, print_sql: true } => print_sql(&config.config),
         cli::Command::Setup { config, print_sql: false } => setup(&config.config),
         cli::Command::Recover(config) => recover(&config.config),
+        cli::Command::Replay(args) => replay(args),
         cli::Command::Healthcheck { addr, ready } => healthcheck(addr, ready),
     };
     ExitCode::from(exit::code(&result))
@@ -101,6 +102,46 @@ fn recover(path: &Path) -> Result<(), Failure> {
             eprintln!("outbox-relay: {}\nhint: {}", e.chain(), e.kind().hint());
             Err(if e.kind() == ErrorKind::Config { Failure::Invalid } else { Failure::Failed })
         }
+    }
+}
+
+/// The report on stdout; exit 1 when the range was not all replayed (a
+/// stop, or rows a dry run cannot render), 2 for a bad selection.
+fn replay(args: cli::ReplayArgs) -> Result<(), Failure> {
+    let cfg = load(&args.config.config)?;
+    init_logging(&cfg);
+    let selection = outbox_relay::replay::Selection {
+        since: args.since,
+        from_id: args.from_id,
+        until: args.until,
+        route: args.route,
+        rate: args.rate,
+        dry_run: args.dry_run,
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let report = runtime()?
+        .block_on(async {
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("stop requested: waiting for in-flight confirms");
+                on_signal.cancel();
+            });
+            outbox_relay::replay::run(&cfg, &selection, stop.clone()).await
+        })
+        .map_err(|e| {
+            eprintln!("outbox-relay replay: {}", e.chain());
+            if e.kind() == ErrorKind::Config {
+                return Failure::Invalid;
+            }
+            eprintln!("hint: {}", e.kind().hint());
+            Failure::Failed
+        })?;
+    print!("{report}");
+    if report.complete() {
+        Ok(())
+    } else {
+        Err(Failure::Failed)
     }
 }
 

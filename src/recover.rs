@@ -88,22 +88,29 @@ pub async fn run(config: &Config, stop: &CancellationToken) -> Result<RecoverRep
         Some(s) if record.recovering => {
             tracing::info!(slot = %src.slot, "resuming an unfinished recovery: its slot is kept");
             if s.active_pid.is_some() {
-                return Err(Error::new(ErrorKind::SlotInUse, format!("slot {:?} is in use; stop the relay that streams from it first", src.slot)));
+                return Err(Error::new(
+                    ErrorKind::SlotInUse,
+                    format!("slot {:?} is in use; stop the relay that streams from it first", src.slot),
+                ));
             }
             None
         }
         Some(s) if s.wal_status.as_deref() != Some("lost") => {
             return Err(Error::new(
                 ErrorKind::Config,
-                format!("replication slot {:?} is not lost (wal_status {}): nothing to recover", src.slot, s.wal_status.unwrap_or_default()),
+                format!(
+                    "replication slot {:?} is not lost (wal_status {}): nothing to recover",
+                    src.slot,
+                    s.wal_status.unwrap_or_default()
+                ),
             ));
         }
         existing => {
             if existing.is_some() {
                 tracing::warn!(slot = %src.slot, "dropping the invalidated slot before creating it again");
-                sql.execute("SELECT pg_drop_replication_slot($1)", &[&src.slot])
-                    .await
-                    .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("dropping invalidated slot {:?}", src.slot), e))?;
+                sql.execute("SELECT pg_drop_replication_slot($1)", &[&src.slot]).await.map_err(|e| {
+                    from_pg(ErrorKind::SourceQuery, format!("dropping invalidated slot {:?}", src.slot), e)
+                })?;
             }
             // The mark first: a crash between creating the slot and the end of
             // the re-publishing must not let `run` stream from the new slot.
@@ -118,6 +125,15 @@ pub async fn run(config: &Config, stop: &CancellationToken) -> Result<RecoverRep
     tracing::info!(since = %since, last_confirmed = %record.confirmed_lsn, last_commit = record.confirmed_commit_time.as_deref().unwrap_or("unknown"), "re-publishing every row that may not have been confirmed");
     let selection = Selection { since: Some(since.clone()), ..Selection::default() };
     let replay = replay::run(config, &selection, stop.clone()).await?;
+    if !replay.complete() {
+        // Stopped before the end: the mark stays, `run` keeps refusing, and
+        // the next `recover` re-publishes the whole range again.
+        let kind = if replay.unrenderable > 0 { ErrorKind::Data } else { ErrorKind::Interrupted };
+        return Err(Error::new(
+            kind,
+            format!("the re-publishing stopped before the end ({replay}); run `outbox-relay recover` again"),
+        ));
+    }
     place.recovered(&sql).await?;
     Ok(RecoverReport { slot: src.slot.clone(), created_at, since, replay })
 }

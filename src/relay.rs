@@ -73,6 +73,7 @@ pub async fn supervise(config: &Config, handles: &Handles, stop: &CancellationTo
                     failures = 0;
                     continue;
                 }
+                Err(_) if stop.is_cancelled() => return Ok(()),
                 Err(e) if e.kind().policy() == Policy::Stop => return Err(e),
                 Err(e) => {
                     failures = failures.saturating_add(1);

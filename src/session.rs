@@ -78,7 +78,7 @@ enum PreparedSource {
 
 /// A source connected and positioned, not yet streaming.
 enum ReadySource {
-    Replication(replication::Ready),
+    Replication(Box<replication::Ready>),
     Polling(polling::Ready),
 }
 
@@ -119,7 +119,7 @@ pub async fn run(config: &Config, handles: &Handles, stop: &CancellationToken) -
     let source = async {
         match source {
             ReadySource::Replication(ready) => {
-                replication::stream(ready, link, config.source.status_interval, handles.metrics.clone()).await
+                replication::stream(*ready, link, config.source.status_interval, handles.metrics.clone()).await
             }
             ReadySource::Polling(ready) => polling::run(ready, config, link).await,
         }
@@ -155,7 +155,7 @@ async fn open(config: &Config, handles: &Handles) -> Result<(ReadySource, Broker
                 metrics: handles.metrics.clone(),
                 reported: handles.reported.clone(),
             };
-            ReadySource::Replication(replication::start(&target, sql, config, prepared, ctx).await?)
+            ReadySource::Replication(Box::new(replication::start(&target, sql, config, prepared, ctx).await?))
         }
         PreparedSource::Polling(tables) => ReadySource::Polling(polling::Ready::new(sql, tables, &src.slot)),
     };
@@ -163,8 +163,9 @@ async fn open(config: &Config, handles: &Handles) -> Result<(ReadySource, Broker
 }
 
 /// The routes, with every table they name checked: it exists, and every
-/// column a template names is one of its columns.
-async fn checked_router(sql: &tokio_postgres::Client, config: &Config, target: &PgTarget) -> Result<Router> {
+/// column a template names is one of its columns. Shared with
+/// [`crate::replay`].
+pub(crate) async fn checked_router(sql: &tokio_postgres::Client, config: &Config, target: &PgTarget) -> Result<Router> {
     let mut router = Router::new(&config.routes);
     let mut problems = Vec::new();
     for (schema, table) in router.tables() {

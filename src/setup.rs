@@ -11,8 +11,8 @@ use tokio_postgres::Client;
 
 use crate::config::{Config, UrlTarget};
 use crate::error::{Error, ErrorKind, Result};
-use crate::route::Router;
 use crate::event::Lsn;
+use crate::route::Router;
 use crate::source::postgres::PgTarget;
 use crate::source::replication::record::{self, Place};
 use crate::source::replication::slot;

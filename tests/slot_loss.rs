@@ -4,8 +4,13 @@
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::support::cluster::{PgCluster, PgOptions};
 use crate::support::config::TestConfig;
 use crate::support::consumer::Consumer;
+use crate::support::failover::slot_wal_status;
+use crate::support::proxy::{Mode, Proxy};
 use crate::support::relay::{InProcess, Process, State};
 use crate::support::{self, insert_events, TestDb};
 
@@ -120,4 +125,100 @@ async fn a_lost_slot_says_so_on_readyz_and_the_metric_and_on_slot_lost_recover_s
     assert!(relay.handles.metrics.encode().contains("outbox_relay_slot_lost 0"));
     relay.stop().await.expect("clean stop");
     db.drop_all().await;
+}
+
+/// Creates database `app` with the default outbox table on a private cluster.
+async fn app_database(pg: &PgCluster) {
+    pg.local_client("postgres").await.batch_execute("CREATE DATABASE app").await.expect("create database");
+    pg.local_client("app").await.batch_execute(outbox_relay::setup::DEFAULT_OUTBOX_TABLE).await.expect("outbox table");
+}
+
+/// What `outbox-relay recover` does, in-process.
+async fn recover(cfg: &TestConfig) -> outbox_relay::recover::RecoverReport {
+    outbox_relay::recover::run(&cfg.load(), &CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("recover failed: {}", e.chain()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_invalidated_by_max_slot_wal_keep_size_is_lost_and_recover_delivers_everything() {
+    // GIVEN a private cluster with max_slot_wal_keep_size = 1MB, and a relay that streamed and stopped
+    let pg = PgCluster::start(PgOptions::default().slot_wal_limit("1MB")).await;
+    app_database(&pg).await;
+    let consumer = Consumer::start("#").await;
+    let cfg = TestConfig::outbox(&pg.url("app"), &consumer.exchange);
+    let slot = cfg.load().source.slot;
+    let client = pg.local_client("app").await;
+    let relay = InProcess::start(&cfg).await;
+    let first = insert_events(&client, "wallet", &aggregates("a", 10), "First").await;
+    consumer.wait_for_ids(&first, Duration::from_secs(20)).await;
+    relay.stop().await.expect("clean stop");
+
+    // WHEN events commit and the server writes more WAL than the slot may keep
+    let pending = insert_events(&client, "wallet", &aggregates("b", 40), "Pending").await;
+    pg.generate_wal(&client, 64).await;
+    assert_eq!(slot_wal_status(&client, &slot).await.as_deref(), Some("lost"), "the slot is invalidated");
+
+    // THEN the relay stops with a clear error and creates nothing
+    let err = InProcess::start_any(&cfg).await.stopped_with_error("an invalidated slot").await;
+    assert_eq!(err.kind(), outbox_relay::ErrorKind::SlotLost, "{}", err.chain());
+    assert!(err.chain().contains("invalidated"), "{}", err.chain());
+
+    // WHEN an operator recovers THEN every pending event arrives, and streaming goes on
+    let report = recover(&cfg).await;
+    assert!(report.created_at.is_some(), "a new slot: {report}");
+    consumer.wait_for_ids(&pending, Duration::from_secs(30)).await;
+    let relay = InProcess::start(&cfg).await;
+    let later = insert_events(&client, "wallet", &aggregates("c", 10), "Later").await;
+    consumer.wait_for_ids(&later, Duration::from_secs(20)).await;
+    relay.stop().await.expect("clean stop");
+    assert_eq!(slot_wal_status(&client, &slot).await.as_deref(), Some("reserved"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_to_a_physical_standby_the_lost_slot_is_detected_and_recover_loses_nothing() {
+    // GIVEN a primary with a streaming physical standby (pg_basebackup -R), and a relay on the
+    // primary whose broker connection runs through a proxy
+    let primary = PgCluster::start(PgOptions::default()).await;
+    app_database(&primary).await;
+    let standby = primary.standby().await;
+    let consumer = Consumer::start("#").await;
+    let proxy = Proxy::start(support::amqp_addr()).await;
+    let on_primary = TestConfig::outbox(&primary.url("app"), &consumer.exchange).patient_broker_through(proxy.addr);
+    let client = primary.local_client("app").await;
+    let relay = InProcess::start(&on_primary).await;
+    let confirmed = insert_events(&client, "wallet", &aggregates("a", 30), "Confirmed").await;
+    consumer.wait_for_ids(&confirmed, Duration::from_secs(20)).await;
+
+    // WHEN the broker goes silent, events commit unconfirmed, the standby has them, and the primary dies
+    proxy.set_mode(Mode::Blackhole);
+    let mut unconfirmed = Vec::new();
+    for i in 0..20 {
+        unconfirmed.extend(insert_events(&client, "wallet", &aggregates(&format!("b{i}"), 5), "Unconfirmed").await);
+    }
+    standby.wait_caught_up(&primary).await;
+    primary.stop_immediate().await;
+    let _ = relay.stop().await;
+    proxy.set_mode(Mode::Pass);
+    // AND the standby is promoted, and the relay pointed at it
+    standby.promote().await;
+    let on_standby = TestConfig::outbox(&standby.url("app"), &consumer.exchange);
+
+    // THEN it finds its record (replicated) but no slot (PostgreSQL 15 does not replicate it): lost
+    let err = InProcess::start_any(&on_standby).await.stopped_with_error("a failover without the slot").await;
+    assert_eq!(err.kind(), outbox_relay::ErrorKind::SlotLost, "{}", err.chain());
+    assert!(err.chain().contains("does not exist"), "{}", err.chain());
+
+    // WHEN an operator recovers on the new primary THEN nothing committed is lost
+    recover(&on_standby).await;
+    let mut all = confirmed.clone();
+    all.extend(unconfirmed.iter().cloned());
+    consumer.wait_for_ids(&all, Duration::from_secs(30)).await;
+    let relay = InProcess::start(&on_standby).await;
+    let after = insert_events(&standby.local_client("app").await, "wallet", &aggregates("c", 10), "After").await;
+    consumer.wait_for_ids(&after, Duration::from_secs(20)).await;
+    relay.stop().await.expect("clean stop");
+    let got = consumer.received();
+    let total = all.len() + after.len();
+    println!("failover: {total} events, {} deliveries ({} duplicates)", got.len(), got.len() - total);
 }

@@ -161,7 +161,10 @@ mod tests {
         assert_eq!(t.progress().confirmed, None);
         assert!(!t.confirm(a));
         assert!(t.confirm(a));
-        assert_eq!(t.progress(), Progress { confirmed: Some(lsn(20)), confirmed_commit_time: Some(PgTimestamp(0)), txns_done: 2 });
+        assert_eq!(
+            t.progress(),
+            Progress { confirmed: Some(lsn(20)), confirmed_commit_time: Some(PgTimestamp(0)), txns_done: 2 }
+        );
         assert!(t.is_idle());
     }
 

@@ -18,8 +18,8 @@ use super::raw::{self, RawBroker, RawConfig, RawRoute, RawSource};
 use super::rules;
 use super::secret::{configured_url, SecretString, UrlTarget};
 use super::{
-    AfterPublish, BrokerConfig, Config, ConfigError, HttpConfig, LogConfig, LogFormat, OnSlotLost, OnUnroutable, Problem,
-    RouteConfig, RouteMatch, SourceConfig, SourceMode,
+    AfterPublish, BrokerConfig, Config, ConfigError, HttpConfig, LogConfig, LogFormat, OnSlotLost, OnUnroutable,
+    Problem, RouteConfig, RouteMatch, SourceConfig, SourceMode,
 };
 use crate::route::template::Template;
 

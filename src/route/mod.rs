@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::config::{RouteConfig, RouteMatch};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{Column, Datum, EventSource, OutboxEvent};
+use crate::event::{Column, Datum, EventSource, OutboxEvent, SourcePosition};
 
 /// Type OIDs with special handling.
 const BYTEA: u32 = 17;
@@ -250,9 +250,13 @@ impl Router {
     }
 }
 
-/// The event's LSN for an error message (polling has none).
+/// The event's LSN for an error message (polling and replay have none).
 fn lsn_text(ev: &OutboxEvent) -> String {
-    ev.position.end_lsn().map_or_else(|| "n/a (polling)".to_owned(), |lsn| lsn.to_string())
+    match ev.position {
+        SourcePosition::Wal(lsn) => lsn.to_string(),
+        SourcePosition::Batch(_) => "n/a (polling)".to_owned(),
+        SourcePosition::Replay(_) => "n/a (replay)".to_owned(),
+    }
 }
 
 impl Route {
@@ -310,9 +314,12 @@ impl Route {
             EventSource::Message { prefix, .. } => format!("message:{prefix}"),
         };
         headers.push(("x-outbox-table".into(), HeaderValue::Str(table)));
-        // Polling has no LSN: its batch number is not a WAL position.
-        if let Some(lsn) = ev.position.end_lsn() {
-            headers.push(("x-outbox-lsn".into(), HeaderValue::Str(lsn.to_string())));
+        // Polling and replay have no LSN: their sequence numbers are not WAL
+        // positions. A replayed message says so, as an AMQP boolean.
+        match ev.position {
+            SourcePosition::Wal(lsn) => headers.push(("x-outbox-lsn".into(), HeaderValue::Str(lsn.to_string()))),
+            SourcePosition::Batch(_) => {}
+            SourcePosition::Replay(_) => headers.push(("x-outbox-replay".into(), HeaderValue::Bool(true))),
         }
         headers.push(("x-outbox-commit-time".into(), HeaderValue::Str(ev.commit_time.to_rfc3339())));
         Ok(OutgoingMessage {
@@ -438,6 +445,51 @@ fn decode_bytea_hex(text: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A router over the default outbox table, from a real config text.
+    fn outbox_router() -> (Router, Arc<Vec<Column>>) {
+        let text = "[source]\nurl = \"postgres://u@127.0.0.1/db\"\n[broker]\nurl = \"amqp://127.0.0.1/%2f\"\n\
+                    [[routes]]\ntable = \"public.outbox\"\nexchange = \"x\"\nrouting_key = \"{event_type}\"\n";
+        let cfg = crate::config::from_str(text, std::path::Path::new("t.toml"), &|_| None).expect("valid config");
+        let columns: Arc<Vec<Column>> = Arc::new(
+            [("id", 2950), ("event_type", 25), ("payload", JSONB)]
+                .into_iter()
+                .map(|(name, type_oid)| Column { name: name.into(), type_oid })
+                .collect(),
+        );
+        let mut router = Router::new(&cfg.routes);
+        assert_eq!(router.check_table("public", "outbox", &columns), Vec::<String>::new());
+        (router, columns)
+    }
+
+    fn event(columns: &Arc<Vec<Column>>, position: SourcePosition) -> OutboxEvent {
+        let values = ["e1", "Added", "{}"].iter().map(|v| Datum::Text(v.as_bytes().to_vec())).collect();
+        OutboxEvent {
+            source: EventSource::Row { table: "public.outbox".into(), columns: columns.clone(), values },
+            position,
+            commit_time: crate::event::PgTimestamp(0),
+            ordinal: 0,
+        }
+    }
+
+    fn header<'m>(m: &'m OutgoingMessage, name: &str) -> Option<&'m HeaderValue> {
+        m.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    #[test]
+    fn a_replayed_event_carries_x_outbox_replay_true_and_no_lsn() {
+        use crate::event::{BatchSeq, EndLsn, Lsn};
+        let (router, columns) = outbox_router();
+        let replayed = router.render(&event(&columns, SourcePosition::Replay(BatchSeq(3)))).unwrap().unwrap();
+        assert_eq!(replayed.message_id, "e1", "the original id");
+        assert_eq!(header(&replayed, "x-outbox-replay"), Some(&HeaderValue::Bool(true)));
+        assert_eq!(header(&replayed, "x-outbox-lsn"), None);
+        let streamed = router.render(&event(&columns, SourcePosition::Wal(EndLsn(Lsn(0x10))))).unwrap().unwrap();
+        assert_eq!(header(&streamed, "x-outbox-replay"), None);
+        assert_eq!(header(&streamed, "x-outbox-lsn"), Some(&HeaderValue::Str("0/10".into())));
+        let polled = router.render(&event(&columns, SourcePosition::Batch(BatchSeq(1)))).unwrap().unwrap();
+        assert_eq!((header(&polled, "x-outbox-replay"), header(&polled, "x-outbox-lsn")), (None, None));
+    }
 
     #[test]
     fn bytea_hex_decodes() {

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use crate::config::{AfterPublish, Config};
@@ -33,6 +34,29 @@ pub struct PolledTable {
     pub columns: Arc<Vec<Column>>,
     /// The single-column primary key used to delete or mark rows.
     pub key: String,
+}
+
+impl PolledTable {
+    /// Rows as read by [`read_rows`] (their values), as the events of one
+    /// transaction at `position`, read at `now` (the commit time is not
+    /// known without the WAL).
+    pub(crate) fn events(
+        &self,
+        rows: impl IntoIterator<Item = Vec<Datum>>,
+        position: SourcePosition,
+        now: PgTimestamp,
+    ) -> Vec<OutboxEvent> {
+        let qualified = format!("{}.{}", self.schema, self.table);
+        rows.into_iter()
+            .enumerate()
+            .map(|(i, values)| OutboxEvent {
+                source: EventSource::Row { table: qualified.clone(), columns: self.columns.clone(), values },
+                position,
+                commit_time: now,
+                ordinal: i as u32,
+            })
+            .collect()
+    }
 }
 
 /// The advisory lock key for a slot name: one polling instance per name.
@@ -155,17 +179,7 @@ pub async fn run(ready: Ready, config: &Config, link: SourceLink) -> Result<()> 
             let batch = SourcePosition::Batch(BatchSeq(seq));
             let keys: Vec<String> = rows.iter().map(|(k, _)| k.clone()).collect();
             let now = PgTimestamp::now();
-            let qualified = format!("{}.{}", t.schema, t.table);
-            let events = rows
-                .into_iter()
-                .enumerate()
-                .map(|(i, (_, values))| OutboxEvent {
-                    source: EventSource::Row { table: qualified.clone(), columns: t.columns.clone(), values },
-                    position: batch,
-                    commit_time: now,
-                    ordinal: i as u32,
-                })
-                .collect();
+            let events = t.events(rows.into_iter().map(|(_, values)| values), batch, now);
             if tx.send(Transaction { position: batch, commit_time: now, events }).await.is_err() {
                 return Err(publisher_gone());
             }
@@ -205,29 +219,43 @@ pub async fn run(ready: Ready, config: &Config, link: SourceLink) -> Result<()> 
     Ok(())
 }
 
-/// Reads up to `batch_size` unpublished rows, every column as text (the
-/// same text format pgoutput sends), with the key first.
+/// Reads up to `batch_size` unpublished rows in `order_by` order.
 async fn read_batch(client: &Client, t: &PolledTable, config: &Config) -> Result<Vec<(String, Vec<Datum>)>> {
     let src = &config.source;
-    let cols: Vec<String> = t.columns.iter().map(|c| format!("{}::text", quote_ident(&c.name))).collect();
     let filter = match (src.after_publish, &src.mark_column) {
         (AfterPublish::Mark, Some(m)) => format!(" WHERE {} IS NULL", quote_ident(m)),
         _ => String::new(),
     };
     // order_by is validated to be a list of column names with ASC/DESC.
+    read_rows(client, t, &format!("{filter} ORDER BY {} LIMIT {}", src.order_by, src.batch_size), &[]).await
+}
+
+/// Reads rows of `t` with `SELECT key, every column FROM t {clauses}`
+/// (`params` bound in `clauses`): each row's key, then its values in table
+/// order, all as text (the same text format pgoutput sends). Shared by
+/// polling and [`crate::replay`].
+///
+/// # Errors
+///
+/// `SourceQuery`.
+pub(crate) async fn read_rows(
+    client: &Client,
+    t: &PolledTable,
+    clauses: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<(String, Vec<Datum>)>> {
+    let cols: Vec<String> = t.columns.iter().map(|c| format!("{}::text", quote_ident(&c.name))).collect();
     let sql = format!(
-        "SELECT {}::text, {} FROM {}.{}{filter} ORDER BY {} LIMIT {}",
+        "SELECT {}::text, {} FROM {}.{}{clauses}",
         quote_ident(&t.key),
         cols.join(", "),
         quote_ident(&t.schema),
         quote_ident(&t.table),
-        src.order_by,
-        src.batch_size
     );
     let rows = client
-        .query(&sql, &[])
+        .query(&sql, params)
         .await
-        .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("polling {}.{}", t.schema, t.table), e))?;
+        .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("reading rows of {}.{}", t.schema, t.table), e))?;
     Ok(rows
         .iter()
         .map(|r| {

@@ -215,6 +215,8 @@ mod tests {
     fn a_failover_slot_is_created_with_failover_true() {
         assert_eq!(create_slot_sql(false), "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')");
         // PostgreSQL 17's signature: (slot_name, plugin, temporary, twophase, failover).
-        assert!(create_slot_sql(true).ends_with("pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"));
+        assert!(
+            create_slot_sql(true).ends_with("pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)")
+        );
     }
 }

@@ -108,7 +108,10 @@ pub async fn prepare(sql: &Client, config: &Config, router: &Router) -> Result<P
             // A slot made by hand or before the relay kept a record: adopt it.
             place.created(sql, state.confirmed_flush.unwrap_or(Lsn::ZERO), false).await?;
             place.read(sql).await?.ok_or_else(|| {
-                Error::new(ErrorKind::SourceQuery, format!("the record of slot {:?} vanished after writing it", src.slot))
+                Error::new(
+                    ErrorKind::SourceQuery,
+                    format!("the record of slot {:?} vanished after writing it", src.slot),
+                )
             })?
         }
     };
