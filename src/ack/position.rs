@@ -11,7 +11,8 @@
 
 use crate::event::{EndLsn, KeepaliveLsn, Lsn, Position};
 
-/// The last position reported to the server, kept beyond one session: the
+/// The newest position known confirmed (reported to the server, or about to
+/// be), kept beyond one session: the
 /// next START_REPLICATION may begin there instead of at the slot's own
 /// position, which PostgreSQL 15 and 16 may have lost at a restart (they do
 /// not save a slot whose only change is its confirmed position at a shutdown
@@ -20,7 +21,7 @@ use crate::event::{EndLsn, KeepaliveLsn, Lsn, Position};
 pub struct Reported(std::sync::atomic::AtomicU64);
 
 impl Reported {
-    /// Records a position sent in a status update.
+    /// Records a position everything before which the broker confirmed.
     pub fn remember(&self, position: Position) {
         self.0.fetch_max(position.0 .0, std::sync::atomic::Ordering::Relaxed);
     }

@@ -61,8 +61,8 @@ struct Reader {
     metrics: Arc<Metrics>,
     /// Beaten on every feedback tick: proof for the watchdog that the loop turns.
     health: Arc<Health>,
-    /// Every position sent, kept beyond this session (the next start may
-    /// begin there) and written to the durable record by the monitor.
+    /// Every position known confirmed, kept beyond this session (the next
+    /// start may begin there) and written to the durable record by the monitor.
     reported: Arc<crate::ack::Reported>,
 }
 
@@ -207,13 +207,15 @@ impl Reader {
                 self.position.idle_keepalive(k);
             }
         }
+        // Confirmed is enough to resume from, reported or not yet: a
+        // restart then replays only what was in flight.
+        self.reported.remember(self.position.current());
     }
 
     async fn send_status(&mut self, reply: bool) -> Result<()> {
         let flush = self.position.current().0;
         self.conn.send_status(flush, reply).await?;
         self.position.mark_sent();
-        self.reported.remember(self.position.current());
         self.metrics.set_confirmed_lsn(flush.0);
         self.metrics.set_replication_lag_bytes(self.server_wal_end.0.saturating_sub(flush.0));
         tracing::trace!(%flush, "status update sent");
