@@ -258,6 +258,19 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
         }
     }
     if !polling {
+        if !place.exists(client).await? {
+            let may_create: bool = client
+                .query_one("SELECT has_schema_privilege($1, 'CREATE')", &[&place.schema])
+                .await
+                .map_err(|e| crate::error::from_pg(crate::ErrorKind::SourceQuery, "reading schema privileges", e))?
+                .get(0);
+            if !may_create {
+                r.warn(
+                    format!("the relay's state table {}.outbox_relay_state does not exist and this role may not create it: a lost slot would not be detected", place.schema),
+                    "run `outbox-relay setup` as the owner of the outbox table (it creates the table), then GRANT SELECT, INSERT, UPDATE on it to this role",
+                );
+            }
+        }
         warn_unrecoverable(client, &router.tables(), r).await?;
     }
     match slot_state {

@@ -135,15 +135,17 @@ pub async fn ensure(client: &Client, config: &Config, router: &Router) -> Result
     // The record says whether the relay has streamed from this slot: only
     // a slot it never streamed from may be created here.
     let place = Place::new(&tables, &s.slot);
-    place.ensure_table(client).await?;
-    let record = place.read(client).await?;
+    let recording = place.ensure_table(client).await?;
+    let record = if recording { place.read(client).await? } else { None };
     match slot::slot_state(client, &s.slot).await? {
         None => {
             if let Some(record) = &record {
                 return Err(place.lost(record, "it does not exist", &config.path));
             }
             let lsn = slot::create_slot(client, &s.slot, s.failover_slot).await?;
-            place.created(client, lsn, false).await?;
+            if recording {
+                place.created(client, lsn, false).await?;
+            }
             report.created_slot = true;
             tracing::info!(slot = %s.slot, %lsn, "replication slot created");
         }
@@ -164,7 +166,7 @@ pub async fn ensure(client: &Client, config: &Config, router: &Router) -> Result
             ))
         }
         Some(st) => {
-            if record.is_none() {
+            if recording && record.is_none() {
                 // A slot made before the relay kept a record (or by hand):
                 // adopt it, from its own position.
                 place.created(client, st.confirmed_flush.unwrap_or(Lsn::ZERO), false).await?;

@@ -83,7 +83,7 @@ pub async fn stream(ready: Ready, link: SourceLink, status_interval: Duration, m
         progress: progress.clone(),
         reported: reported.clone(),
         metrics: metrics.clone(),
-        replay_from: record.replay_from,
+        replay_from: record.map(|r| r.replay_from),
     }
     .spawn();
     let mut r = Reader {

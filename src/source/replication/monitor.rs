@@ -61,8 +61,9 @@ pub(super) struct Monitor {
     pub(super) progress: watch::Receiver<Progress>,
     pub(super) reported: Arc<Reported>,
     pub(super) metrics: Arc<Metrics>,
-    /// The record's bound when the session started (RFC 3339).
-    pub(super) replay_from: String,
+    /// The record's bound when the session started (RFC 3339); `None` when
+    /// the role may not keep a record (then only the slot health is read).
+    pub(super) replay_from: Option<String>,
 }
 
 impl Monitor {
@@ -76,7 +77,8 @@ impl Monitor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut samples: VecDeque<(PgTimestamp, PgTimestamp)> = VecDeque::new();
         let mut written: Option<Lsn> = None;
-        let mut replay_from = self.replay_from.clone();
+        let recording = self.replay_from.is_some();
+        let mut replay_from = self.replay_from.clone().unwrap_or_default();
         for n in 0u32.. {
             tick.tick().await;
             if self.sql.is_closed() {
@@ -84,6 +86,9 @@ impl Monitor {
             }
             if n % HEALTH_EVERY == 0 {
                 self.read_health().await;
+            }
+            if !recording {
+                continue;
             }
             match sample(&self.sql).await {
                 Ok(s) => {

@@ -108,18 +108,27 @@ impl Place {
     }
 
     /// Creates the state table unless it exists (so that a role without
-    /// CREATE on the schema works once `setup` made it).
+    /// CREATE on the schema works once `setup` made it). Returns whether the
+    /// record can be kept: a role that may not create it gets a warning and
+    /// the relay runs as before it kept one (a lost slot then goes unnoticed:
+    /// `check` says so too).
     ///
     /// # Errors
     ///
-    /// `SourceQuery` (the role needs CREATE on the schema; see the README).
-    pub async fn ensure_table(&self, client: &Client) -> Result<()> {
+    /// `SourceQuery` for anything but a missing privilege.
+    pub async fn ensure_table(&self, client: &Client) -> Result<bool> {
         if self.exists(client).await? {
-            return Ok(());
+            return Ok(true);
         }
-        client.batch_execute(&create_sql(&self.schema)).await.map_err(|e| {
-            from_pg(ErrorKind::SourceQuery, format!("creating the relay's state table {}", self.table()), e)
-        })
+        match client.batch_execute(&create_sql(&self.schema)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+                tracing::warn!(table = %self.table(), error = %crate::error::from_pg(ErrorKind::SourceQuery, "creating the state table", e).chain(),
+                    "cannot create the relay's state table: a lost replication slot will NOT be detected; run `outbox-relay setup` as the table owner, or GRANT CREATE ON SCHEMA to this role");
+                Ok(false)
+            }
+            Err(e) => Err(from_pg(ErrorKind::SourceQuery, format!("creating the relay's state table {}", self.table()), e)),
+        }
     }
 
     /// Reads the slot's record; `None` when there is none (or no table yet).
@@ -217,7 +226,12 @@ impl Place {
         self.execute(client, &sql, &[&self.slot], "marking the recovery done").await
     }
 
-    async fn exists(&self, client: &Client) -> Result<bool> {
+    /// Whether the state table exists.
+    ///
+    /// # Errors
+    ///
+    /// `SourceQuery`.
+    pub async fn exists(&self, client: &Client) -> Result<bool> {
         Ok(client
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.table()])
             .await

@@ -39,8 +39,8 @@ pub struct Ready {
     pub(super) sql: Client,
     /// Where the record lives.
     pub(super) place: Place,
-    /// The record as read at the start.
-    pub(super) record: Record,
+    /// The record as read at the start (`None`: the role may not keep one).
+    pub(super) record: Option<Record>,
     /// Where the reader records each position it reports.
     pub(super) reported: Arc<Reported>,
 }
@@ -49,7 +49,8 @@ pub struct Ready {
 #[derive(Debug)]
 pub struct Prepared {
     place: Place,
-    record: Record,
+    /// `None` when the role may not keep a record.
+    record: Option<Record>,
 }
 
 /// What [`start`] needs from the session.
@@ -77,16 +78,14 @@ pub async fn prepare(sql: &Client, config: &Config, router: &Router) -> Result<P
     let place = Place::new(&router.tables(), &src.slot);
     if src.create_slot {
         crate::setup::ensure(sql, config, router).await?;
-    } else {
-        if slot::publication_state(sql, &src.publication).await?.is_none() {
-            return Err(Error::new(
-                ErrorKind::SlotMissing,
-                format!("publication {:?} does not exist and source.create_slot = false", src.publication),
-            ));
-        }
-        place.ensure_table(sql).await?;
+    } else if slot::publication_state(sql, &src.publication).await?.is_none() {
+        return Err(Error::new(
+            ErrorKind::SlotMissing,
+            format!("publication {:?} does not exist and source.create_slot = false", src.publication),
+        ));
     }
-    let record = place.read(sql).await?;
+    let recording = place.ensure_table(sql).await?;
+    let record = if recording { place.read(sql).await? } else { None };
     let Some(state) = slot::slot_state(sql, &src.slot).await? else {
         return Err(match &record {
             Some(record) => place.lost(record, "it does not exist", &config.path),
@@ -103,24 +102,22 @@ pub async fn prepare(sql: &Client, config: &Config, router: &Router) -> Result<P
         ));
     }
     let record = match record {
-        Some(record) => record,
-        None => {
+        Some(record) => Some(record),
+        None if recording => {
             // A slot made by hand or before the relay kept a record: adopt it.
             place.created(sql, state.confirmed_flush.unwrap_or(Lsn::ZERO), false).await?;
-            place.read(sql).await?.ok_or_else(|| {
-                Error::new(
-                    ErrorKind::SourceQuery,
-                    format!("the record of slot {:?} vanished after writing it", src.slot),
-                )
-            })?
+            place.read(sql).await?
         }
+        None => None,
     };
-    if state.wal_status.as_deref() == Some("lost") {
-        let what = "it is invalidated (wal_status = lost: it fell behind max_slot_wal_keep_size)";
-        return Err(place.lost(&record, what, &config.path));
-    }
-    if record.recovering {
-        return Err(place.lost(&record, "a recovery created it and has not finished re-publishing", &config.path));
+    if let Some(record) = &record {
+        if state.wal_status.as_deref() == Some("lost") {
+            let what = "it is invalidated (wal_status = lost: it fell behind max_slot_wal_keep_size)";
+            return Err(place.lost(record, what, &config.path));
+        }
+        if record.recovering {
+            return Err(place.lost(record, "a recovery created it and has not finished re-publishing", &config.path));
+        }
     }
     Ok(Prepared { place, record })
 }
@@ -148,28 +145,30 @@ pub async fn start(
     let Prepared { place, record } = prepared;
     let mut conn = ReplicationConnection::connect(target, src.connect_timeout).await?;
     let ident = conn.identify_system().await?;
-    match &record.system_identifier {
-        Some(recorded) if *recorded != ident.system_id => {
-            let what = format!(
-                "the server's system identifier is {}, not the recorded {recorded}: this is another cluster",
-                ident.system_id
-            );
-            return Err(place.lost(&record, &what, &config.path));
+    if let Some(record) = &record {
+        match &record.system_identifier {
+            Some(recorded) if *recorded != ident.system_id => {
+                let what = format!(
+                    "the server's system identifier is {}, not the recorded {recorded}: this is another cluster",
+                    ident.system_id
+                );
+                return Err(place.lost(record, &what, &config.path));
+            }
+            Some(_) if record.timeline != Some(ident.timeline as i32) => {
+                tracing::warn!(slot = %src.slot, from = ?record.timeline, to = ident.timeline, "the server's timeline changed (a failover or a restore?); the slot is still there, streaming on");
+                place.set_system(&sql, &ident.system_id, ident.timeline as i32).await?;
+            }
+            Some(_) => {}
+            None => place.set_system(&sql, &ident.system_id, ident.timeline as i32).await?,
         }
-        Some(_) if record.timeline != Some(ident.timeline as i32) => {
-            tracing::warn!(slot = %src.slot, from = ?record.timeline, to = ident.timeline, "the server's timeline changed (a failover or a restore?); the slot is still there, streaming on");
-            place.set_system(&sql, &ident.system_id, ident.timeline as i32).await?;
-        }
-        Some(_) => {}
-        None => place.set_system(&sql, &ident.system_id, ident.timeline as i32).await?,
     }
-    let own = ctx.reported.get().unwrap_or(Lsn::ZERO).max(record.confirmed_lsn);
-    conn.start_replication(&src.slot, &src.publication, own, ctx.messages).await.map_err(|e| {
-        if e.kind() == ErrorKind::SlotMissing {
-            place.lost(&record, "it was dropped while the relay was starting", &config.path)
-        } else {
-            e
+    let recorded = record.as_ref().map_or(Lsn::ZERO, |r| r.confirmed_lsn);
+    let own = ctx.reported.get().unwrap_or(Lsn::ZERO).max(recorded);
+    conn.start_replication(&src.slot, &src.publication, own, ctx.messages).await.map_err(|e| match &record {
+        Some(record) if e.kind() == ErrorKind::SlotMissing => {
+            place.lost(record, "it was dropped while the relay was starting", &config.path)
         }
+        _ => e,
     })?;
     let slot_position = slot::slot_state(&sql, &src.slot).await?.and_then(|s| s.confirmed_flush).unwrap_or(Lsn::ZERO);
     let start = slot_position.max(own);
