@@ -35,5 +35,7 @@ mod deploy;
 mod check;
 // The command line: --version, setup, bad configs.
 mod cli;
+// outbox-relay replay: a range re-published with original ids, --dry-run, --route, --rate, SIGTERM.
+mod replay;
 // The harness's private PostgreSQL clusters and RabbitMQ nodes (support::cluster).
 mod support_smoke;
