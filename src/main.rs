@@ -131,11 +131,15 @@ fn replay(args: cli::ReplayArgs) -> Result<(), Failure> {
         })
         .map_err(|e| {
             eprintln!("outbox-relay replay: {}", e.chain());
-            if e.kind() == ErrorKind::Config {
-                return Failure::Invalid;
+            // Only the hints about reaching an end apply to a replay.
+            if e.kind().end().is_some() {
+                eprintln!("hint: {}", e.kind().hint());
             }
-            eprintln!("hint: {}", e.kind().hint());
-            Failure::Failed
+            if e.kind() == ErrorKind::Config {
+                Failure::Invalid
+            } else {
+                Failure::Failed
+            }
         })?;
     print!("{report}");
     if report.complete() {

@@ -2,8 +2,8 @@
 //! configured routes, for a consumer that lost its queue or a new one that
 //! needs history. This module owns the selection (which rows), the keyset
 //! paging over the tables, and the pacing; the rows are read the way the
-//! polling source reads them ([`polling::read_rows`]) and published by the
-//! same [`Publisher`], with confirms and the routes' `on_unroutable` policies.
+//! polling source reads them (`polling::read_rows`) and published by the
+//! same [`Publisher`](crate::publish::Publisher), with confirms and the routes' `on_unroutable` policies.
 //!
 //! ```text
 //!  tables --page (batch_size rows, order_by order)--> router (render, --route filter)
@@ -22,35 +22,35 @@
 //! `order_by` column `>= --since` (a timestamp column), or from the row whose
 //! primary key is `--from-id` (inclusive), up to the first `order_by` column
 //! `<= --until`. Message routes are not rows and are skipped.
+//!
+//! `range` plans the tables and builds each page's SQL; `link` feeds the
+//! publisher and waits for its confirms.
+
+mod link;
+mod range;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::ack::Progress;
 use crate::config::{current_url, Config, RouteMatch, UrlTarget};
-use crate::error::{from_pg, Error, ErrorKind, Result};
-use crate::event::{BatchSeq, Datum, OutboxEvent, PgTimestamp, SourcePosition, Transaction};
-use crate::metrics::Metrics;
-use crate::publish::channel::{BrokerChannel, BrokerTarget};
-use crate::publish::{Publisher, PublisherSettings};
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::{BatchSeq, OutboxEvent, PgTimestamp, SourcePosition};
+use crate::publish::channel::BrokerTarget;
 use crate::route::{route_names, Router};
 use crate::session::checked_router;
-use crate::source::polling::{self, PolledTable};
-use crate::source::postgres::{quote_ident, PgTarget};
-use crate::source::replication::slot::table_columns;
+use crate::source::polling;
+use crate::source::postgres::PgTarget;
+use link::Link;
+use range::{check_time, cursor, page_clauses, plan, Lower, Plan};
 
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// Type OIDs of `timestamp` and `timestamptz`.
-const TIMESTAMP_TYPES: [u32; 2] = [1114, 1184];
 /// Rendering problems a dry run lists (it counts them all).
 const PROBLEMS_LISTED: usize = 10;
 
@@ -95,7 +95,8 @@ pub struct ReplayReport {
     pub published: u64,
     /// Messages the broker confirmed.
     pub confirmed: u64,
-    /// Rows per route in scope (each row counts for its first matching route).
+    /// Rows selected per route in scope (each row counts for its first
+    /// matching route; what was published is `published`).
     pub per_route: Vec<(String, u64)>,
     /// Rows that every route's `when` filter declined.
     pub skipped_by_when: u64,
@@ -180,12 +181,10 @@ pub async fn run(config: &Config, selection: &Selection, stop: CancellationToken
     selection.check()?;
     let only = route_filter(config, selection)?;
     let target = PgTarget::parse(current_url(UrlTarget::Source, &config.source.url)?.expose())?;
-    let broker = match selection.dry_run {
-        true => None,
-        false => Some(BrokerTarget::from_config(
-            current_url(UrlTarget::Broker, &config.broker.url)?.expose(),
-            &config.broker,
-        )?),
+    let broker = if selection.dry_run {
+        None
+    } else {
+        Some(BrokerTarget::from_config(current_url(UrlTarget::Broker, &config.broker.url)?.expose(), &config.broker)?)
     };
     let sql = target.connect_sql(config.source.connect_timeout).await?;
     let router = Arc::new(checked_router(&sql, config, &target).await?);
@@ -252,236 +251,6 @@ fn route_filter(config: &Config, selection: &Selection) -> Result<Option<usize>>
         ));
     }
     Ok(Some(i))
-}
-
-/// Fails with a `Config` error naming `flag` unless PostgreSQL reads `text` as a timestamp.
-async fn check_time(sql: &Client, flag: &str, text: &str) -> Result<()> {
-    match sql.query_one("SELECT $1::text::timestamptz", &[&text]).await {
-        Ok(_) => Ok(()),
-        Err(e) => match e.as_db_error() {
-            Some(db) => Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "{flag} {text:?} is not a time PostgreSQL can read ({}); use RFC 3339, e.g. 2024-05-01T12:00:00Z",
-                    db.message()
-                ),
-            )),
-            None => Err(from_pg(ErrorKind::SourceQuery, format!("checking {flag}"), e)),
-        },
-    }
-}
-
-/// A column the pages are ordered and continued by.
-#[derive(Debug, Clone, PartialEq)]
-struct KeyColumn {
-    name: String,
-    /// Its type as SQL (`format_type`), for casting a text parameter back.
-    sql_type: String,
-    /// Its index among the table's columns.
-    index: usize,
-}
-
-/// Where a page starts.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Lower {
-    /// First column `>= $1` (one timestamp parameter).
-    Since,
-    /// The keyset `>=` a row's (one parameter per key column): `--from-id`.
-    AtOrAfter,
-    /// The keyset `>` the previous page's last row.
-    After,
-}
-
-/// The clauses after `FROM table` of one page: the lower bound's parameters
-/// from `$1`, then `until`'s, ascending order by the keyset, `limit` rows.
-fn page_clauses(keyset: &[KeyColumn], lower: Lower, until: bool, limit: u32) -> String {
-    let first = quote_ident(&keyset[0].name);
-    let cols: Vec<String> = keyset.iter().map(|k| quote_ident(&k.name)).collect();
-    let cols = cols.join(", ");
-    let (mut cond, used) = match lower {
-        Lower::Since => (format!("{first} >= $1::text::timestamptz"), 1),
-        Lower::AtOrAfter | Lower::After => {
-            let op = if lower == Lower::After { ">" } else { ">=" };
-            let vals: Vec<String> =
-                keyset.iter().enumerate().map(|(i, k)| format!("${}::text::{}", i + 1, k.sql_type)).collect();
-            (format!("({cols}) {op} ({})", vals.join(", ")), keyset.len())
-        }
-    };
-    if until {
-        cond.push_str(&format!(" AND {first} <= ${}::text::timestamptz", used + 1));
-    }
-    format!(" WHERE {cond} ORDER BY {cols} LIMIT {limit}")
-}
-
-/// The columns of `source.order_by` (bare names folded to lower case, as
-/// PostgreSQL does), or why replay cannot page by it.
-fn order_columns(order_by: &str) -> std::result::Result<Vec<String>, String> {
-    order_by
-        .split(',')
-        .map(|item| {
-            let mut words = item.split_whitespace();
-            let col = words.next().unwrap_or_default();
-            if words.next().is_some_and(|d| d.eq_ignore_ascii_case("desc")) {
-                return Err(format!("source.order_by = {order_by:?}: replay reads in ascending order only"));
-            }
-            Ok(match col.strip_prefix('"').and_then(|c| c.strip_suffix('"')) {
-                Some(quoted) => quoted.to_owned(),
-                None => col.to_lowercase(),
-            })
-        })
-        .collect()
-}
-
-/// One table to replay: what to read and where to start.
-#[derive(Debug)]
-struct Plan {
-    table: PolledTable,
-    /// `order_by`'s columns, then the primary key unless among them.
-    keyset: Vec<KeyColumn>,
-    lower: Lower,
-    /// The lower bound's parameters.
-    start: Vec<String>,
-}
-
-/// The tables in scope, each with its keyset and start; checks everything
-/// before the broker is touched.
-async fn plan(sql: &Client, config: &Config, selection: &Selection, only: Option<usize>) -> Result<Vec<Plan>> {
-    let order = order_columns(&config.source.order_by)
-        .map_err(|m| Error::new(ErrorKind::Config, format!("{}: {m}", config.path.display())))?;
-    let mut tables = Vec::new();
-    for (i, r) in config.routes.iter().enumerate() {
-        match &r.matcher {
-            RouteMatch::Table { schema, table } if only.is_none_or(|o| o == i) => {
-                if !tables.contains(&(schema.clone(), table.clone())) {
-                    tables.push((schema.clone(), table.clone()));
-                }
-            }
-            RouteMatch::Table { .. } => {}
-            RouteMatch::MessagePrefix(_) => tracing::info!(route = %r.name,
-                "skipping a message_prefix route: logical decoding messages are not rows and cannot be replayed"),
-        }
-    }
-    let mut plans = Vec::new();
-    for (schema, table) in tables {
-        let columns = table_columns(sql, &schema, &table).await?.unwrap_or_default();
-        let key = polling::primary_key(sql, &schema, &table).await.map_err(|e| match e.kind() {
-            ErrorKind::Config => Error::new(
-                ErrorKind::Config,
-                format!("replay needs a single-column primary key on {schema}.{table} to page through it"),
-            ),
-            _ => e,
-        })?;
-        let t = PolledTable { schema, table, columns: Arc::new(columns), key };
-        let mut names = order.clone();
-        if !names.contains(&t.key) {
-            names.push(t.key.clone());
-        }
-        let keyset = keyset(sql, &t, &names).await?;
-        if (selection.since.is_some() || selection.until.is_some())
-            && !TIMESTAMP_TYPES.contains(&t.columns[keyset[0].index].type_oid)
-        {
-            return Err(Error::new(ErrorKind::Config, format!(
-                "--since and --until compare with the first column of source.order_by, {:?}, which is not a timestamp in {}.{} (use --from-id)",
-                keyset[0].name, t.schema, t.table)));
-        }
-        let (lower, start) = match (&selection.since, &selection.from_id) {
-            (Some(since), _) => (Lower::Since, vec![since.clone()]),
-            (None, Some(id)) => match start_row(sql, &t, &keyset, id).await? {
-                Some(values) => (Lower::AtOrAfter, values),
-                None => {
-                    tracing::info!(table = %format!("{}.{}", t.schema, t.table), id = %id, "no row with the --from-id key in this table; skipping it");
-                    continue;
-                }
-            },
-            (None, None) => unreachable!("Selection::check"),
-        };
-        plans.push(Plan { table: t, keyset, lower, start });
-    }
-    if plans.is_empty() {
-        if let Some(id) = &selection.from_id {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("--from-id {id:?}: no table in scope has a row with that primary key"),
-            ));
-        }
-    }
-    Ok(plans)
-}
-
-/// The keyset columns named in `names`, with their SQL types.
-async fn keyset(sql: &Client, t: &PolledTable, names: &[String]) -> Result<Vec<KeyColumn>> {
-    let rows = sql
-        .query(
-            "SELECT a.attname::text, format_type(a.atttypid, NULL) FROM pg_attribute a \
-             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&t.schema, &t.table],
-        )
-        .await
-        .map_err(|e| {
-            from_pg(ErrorKind::SourceQuery, format!("reading the column types of {}.{}", t.schema, t.table), e)
-        })?;
-    names
-        .iter()
-        .map(|name| {
-            let sql_type = rows.iter().find(|r| r.get::<_, String>(0) == *name).map(|r| r.get::<_, String>(1));
-            let index = t.columns.iter().position(|c| &c.name == name);
-            match (sql_type, index) {
-                (Some(sql_type), Some(index)) => Ok(KeyColumn { name: name.clone(), sql_type, index }),
-                _ => Err(Error::new(
-                    ErrorKind::Config,
-                    format!("source.order_by names column {name:?}, which {}.{} does not have", t.schema, t.table),
-                )),
-            }
-        })
-        .collect()
-}
-
-/// The keyset values of the row whose primary key is `id`, if there is one.
-async fn start_row(sql: &Client, t: &PolledTable, keyset: &[KeyColumn], id: &str) -> Result<Option<Vec<String>>> {
-    let cols: Vec<String> = keyset.iter().map(|k| format!("{}::text", quote_ident(&k.name))).collect();
-    let query = format!(
-        "SELECT {} FROM {}.{} WHERE {}::text = $1",
-        cols.join(", "),
-        quote_ident(&t.schema),
-        quote_ident(&t.table),
-        quote_ident(&t.key)
-    );
-    let row = sql
-        .query_opt(&query, &[&id])
-        .await
-        .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("finding --from-id in {}.{}", t.schema, t.table), e))?;
-    let Some(row) = row else { return Ok(None) };
-    let values: Vec<Datum> = (0..keyset.len())
-        .map(|i| row.get::<_, Option<String>>(i).map_or(Datum::Null, |s| Datum::Text(s.into_bytes())))
-        .collect();
-    let positions: Vec<usize> = (0..keyset.len()).collect();
-    cursor(t, keyset, &values, &positions, id).map(Some)
-}
-
-/// The keyset values of a row (`positions` index `values` per key column),
-/// as the next lower bound; a NULL is an error (paging cannot pass it).
-fn cursor(
-    t: &PolledTable,
-    keyset: &[KeyColumn],
-    values: &[Datum],
-    positions: &[usize],
-    key: &str,
-) -> Result<Vec<String>> {
-    keyset
-        .iter()
-        .zip(positions)
-        .map(|(k, &i)| match values.get(i) {
-            Some(Datum::Text(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
-            _ => Err(Error::new(
-                ErrorKind::Data,
-                format!(
-                    "row {key} of {}.{} has NULL in order_by column {:?}: replay cannot page past it",
-                    t.schema, t.table, k.name
-                ),
-            )),
-        })
-        .collect()
 }
 
 /// Reads one table's range page by page and hands each page on.
@@ -562,170 +331,9 @@ fn select(
     Ok(kept)
 }
 
-/// The publishing side: a publisher task on its own channel, fed one group
-/// at a time, each waited for until confirmed.
-struct Link {
-    txns: mpsc::Sender<Transaction>,
-    progress: watch::Receiver<Progress>,
-    publisher: JoinHandle<Result<()>>,
-    /// The last group's sequence number.
-    seq: u64,
-    /// A group sent and not (yet) seen confirmed: its position and size.
-    pending: Option<(SourcePosition, usize)>,
-    /// Messages per group: a page, or a tenth of a second's worth under `--rate`.
-    group: usize,
-    rate: Option<u32>,
-    started: Instant,
-    shutdown_timeout: Duration,
-}
-
-impl Link {
-    async fn open(config: &Config, broker: &BrokerTarget, router: Arc<Router>, rate: Option<u32>) -> Result<Link> {
-        let b = &config.broker;
-        let channel = BrokerChannel::open(broker, b.heartbeat, b.connect_timeout, "outbox-relay replay").await?;
-        tracing::info!(broker = %broker.redacted, "connected to RabbitMQ (confirm mode)");
-        let (txns, rx) = mpsc::channel(1);
-        let (progress_tx, progress) = watch::channel(Progress::default());
-        let metrics = Metrics::new(route_names(&config.routes));
-        let publisher = Publisher::new(channel, router, PublisherSettings::from_config(b), progress_tx, metrics);
-        let page = config.source.batch_size.max(1) as usize;
-        Ok(Link {
-            txns,
-            progress,
-            publisher: tokio::spawn(publisher.run(rx)),
-            seq: 0,
-            pending: None,
-            group: rate.map_or(page, |r| (r as usize / 10).clamp(1, page)),
-            rate,
-            started: Instant::now(),
-            shutdown_timeout: b.shutdown_timeout,
-        })
-    }
-
-    /// Publishes `events` group by group, paced by `--rate`, each group
-    /// confirmed before the next; returns early (with `interrupted` set) on a stop.
-    async fn send(
-        &mut self,
-        mut events: Vec<OutboxEvent>,
-        report: &mut ReplayReport,
-        stop: &CancellationToken,
-    ) -> Result<()> {
-        while !events.is_empty() {
-            let rest = events.split_off(self.group.min(events.len()));
-            let mut group = std::mem::replace(&mut events, rest);
-            if let Some(rate) = self.rate {
-                let due = self.started + Duration::from_secs_f64(report.published as f64 / f64::from(rate));
-                tokio::select! {
-                    _ = tokio::time::sleep_until(due) => {}
-                    _ = stop.cancelled() => {
-                        report.interrupted = true;
-                        return Ok(());
-                    }
-                }
-            }
-            self.seq += 1;
-            let position = SourcePosition::Replay(BatchSeq(self.seq));
-            for (i, ev) in group.iter_mut().enumerate() {
-                ev.position = position;
-                ev.ordinal = i as u32;
-            }
-            let n = group.len();
-            let txn = Transaction { position, commit_time: PgTimestamp::now(), events: group };
-            if self.txns.send(txn).await.is_err() {
-                return Err(self.publisher_ended().await);
-            }
-            report.published += n as u64;
-            self.pending = Some((position, n));
-            loop {
-                if self.progress.borrow().confirmed.is_some_and(|c| c >= position) {
-                    break;
-                }
-                tokio::select! {
-                    changed = self.progress.changed() => if changed.is_err() {
-                        return Err(self.publisher_ended().await);
-                    },
-                    _ = stop.cancelled() => {
-                        report.interrupted = true;
-                        return Ok(());
-                    }
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => report.log_progress(),
-                }
-            }
-            self.pending = None;
-            report.confirmed += n as u64;
-        }
-        Ok(())
-    }
-
-    /// Why the publisher ended while it was being fed.
-    async fn publisher_ended(&mut self) -> Error {
-        match tokio::time::timeout(self.shutdown_timeout, &mut self.publisher).await {
-            Ok(Ok(Err(e))) => e,
-            Ok(Ok(Ok(()))) => Error::new(ErrorKind::BrokerConnection, "the publisher stopped unexpectedly"),
-            Ok(Err(join)) => Error::with_source(ErrorKind::Panic, "the publisher task failed", join),
-            Err(_) => Error::new(ErrorKind::BrokerConnection, "the publisher stopped taking messages"),
-        }
-    }
-
-    /// Ends the publisher: what is in flight gets until `shutdown_timeout`
-    /// to be confirmed, and counts if it was.
-    async fn finish(mut self, report: &mut ReplayReport) -> Result<()> {
-        drop(self.txns);
-        let result = match tokio::time::timeout(self.shutdown_timeout, &mut self.publisher).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(join)) => Err(Error::with_source(ErrorKind::Panic, "the publisher task failed", join)),
-            Err(_) => {
-                tracing::warn!(timeout = ?self.shutdown_timeout, "shutdown timeout: giving up on unconfirmed messages");
-                self.publisher.abort();
-                Ok(())
-            }
-        };
-        if let Some((position, n)) = self.pending {
-            if self.progress.borrow().confirmed.is_some_and(|c| c >= position) {
-                report.confirmed += n as u64;
-            }
-        }
-        result
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn keyset(cols: &[(&str, &str)]) -> Vec<KeyColumn> {
-        cols.iter()
-            .enumerate()
-            .map(|(index, (n, t))| KeyColumn { name: (*n).into(), sql_type: (*t).into(), index })
-            .collect()
-    }
-
-    #[test]
-    fn pages_start_at_a_time_or_a_row_and_continue_after_the_last_row() {
-        let k = keyset(&[("created_at", "timestamp with time zone"), ("id", "uuid")]);
-        assert_eq!(
-            page_clauses(&k, Lower::Since, true, 500),
-            " WHERE \"created_at\" >= $1::text::timestamptz AND \"created_at\" <= $2::text::timestamptz \
-             ORDER BY \"created_at\", \"id\" LIMIT 500"
-        );
-        assert_eq!(
-            page_clauses(&k, Lower::AtOrAfter, false, 10),
-            " WHERE (\"created_at\", \"id\") >= ($1::text::timestamp with time zone, $2::text::uuid) \
-             ORDER BY \"created_at\", \"id\" LIMIT 10"
-        );
-        assert_eq!(
-            page_clauses(&k, Lower::After, true, 10),
-            " WHERE (\"created_at\", \"id\") > ($1::text::timestamp with time zone, $2::text::uuid) \
-             AND \"created_at\" <= $3::text::timestamptz ORDER BY \"created_at\", \"id\" LIMIT 10"
-        );
-    }
-
-    #[test]
-    fn order_by_columns_fold_like_postgresql_and_descending_is_refused() {
-        assert_eq!(order_columns("created_at, id").unwrap(), ["created_at", "id"]);
-        assert_eq!(order_columns("Seq ASC, \"Id\" asc").unwrap(), ["seq", "Id"]);
-        assert!(order_columns("created_at DESC, id").unwrap_err().contains("ascending"));
-    }
 
     #[test]
     fn a_selection_needs_exactly_one_start_and_a_positive_rate() {

@@ -37,5 +37,7 @@ mod check;
 mod cli;
 // A lost replication slot: exit 3, readiness, metric, check, recover.
 mod slot_loss;
+// outbox-relay replay: a range re-published with original ids, --dry-run, --route, --rate, SIGTERM.
+mod replay;
 // The harness's private PostgreSQL clusters and RabbitMQ nodes (support::cluster).
 mod support_smoke;
