@@ -50,6 +50,10 @@ async fn two_instances_one_active_and_the_standby_takes_over_within_15s_of_a_sig
     assert!(body.contains("standby"), "{body}");
     let (status, body) = get(active_http, "/readyz").await;
     assert!(status == 200 && body.contains("active"), "{body}");
+    // AND neither raises the lost-slot alarm (a standby sees an active slot, not a lost one)
+    for http in [active_http, standby_http] {
+        assert_eq!(metric(&scrape(http).await, "outbox_relay_slot_lost", ""), Some(0.0), "no false alarm");
+    }
     consumer.wait_for_count(500, Duration::from_secs(30)).await;
 
     // WHEN the active one is SIGKILLed
