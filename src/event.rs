@@ -98,17 +98,43 @@ pub enum SourcePosition {
     Wal(EndLsn),
     /// A batch of rows read by the polling source.
     Batch(BatchSeq),
+    /// A replication transaction streamed in parts before its Commit
+    /// arrived (one larger than a part), known meanwhile by its commit
+    /// record's start (Begin's `final_lsn`). Not a flush position: its last
+    /// part is [`SourcePosition::Wal`] with the end LSN.
+    WalCommit(Lsn),
     /// A page of rows re-published by `outbox-relay replay` ([`crate::replay`]):
     /// its messages carry `x-outbox-replay: true` and no LSN.
     Replay(BatchSeq),
 }
 
 impl SourcePosition {
+    /// The LSN a message's `x-outbox-lsn` header shows: the end LSN, or for
+    /// a transaction streamed in parts its commit LSN.
+    pub fn header_lsn(self) -> Option<Lsn> {
+        match self {
+            SourcePosition::Wal(lsn) => Some(lsn.0),
+            SourcePosition::WalCommit(lsn) => Some(lsn),
+            _ => None,
+        }
+    }
+
+    /// Where it sorts among its source's positions: by LSN for replication
+    /// (a transaction's commit LSN is past every earlier one's end LSN).
+    pub fn sort_key(self) -> (u8, u64) {
+        match self {
+            SourcePosition::Wal(lsn) => (0, lsn.0 .0),
+            SourcePosition::WalCommit(lsn) => (0, lsn.0),
+            SourcePosition::Batch(seq) => (1, seq.0),
+            SourcePosition::Replay(seq) => (2, seq.0),
+        }
+    }
+
     /// The commit end LSN, for a replication transaction.
     pub fn end_lsn(self) -> Option<EndLsn> {
         match self {
             SourcePosition::Wal(lsn) => Some(lsn),
-            SourcePosition::Batch(_) | SourcePosition::Replay(_) => None,
+            SourcePosition::WalCommit(_) | SourcePosition::Batch(_) | SourcePosition::Replay(_) => None,
         }
     }
 }
@@ -117,6 +143,7 @@ impl fmt::Display for SourcePosition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SourcePosition::Wal(lsn) => write!(f, "WAL {lsn}"),
+            SourcePosition::WalCommit(lsn) => write!(f, "WAL commit {lsn} (in parts)"),
             SourcePosition::Batch(seq) => write!(f, "polling batch {}", seq.0),
             SourcePosition::Replay(seq) => write!(f, "replay page {}", seq.0),
         }
@@ -235,6 +262,40 @@ pub struct Transaction {
     /// The events, in insert order. May be empty (a transaction that touched
     /// only filtered rows still moves the position).
     pub events: Vec<OutboxEvent>,
+    /// Which part of its transaction this is: a large replication transaction
+    /// is handed over in parts as its rows arrive, so memory does not grow
+    /// with its size.
+    pub part: Part,
+}
+
+/// Which part of a transaction a [`Transaction`] value carries.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Part {
+    /// Earlier parts of the same transaction were handed over before.
+    pub continued: bool,
+    /// More parts follow (the transaction's Commit has not arrived yet).
+    pub more: bool,
+}
+
+impl Part {
+    /// A whole transaction in one part.
+    pub const WHOLE: Part = Part { continued: false, more: false };
+}
+
+impl EventSource {
+    /// Bytes of row data it carries (for memory budgets).
+    pub fn data_bytes(&self) -> usize {
+        match self {
+            EventSource::Row { values, .. } => values
+                .iter()
+                .map(|d| match d {
+                    Datum::Text(b) => b.len(),
+                    Datum::Null | Datum::UnchangedToast => 0,
+                })
+                .sum(),
+            EventSource::Message { prefix, content } => prefix.len() + content.len(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ struct Entry {
     commit_time: PgTimestamp,
     /// Events of this transaction not yet confirmed.
     unconfirmed: usize,
+    /// More parts of it are still to come: it cannot complete yet.
+    open: bool,
 }
 
 /// Ordered in-flight transactions.
@@ -61,20 +63,41 @@ impl Tracker {
 
     /// Registers a transaction of `events` events, before any of them is
     /// published. Transactions must be registered in commit order; a
-    /// transaction with no events completes at once.
+    /// transaction with no events completes at once, unless `open` (more
+    /// parts follow: see [`Tracker::extend`]).
     ///
     /// # Panics
     ///
-    /// In debug builds, if `position` is not newer than the previous one.
-    pub fn register(&mut self, position: SourcePosition, commit_time: PgTimestamp, events: usize) -> TxnId {
+    /// In debug builds, if `position` sorts before the previous one.
+    pub fn register(&mut self, position: SourcePosition, commit_time: PgTimestamp, events: usize, open: bool) -> TxnId {
         debug_assert!(
-            self.entries.back().is_none_or(|e| e.position < position),
+            self.entries.back().is_none_or(|e| e.position.sort_key() <= position.sort_key()),
             "transactions registered out of commit order"
         );
         let id = TxnId(self.front_id + self.entries.len() as u64);
-        self.entries.push_back(Entry { position, commit_time, unconfirmed: events });
+        self.entries.push_back(Entry { position, commit_time, unconfirmed: events, open });
         self.advance();
         id
+    }
+
+    /// Adds the next part of an open transaction: `events` more events, and,
+    /// with `last`, its final position (the end LSN), closing it.
+    ///
+    /// # Panics
+    ///
+    /// If `txn` is not in flight or not open.
+    pub fn extend(&mut self, txn: TxnId, events: usize, last: Option<SourcePosition>) {
+        let idx = txn.0.checked_sub(self.front_id).expect("extend of a transaction already done") as usize;
+        let entry = self.entries.get_mut(idx).expect("extend of an unknown transaction");
+        assert!(entry.open, "extend of a closed transaction");
+        entry.unconfirmed += events;
+        if let Some(position) = last {
+            entry.position = position;
+            entry.open = false;
+        }
+        if idx == 0 {
+            self.advance();
+        }
     }
 
     /// Records the broker's confirm of one event of `txn`. Returns true when
@@ -96,7 +119,7 @@ impl Tracker {
     fn advance(&mut self) -> bool {
         let mut moved = false;
         while let Some(front) = self.entries.front() {
-            if front.unconfirmed > 0 {
+            if front.unconfirmed > 0 || front.open {
                 break;
             }
             let done = self.entries.pop_front().expect("front exists");
@@ -142,9 +165,26 @@ mod tests {
     }
 
     #[test]
+    fn a_transaction_in_parts_completes_only_with_its_last_part_at_its_end_lsn() {
+        let mut t = Tracker::new();
+        let a = t.register(SourcePosition::WalCommit(Lsn(100)), PgTimestamp(0), 2, true);
+        t.confirm(a);
+        t.confirm(a);
+        assert_eq!(t.progress().confirmed, None, "all confirmed so far, but more parts follow");
+        t.extend(a, 1, None);
+        t.confirm(a);
+        assert_eq!(t.progress().confirmed, None);
+        t.extend(a, 0, Some(lsn(120)));
+        assert_eq!(t.progress().confirmed, Some(lsn(120)), "closed: the end LSN, never the commit LSN");
+        let b = t.register(lsn(130), PgTimestamp(0), 1, false);
+        t.confirm(b);
+        assert_eq!(t.progress().txns_done, 2);
+    }
+
+    #[test]
     fn polling_batches_are_tracked_by_their_own_sequence() {
         let mut t = Tracker::new();
-        let a = t.register(SourcePosition::Batch(BatchSeq(1)), PgTimestamp(0), 2);
+        let a = t.register(SourcePosition::Batch(BatchSeq(1)), PgTimestamp(0), 2, false);
         t.confirm(a);
         assert_eq!(t.progress().confirmed, None);
         t.confirm(a);
@@ -155,8 +195,8 @@ mod tests {
     #[test]
     fn position_stops_at_the_first_unconfirmed_transaction() {
         let mut t = Tracker::new();
-        let a = t.register(lsn(10), PgTimestamp(0), 2);
-        let b = t.register(lsn(20), PgTimestamp(0), 1);
+        let a = t.register(lsn(10), PgTimestamp(0), 2, false);
+        let b = t.register(lsn(20), PgTimestamp(0), 1, false);
         assert!(!t.confirm(b), "a later confirm must not move the position past an earlier gap");
         assert_eq!(t.progress().confirmed, None);
         assert!(!t.confirm(a));
@@ -171,12 +211,12 @@ mod tests {
     #[test]
     fn empty_transaction_completes_when_everything_before_it_did() {
         let mut t = Tracker::new();
-        let a = t.register(lsn(10), PgTimestamp(0), 1);
-        t.register(lsn(20), PgTimestamp(0), 0);
+        let a = t.register(lsn(10), PgTimestamp(0), 1, false);
+        t.register(lsn(20), PgTimestamp(0), 0, false);
         assert_eq!(t.progress().confirmed, None);
         t.confirm(a);
         assert_eq!(t.progress().confirmed, Some(lsn(20)));
-        t.register(lsn(30), PgTimestamp(0), 0);
+        t.register(lsn(30), PgTimestamp(0), 0, false);
         assert_eq!(t.progress().confirmed, Some(lsn(30)));
         assert_eq!(t.progress().txns_done, 3);
     }
@@ -185,8 +225,8 @@ mod tests {
     #[should_panic(expected = "more confirms than events")]
     fn a_double_confirm_is_a_bug_not_a_position() {
         let mut t = Tracker::new();
-        let _a = t.register(lsn(10), PgTimestamp(0), 1);
-        let b = t.register(lsn(20), PgTimestamp(0), 2);
+        let _a = t.register(lsn(10), PgTimestamp(0), 1, false);
+        let b = t.register(lsn(20), PgTimestamp(0), 2, false);
         t.confirm(b);
         t.confirm(b);
         t.confirm(b);
@@ -202,7 +242,7 @@ mod tests {
         ) {
             let mut t = Tracker::new();
             let ids: Vec<TxnId> = sizes.iter().enumerate()
-                .map(|(i, &n)| t.register(lsn((i as u64 + 1) * 10), PgTimestamp(0), n))
+                .map(|(i, &n)| t.register(lsn((i as u64 + 1) * 10), PgTimestamp(0), n, false))
                 .collect();
             let mut confirms: Vec<usize> = sizes.iter().enumerate()
                 .flat_map(|(i, &n)| std::iter::repeat_n(i, n)).collect();

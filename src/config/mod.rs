@@ -146,6 +146,10 @@ pub struct BrokerConfig {
     pub tls_key_file: Option<PathBuf>,
     /// Unconfirmed publishes allowed at once; `1..=65535`.
     pub max_in_flight: usize,
+    /// Bytes of message bodies published and not yet confirmed (or waiting
+    /// for a republish) allowed at once, beside `max_in_flight`; at least
+    /// 1 KiB. A single larger message still goes, alone.
+    pub max_in_flight_bytes: usize,
     /// How long one publish may wait for its confirm before the connection is treated as
     /// dead; never zero.
     pub confirm_timeout: Duration,

@@ -61,6 +61,7 @@ pub(super) struct RawBroker {
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,
     pub max_in_flight: Option<i64>,
+    pub max_in_flight_bytes: Option<String>,
     pub confirm_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,

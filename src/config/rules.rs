@@ -172,6 +172,30 @@ pub(super) fn log_level(text: &str) -> Result<(), String> {
     ))
 }
 
+/// A size in bytes: a whole number with an optional unit, `B`, `KiB`,
+/// `MiB` or `GiB` (`"16MiB"`, `"512KiB"`, `"1048576"`); at least 1 KiB.
+pub(super) fn byte_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => 0,
+    };
+    let n = digits.parse::<usize>().ok().filter(|_| scale > 0).and_then(|n| n.checked_mul(scale));
+    match n {
+        Some(n) if n >= 1024 => Ok(n),
+        Some(_) => Err(format!("must be at least 1KiB, got \"{}\"", text.escape_debug())),
+        None => Err(format!(
+            "expected a size such as \"16MiB\", \"512KiB\" or a number of bytes, got \"{}\"",
+            text.escape_debug()
+        )),
+    }
+}
+
 /// A duration string.
 pub(super) fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| {
@@ -261,6 +285,17 @@ mod tests {
         for bad in ["", "a.b.c", ".b", "a.", "\"a", "\"a\"x"] {
             assert!(qualified_table(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(byte_size("16MiB"), Ok(16 << 20));
+        assert_eq!(byte_size("512KiB"), Ok(512 << 10));
+        assert_eq!(byte_size("1048576"), Ok(1 << 20));
+        assert_eq!(byte_size("2 GiB"), Ok(2 << 30));
+        assert!(byte_size("16MB").unwrap_err().contains("16MiB"));
+        assert!(byte_size("12").unwrap_err().contains("at least 1KiB"));
+        assert!(byte_size("").is_err());
     }
 
     #[test]

@@ -187,6 +187,10 @@ impl Validator<'_> {
             Some(text) => self.value("broker.heartbeat", rules::heartbeat(&text), Duration::ZERO),
         };
         let max_in_flight = self.int_in("broker.max_in_flight", r.max_in_flight, 1000_usize, 65535);
+        let max_in_flight_bytes = match r.max_in_flight_bytes {
+            None => 16 << 20,
+            Some(text) => self.value("broker.max_in_flight_bytes", rules::byte_size(&text), 16 << 20),
+        };
         let confirm_timeout = self.duration("broker.confirm_timeout", r.confirm_timeout, 30_000);
         let connect_timeout = self.duration("broker.connect_timeout", r.connect_timeout, 10_000);
         let shutdown = self.duration("broker.shutdown_timeout", r.shutdown_timeout, 30_000);
@@ -196,6 +200,7 @@ impl Validator<'_> {
             tls_cert_file,
             tls_key_file,
             max_in_flight,
+            max_in_flight_bytes,
             confirm_timeout,
             connect_timeout,
             shutdown_timeout: shutdown,
@@ -506,6 +511,10 @@ mod tests {
         assert_eq!(b.url.expose(), "amqp://relay@rabbit/%2f");
         assert_eq!((b.tls_ca_file, b.tls_cert_file, b.tls_key_file), (None, None, None));
         assert_eq!(b.max_in_flight, 1000);
+        assert_eq!(b.max_in_flight_bytes, 16 << 20);
+        let b = ok(&with("broker", "max_in_flight_bytes = \"1MiB\"")).broker;
+        assert_eq!(b.max_in_flight_bytes, 1 << 20);
+        assert_eq!(keys(&with("broker", "max_in_flight_bytes = \"lots\"")), ["broker.max_in_flight_bytes"]);
         assert_eq!(b.confirm_timeout, secs(30));
         assert_eq!(b.connect_timeout, secs(10));
         assert_eq!(b.shutdown_timeout, secs(30));

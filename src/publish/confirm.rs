@@ -97,6 +97,11 @@ impl InFlight {
         oldest
     }
 
+    /// The in-flight message with the largest body.
+    pub fn largest(&self) -> Option<&Pending> {
+        self.map.values().max_by_key(|p| p.msg.body.len())
+    }
+
     /// Restarts every message's confirm clock at `now` (after the broker
     /// lifted a flow-control block: the wait was the broker's, not a fault).
     pub fn restart_clock(&mut self, now: Instant) {
@@ -169,7 +174,7 @@ mod tests {
 
     fn inflight(n: u64) -> InFlight {
         let mut t = Tracker::new();
-        let txn = t.register(SourcePosition::Wal(EndLsn(Lsn(1))), PgTimestamp(0), n as usize);
+        let txn = t.register(SourcePosition::Wal(EndLsn(Lsn(1))), PgTimestamp(0), n as usize, false);
         let mut f = InFlight::new();
         for tag in 1..=n {
             f.insert(tag, Pending::new(txn, msg(&format!("id-{tag}")), Instant::now(), 1));

@@ -42,6 +42,9 @@ use confirm::{InFlight, Outcome, Pending};
 pub struct PublisherSettings {
     /// Unconfirmed publishes allowed at once.
     pub max_in_flight: usize,
+    /// Bytes of bodies unconfirmed (in flight or waiting for a republish)
+    /// allowed at once; a larger single message goes alone.
+    pub max_in_flight_bytes: usize,
     /// Longest wait for a confirm before the connection is declared dead.
     pub confirm_timeout: Duration,
 }
@@ -50,7 +53,37 @@ impl PublisherSettings {
     /// The publisher's part of `[broker]` (a route's policy for returned
     /// messages is on the route itself).
     pub fn from_config(broker: &crate::config::BrokerConfig) -> Self {
-        PublisherSettings { max_in_flight: broker.max_in_flight, confirm_timeout: broker.confirm_timeout }
+        PublisherSettings {
+            max_in_flight: broker.max_in_flight,
+            max_in_flight_bytes: broker.max_in_flight_bytes,
+            confirm_timeout: broker.confirm_timeout,
+        }
+    }
+}
+
+/// Repeated returns or nacks are logged at most once per this interval (per
+/// route), with a count, not once per attempt.
+const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A log line that repeats: logged at first, then once per interval.
+#[derive(Debug, Default)]
+struct Throttle {
+    /// Occurrences since the last line.
+    count: u64,
+    /// When the last line was written.
+    last: Option<Instant>,
+}
+
+impl Throttle {
+    /// Counts one occurrence; `Some(n)` (occurrences since the last line,
+    /// this one included) when a line is due.
+    fn hit(&mut self, now: Instant) -> Option<u64> {
+        self.count += 1;
+        if self.last.is_some_and(|t| now.duration_since(t) < REPEAT_LOG_INTERVAL) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
     }
 }
 
@@ -67,9 +100,18 @@ pub struct Publisher {
     settings: PublisherSettings,
     tracker: Tracker,
     inflight: InFlight,
-    /// Messages waiting to be republished, with when.
+    /// Messages waiting to be republished, with when. They count against
+    /// the window and the byte budget like messages in flight.
     retries: VecDeque<(Instant, Pending)>,
     current: Option<Current>,
+    /// The transaction whose next part is still to come (parts of a large
+    /// replication transaction).
+    open_txn: Option<TxnId>,
+    /// Body bytes of messages in flight or waiting for a republish.
+    held_bytes: usize,
+    /// Per route: repeated returns under `block`, and nacks, logged with a count.
+    return_log: Vec<Throttle>,
+    nack_log: Throttle,
     /// Where the confirmed progress goes (the source reads it).
     progress: watch::Sender<Progress>,
     metrics: Arc<Metrics>,
@@ -103,6 +145,10 @@ impl Publisher {
             inflight: InFlight::new(),
             retries: VecDeque::new(),
             current: None,
+            open_txn: None,
+            held_bytes: 0,
+            return_log: Vec::new(),
+            nack_log: Throttle::default(),
             progress,
             metrics,
             blocked: false,
@@ -138,7 +184,7 @@ impl Publisher {
             if !intake_open && self.current.is_none() && self.inflight.is_empty() && self.retries.is_empty() {
                 return Ok(());
             }
-            let room = self.inflight.len() < self.settings.max_in_flight;
+            let room = self.has_room();
             let next_retry = self.retries.iter().map(|(at, _)| *at).min();
             let deadline = self.inflight.oldest_sent().map(|t| t + self.settings.confirm_timeout);
             tokio::select! {
@@ -184,7 +230,16 @@ impl Publisher {
                 tracing::debug!(position = %txn.position, ordinal = ev.ordinal, "event declined by every route's `when` filter");
             }
         }
-        let id = self.tracker.register(txn.position, txn.commit_time, messages.len());
+        let id = match self.open_txn.take() {
+            Some(id) if txn.part.continued => {
+                self.tracker.extend(id, messages.len(), (!txn.part.more).then_some(txn.position));
+                id
+            }
+            _ => self.tracker.register(txn.position, txn.commit_time, messages.len(), txn.part.more),
+        };
+        if txn.part.more {
+            self.open_txn = Some(id);
+        }
         self.current = Some(Current { txn: id, messages });
         self.report_progress();
         Ok(())
@@ -194,16 +249,30 @@ impl Publisher {
     async fn publish_current(&mut self) -> Result<()> {
         // While the broker blocks the connection, publishing waits (it is
         // flow control, not a failure).
-        while !self.blocked && self.inflight.len() < self.settings.max_in_flight {
+        while !self.blocked && self.has_room() {
             let Some(cur) = self.current.as_mut() else { return Ok(()) };
             let Some(msg) = cur.messages.pop_front() else {
                 self.current = None;
                 return Ok(());
             };
             let txn = cur.txn;
+            self.held_bytes += msg.body.len();
             self.send(Pending::new(txn, msg, Instant::now(), 1)).await?;
         }
         Ok(())
+    }
+
+    /// Whether one more message may be published: the window counts what is
+    /// in flight and what waits for a republish, and so does the byte budget
+    /// (a message larger than the budget still goes when nothing is held).
+    fn has_room(&self) -> bool {
+        let held = self.inflight.len() + self.retries.len();
+        held < self.settings.max_in_flight && (held == 0 || self.held_bytes < self.settings.max_in_flight_bytes)
+    }
+
+    /// A message leaves for good (confirmed, or dropped by its policy).
+    fn release(&mut self, p: &Pending) {
+        self.held_bytes = self.held_bytes.saturating_sub(p.msg.body.len());
     }
 
     async fn send(&mut self, mut p: Pending) -> Result<()> {
@@ -236,6 +305,20 @@ impl Publisher {
                 return Ok(());
             }
             BrokerEvent::ChannelClosed { code, text } => {
+                if code == PRECONDITION_FAILED && text.contains("larger than") {
+                    // A body over the broker's max_message_size: the same row
+                    // would fail again after every restart. It needs a person.
+                    let culprit = self.inflight.largest().map_or_else(String::new, |p| {
+                        format!(
+                            "event {} (route {:?}, {} bytes) ",
+                            p.msg.message_id,
+                            self.router.route_name(p.msg.route),
+                            p.msg.body.len()
+                        )
+                    });
+                    return Err(Error::new(ErrorKind::Data, format!(
+                        "{culprit}is larger than the broker accepts ({code} {text}): raise RabbitMQ's max_message_size, or keep such payloads out of the outbox")));
+                }
                 return Err(Error::new(
                     ErrorKind::BrokerChannel,
                     format!("the broker closed the channel: {code} {text}"),
@@ -270,12 +353,15 @@ impl Publisher {
             Outcome::Confirmed(p) => {
                 let age = self.commit_age(p.txn);
                 self.metrics.event_confirmed(p.msg.route, age);
+                self.release(&p);
                 self.tracker.confirm(p.txn);
             }
             Outcome::Nacked(p) => {
                 self.metrics.nack();
-                tracing::warn!(message_id = %p.msg.message_id, exchange = %p.msg.exchange, attempts = p.attempts,
-                    "broker nacked the message; republishing after a backoff (the position waits for it)");
+                if let Some(nacks) = self.nack_log.hit(Instant::now()) {
+                    tracing::warn!(message_id = %p.msg.message_id, exchange = %p.msg.exchange, attempts = p.attempts, nacks,
+                        "broker nacked messages; republishing each after a backoff (the position waits for them); repeats are counted, logged every 10 s");
+                }
                 self.schedule_retry(p);
             }
             Outcome::Returned { pending: p, reply_code, reply_text } => {
@@ -292,12 +378,18 @@ impl Publisher {
         let dead_letter_exchange = dead_letter_exchange.to_owned();
         match policy {
             OnUnroutable::Block => {
-                tracing::error!(message_id = %m.message_id, exchange = %m.exchange, routing_key = %m.routing_key, reply = %format!("{code} {text}"), attempts = p.attempts,
-                    "unroutable message: no queue is bound for this routing key; holding the position and retrying (bind a queue, or set on_unroutable)");
+                if self.return_log.len() <= m.route {
+                    self.return_log.resize_with(m.route + 1, Throttle::default);
+                }
+                if let Some(returns) = self.return_log[m.route].hit(Instant::now()) {
+                    tracing::error!(message_id = %m.message_id, exchange = %m.exchange, routing_key = %m.routing_key, reply = %format!("{code} {text}"), attempts = p.attempts, returns,
+                        "unroutable message: no queue is bound for this routing key; holding the position and retrying (bind a queue, or set on_unroutable); repeats are counted, logged every 10 s");
+                }
                 self.schedule_retry(p);
             }
             OnUnroutable::Drop => {
                 tracing::warn!(message_id = %m.message_id, exchange = %m.exchange, routing_key = %m.routing_key, "unroutable message dropped (on_unroutable = \"drop\")");
+                self.release(&p);
                 self.tracker.confirm(p.txn);
             }
             OnUnroutable::DeadLetter => {
@@ -357,6 +449,10 @@ impl Publisher {
         self.update_lag();
     }
 }
+
+/// AMQP 406, with which RabbitMQ closes a channel for a body over
+/// `max_message_size`.
+const PRECONDITION_FAILED: u16 = 406;
 
 async fn sleep_until(at: Option<Instant>) {
     match at {

@@ -14,7 +14,7 @@ use super::ReplayReport;
 use crate::ack::Progress;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{BatchSeq, OutboxEvent, PgTimestamp, SourcePosition, Transaction};
+use crate::event::{BatchSeq, OutboxEvent, Part, PgTimestamp, SourcePosition, Transaction};
 use crate::metrics::Metrics;
 use crate::publish::channel::{BrokerChannel, BrokerTarget};
 use crate::publish::{Publisher, PublisherSettings};
@@ -94,7 +94,7 @@ impl Link {
                 ev.ordinal = i as u32;
             }
             let n = group.len();
-            let txn = Transaction { position, commit_time: PgTimestamp::now(), events: group };
+            let txn = Transaction { position, commit_time: PgTimestamp::now(), events: group, part: Part::WHOLE };
             if self.txns.send(txn).await.is_err() {
                 return Err(self.publisher_ended().await);
             }

@@ -114,6 +114,11 @@ impl Router {
         }
     }
 
+    /// The name of route `route` ("?" for an index it does not have).
+    pub fn route_name(&self, route: usize) -> &str {
+        self.routes.get(route).map_or("?", |r| r.cfg.name.as_str())
+    }
+
     /// What to do when the broker returns a message of `route`, and the
     /// dead-letter exchange for it (both resolved against `[broker]` by
     /// validation).
@@ -254,6 +259,7 @@ impl Router {
 fn lsn_text(ev: &OutboxEvent) -> String {
     match ev.position {
         SourcePosition::Wal(lsn) => lsn.to_string(),
+        SourcePosition::WalCommit(lsn) => format!("{lsn} (commit)"),
         SourcePosition::Batch(_) => "n/a (polling)".to_owned(),
         SourcePosition::Replay(_) => "n/a (replay)".to_owned(),
     }
@@ -317,7 +323,10 @@ impl Route {
         // Polling and replay have no LSN: their sequence numbers are not WAL
         // positions. A replayed message says so, as an AMQP boolean.
         match ev.position {
-            SourcePosition::Wal(lsn) => headers.push(("x-outbox-lsn".into(), HeaderValue::Str(lsn.to_string()))),
+            SourcePosition::Wal(_) | SourcePosition::WalCommit(_) => {
+                let lsn = ev.position.header_lsn().map(|l| l.to_string()).unwrap_or_default();
+                headers.push(("x-outbox-lsn".into(), HeaderValue::Str(lsn)));
+            }
             SourcePosition::Batch(_) => {}
             SourcePosition::Replay(_) => headers.push(("x-outbox-replay".into(), HeaderValue::Bool(true))),
         }

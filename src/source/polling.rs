@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 
 use crate::config::{AfterPublish, Config};
 use crate::error::{from_pg, Error, ErrorKind, Result};
-use crate::event::{BatchSeq, Column, Datum, EventSource, OutboxEvent, PgTimestamp, SourcePosition, Transaction};
+use crate::event::{BatchSeq, Column, Datum, EventSource, OutboxEvent, Part, PgTimestamp, SourcePosition, Transaction};
 use crate::route::Router;
 use crate::source::postgres::quote_ident;
 use crate::source::replication::slot::table_columns;
@@ -180,7 +180,7 @@ pub async fn run(ready: Ready, config: &Config, link: SourceLink) -> Result<()> 
             let keys: Vec<String> = rows.iter().map(|(k, _)| k.clone()).collect();
             let now = PgTimestamp::now();
             let events = t.events(rows.into_iter().map(|(_, values)| values), batch, now);
-            if tx.send(Transaction { position: batch, commit_time: now, events }).await.is_err() {
+            if tx.send(Transaction { position: batch, commit_time: now, events, part: Part::WHOLE }).await.is_err() {
                 return Err(publisher_gone());
             }
             // Wait for the broker to confirm the whole batch. After a stop

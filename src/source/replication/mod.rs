@@ -50,7 +50,8 @@ struct Reader {
     conn: ReplicationConnection,
     assembler: TransactionAssembler,
     position: FlushPosition,
-    /// Transactions handed to the publisher in this session.
+    /// Transactions handed to the publisher in this session (counted at
+    /// their last part).
     sent_txns: u64,
     /// A complete transaction waiting for room in the channel.
     pending: Option<Transaction>,
@@ -111,8 +112,9 @@ pub async fn stream(ready: Ready, link: SourceLink, status_interval: Duration, m
             // PRIORITY 2: hand over a waiting transaction.
             permit = tx.reserve(), if r.pending.is_some() => match permit {
                 Ok(permit) => {
-                    permit.send(r.pending.take().expect("guarded by is_some"));
-                    r.sent_txns += 1;
+                    let txn = r.pending.take().expect("guarded by is_some");
+                    r.sent_txns += u64::from(!txn.part.more);
+                    permit.send(txn);
                 }
                 Err(_) => break Err(publisher_gone()),
             },
@@ -177,8 +179,10 @@ impl Reader {
                 })?;
                 if let Some(txn) = txn {
                     tracing::debug!(position = %txn.position, events = txn.events.len(), "transaction received");
+                    // Only whole transactions count (a part with more to come does not).
+                    let whole = u64::from(!txn.part.more);
                     match tx.try_send(txn) {
-                        Ok(()) => self.sent_txns += 1,
+                        Ok(()) => self.sent_txns += whole,
                         Err(mpsc::error::TrySendError::Full(txn)) => self.pending = Some(txn),
                         Err(mpsc::error::TrySendError::Closed(_)) => return Err(publisher_gone()),
                     }

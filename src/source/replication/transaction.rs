@@ -7,9 +7,19 @@
 //! message for a known id *replaces* the entry) and the transaction being
 //! received.
 //!
+//! A transaction larger than a part ([`PART_EVENTS`] events or
+//! [`PART_BYTES`] bytes of row data) is handed over in parts as its rows
+//! arrive, so memory does not grow with the transaction: with protocol 1 the
+//! server sends a transaction only once it has committed, so publishing its
+//! first rows before its Commit arrives is safe. The position the relay
+//! reports still waits for the last part (see [`crate::event::Part`]).
+//!
 //! Protocol surprises worth knowing:
 //! - The end LSN — the only position safe to report as flushed — arrives
-//!   last, in Commit, so events are held until then and stamped on commit.
+//!   last, in Commit. A transaction that fits in one part is stamped with it;
+//!   the parts of a larger one carry its commit LSN (Begin's `final_lsn`,
+//!   [`SourcePosition::WalCommit`]) until the last part, which is keyed by the
+//!   end LSN.
 //! - Begin's `final_lsn` is the commit record's *start* and must equal
 //!   Commit's `commit_lsn`; it is not a flush position.
 //! - A non-transactional logical decoding message is sent the moment it is
@@ -23,7 +33,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::event::{Column, EndLsn, EventSource, Lsn, OutboxEvent, PgTimestamp, SourcePosition, Transaction};
+use crate::event::{Column, EndLsn, EventSource, Lsn, OutboxEvent, Part, PgTimestamp, SourcePosition, Transaction};
 
 use super::pgoutput::PgOutputMessage;
 use super::protocol::pg_clock_now;
@@ -45,12 +55,23 @@ pub struct TransactionAssembler {
     clock: fn() -> PgTimestamp,
 }
 
+/// Events buffered before a part is handed over.
+pub const PART_EVENTS: usize = 512;
+/// Row bytes buffered before a part is handed over.
+pub const PART_BYTES: usize = 256 * 1024;
+
 /// A transaction whose Commit has not arrived yet.
 #[derive(Debug)]
 struct OpenTransaction {
     final_lsn: Lsn,
     xid: u32,
+    commit_time: PgTimestamp,
+    /// Events not handed over yet.
     sources: Vec<EventSource>,
+    /// Row bytes in `sources`.
+    bytes: usize,
+    /// Events handed over in earlier parts (the next ordinal).
+    sent: u32,
 }
 
 /// Why a message could not be applied to the transaction being assembled.
@@ -218,7 +239,7 @@ impl TransactionAssembler {
     /// part). A failing message leaves the state as it was.
     pub fn push(&mut self, msg: PgOutputMessage) -> Result<Option<Transaction>, AssembleError> {
         match msg {
-            PgOutputMessage::Begin { final_lsn, xid, .. } => {
+            PgOutputMessage::Begin { final_lsn, xid, commit_time } => {
                 if let Some(open) = &self.open {
                     return Err(AssembleError::BeginInsideTransaction {
                         final_lsn,
@@ -227,7 +248,8 @@ impl TransactionAssembler {
                         open_xid: open.xid,
                     });
                 }
-                self.open = Some(OpenTransaction { final_lsn, xid, sources: Vec::new() });
+                self.open =
+                    Some(OpenTransaction { final_lsn, xid, commit_time, sources: Vec::new(), bytes: 0, sent: 0 });
                 Ok(None)
             }
             PgOutputMessage::Relation(rel) => {
@@ -252,14 +274,14 @@ impl TransactionAssembler {
                     });
                 }
                 open.add(EventSource::Row { table: table.clone(), columns: Arc::clone(columns), values })?;
-                Ok(None)
+                Ok(open.part_if_full())
             }
             PgOutputMessage::Message { transactional: true, lsn, prefix, content } => {
                 let Some(open) = self.open.as_mut() else {
                     return Err(AssembleError::MessageOutsideTransaction { lsn, prefix });
                 };
                 open.add(EventSource::Message { prefix, content })?;
-                Ok(None)
+                Ok(open.part_if_full())
             }
             PgOutputMessage::Message { transactional: false, lsn, prefix, content } => {
                 let end_lsn = standalone_end_lsn(lsn);
@@ -270,7 +292,12 @@ impl TransactionAssembler {
                     commit_time,
                     ordinal: 0,
                 };
-                Ok(Some(Transaction { position: SourcePosition::Wal(end_lsn), commit_time, events: vec![event] }))
+                Ok(Some(Transaction {
+                    position: SourcePosition::Wal(end_lsn),
+                    commit_time,
+                    events: vec![event],
+                    part: Part::WHOLE,
+                }))
             }
             PgOutputMessage::Commit { commit_lsn, end_lsn, commit_time } => {
                 let Some(open) = self.open.take_if(|open| open.final_lsn == commit_lsn) else {
@@ -281,16 +308,20 @@ impl TransactionAssembler {
                         }
                     });
                 };
-                let events = (0u32..)
+                let continued = open.sent > 0;
+                // The events of a transaction in parts all carry its commit LSN.
+                let stamp =
+                    if continued { SourcePosition::WalCommit(open.final_lsn) } else { SourcePosition::Wal(end_lsn) };
+                let events = (open.sent..)
                     .zip(open.sources)
-                    .map(|(ordinal, source)| OutboxEvent {
-                        source,
-                        position: SourcePosition::Wal(end_lsn),
-                        commit_time,
-                        ordinal,
-                    })
+                    .map(|(ordinal, source)| OutboxEvent { source, position: stamp, commit_time, ordinal })
                     .collect();
-                Ok(Some(Transaction { position: SourcePosition::Wal(end_lsn), commit_time, events }))
+                Ok(Some(Transaction {
+                    position: SourcePosition::Wal(end_lsn),
+                    commit_time,
+                    events,
+                    part: Part { continued, more: false },
+                }))
             }
             PgOutputMessage::Skipped { .. } => Ok(None),
         }
@@ -300,11 +331,30 @@ impl TransactionAssembler {
 impl OpenTransaction {
     /// Appends an event, keeping every ordinal representable as a u32.
     fn add(&mut self, source: EventSource) -> Result<(), AssembleError> {
-        if u32::try_from(self.sources.len()).is_err() {
+        let count = u32::try_from(self.sources.len()).ok().and_then(|n| n.checked_add(self.sent));
+        if count.is_none() {
             return Err(AssembleError::TooManyEvents { final_lsn: self.final_lsn });
         }
+        self.bytes += source.data_bytes();
         self.sources.push(source);
         Ok(())
+    }
+
+    /// Hands over the buffered events as a part once there are enough.
+    fn part_if_full(&mut self) -> Option<Transaction> {
+        if self.sources.len() < PART_EVENTS && self.bytes < PART_BYTES {
+            return None;
+        }
+        let position = SourcePosition::WalCommit(self.final_lsn);
+        let (commit_time, first) = (self.commit_time, self.sent);
+        let sources = std::mem::take(&mut self.sources);
+        self.sent += sources.len() as u32;
+        self.bytes = 0;
+        let events = (first..)
+            .zip(sources)
+            .map(|(ordinal, source)| OutboxEvent { source, position, commit_time, ordinal })
+            .collect();
+        Some(Transaction { position, commit_time, events, part: Part { continued: first > 0, more: true } })
     }
 }
 
@@ -404,7 +454,12 @@ mod tests {
         let tx = a.push(commit(5, 8, 2)).unwrap().unwrap();
         assert_eq!(
             tx,
-            Transaction { position: SourcePosition::Wal(EndLsn(Lsn(8))), commit_time: PgTimestamp(2), events: vec![] }
+            Transaction {
+                position: SourcePosition::Wal(EndLsn(Lsn(8))),
+                commit_time: PgTimestamp(2),
+                events: vec![],
+                part: Part::WHOLE
+            }
         );
     }
 
@@ -539,5 +594,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_large_transaction_is_handed_over_in_parts_keyed_by_its_commit_lsn_until_the_last() {
+        let mut a = assembler();
+        a.push(relation(1, "outbox", &["id"])).unwrap();
+        a.push(begin(0x500)).unwrap();
+        let mut parts = Vec::new();
+        for i in 0..(2 * PART_EVENTS + 3) {
+            let values = vec![Datum::Text(i.to_string().into_bytes())];
+            if let Some(part) = a.push(PgOutputMessage::Insert { relation_id: 1, values }).unwrap() {
+                parts.push(part);
+            }
+        }
+        parts.push(a.push(commit(0x500, 0x600, 9)).unwrap().expect("the last part at Commit"));
+        assert_eq!(parts.len(), 3);
+        let flags: Vec<(bool, bool)> = parts.iter().map(|p| (p.part.continued, p.part.more)).collect();
+        assert_eq!(flags, [(false, true), (true, true), (true, false)]);
+        assert_eq!(parts[0].position, SourcePosition::WalCommit(Lsn(0x500)), "known by its commit LSN meanwhile");
+        assert_eq!(parts[2].position, SourcePosition::Wal(EndLsn(Lsn(0x600))), "the last part is keyed by the end LSN");
+        let ordinals: Vec<u32> = parts.iter().flat_map(|p| p.events.iter().map(|e| e.ordinal)).collect();
+        assert_eq!(ordinals, (0..(2 * PART_EVENTS as u32 + 3)).collect::<Vec<_>>());
+        assert!(parts.iter().flat_map(|p| &p.events).all(|e| e.position == SourcePosition::WalCommit(Lsn(0x500))));
+        assert!(!a.in_transaction());
+    }
+
+    #[test]
+    fn a_part_is_also_cut_by_bytes() {
+        let mut a = assembler();
+        a.push(relation(1, "outbox", &["payload"])).unwrap();
+        a.push(begin(0x500)).unwrap();
+        let big = vec![Datum::Text(vec![b'x'; PART_BYTES])];
+        let part = a.push(PgOutputMessage::Insert { relation_id: 1, values: big }).unwrap();
+        assert_eq!(part.map(|p| p.events.len()), Some(1), "one row of PART_BYTES is a part of its own");
     }
 }
