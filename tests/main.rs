@@ -39,5 +39,7 @@ mod cli;
 mod slot_loss;
 // outbox-relay replay: a range re-published with original ids, --dry-run, --route, --rate, SIGTERM.
 mod replay;
+// Memory bounded by the window and the byte budget: a large transaction, an unroutable backlog, a large payload.
+mod memory;
 // The harness's private PostgreSQL clusters and RabbitMQ nodes (support::cluster).
 mod support_smoke;

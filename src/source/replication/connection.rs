@@ -22,6 +22,11 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
+
+/// The read buffer grows by this much when it is nearly full.
+const READ_CHUNK: usize = 64 * 1024;
+/// A frame this large gets the read buffer replaced once it is parsed.
+const LARGE_FRAME: usize = 1 << 20;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::{backend, frontend};
@@ -455,8 +460,27 @@ impl ReplicationConnection {
     async fn read_frame(&mut self) -> Result<protocol::BackendFrame> {
         loop {
             match protocol::parse_frame(&mut self.buf, MAX_FRAME) {
-                Ok(Some(f)) => return Ok(f),
-                Ok(None) => self.fill().await?,
+                Ok(Some(f)) => {
+                    if f.body.len() > LARGE_FRAME {
+                        // The frame's bytes stay with its body until it is
+                        // decoded; the buffer must not keep (and later reuse)
+                        // that allocation: a large row would stay resident.
+                        let mut fresh = BytesMut::with_capacity(READ_CHUNK.max(self.buf.len()));
+                        fresh.extend_from_slice(&self.buf);
+                        self.buf = fresh;
+                    }
+                    return Ok(f);
+                }
+                Ok(None) => {
+                    // A large frame: make room for all of it at once, rather
+                    // than doubling the buffer (and copying it) on the way.
+                    if let Some(total) = protocol::frame_len(&self.buf) {
+                        if total > self.buf.capacity() {
+                            self.buf.reserve(total - self.buf.len());
+                        }
+                    }
+                    self.fill().await?
+                }
                 Err(e) => {
                     return Err(Error::with_source(
                         ErrorKind::SourceProtocol,
@@ -485,7 +509,7 @@ impl ReplicationConnection {
     /// appends what it read or nothing).
     async fn fill(&mut self) -> Result<()> {
         if self.buf.capacity() - self.buf.len() < 8192 {
-            self.buf.reserve(64 * 1024);
+            self.buf.reserve(READ_CHUNK);
         }
         let n = self.stream.read_buf(&mut self.buf).await.map_err(|e| {
             Error::with_source(ErrorKind::SourceConnection, format!("reading from PostgreSQL at {}", self.endpoint), e)

@@ -159,6 +159,18 @@ pub(crate) fn show_tag(tag: u8) -> String {
     }
 }
 
+/// The whole length (tag included) of the frame at the start of `buf`, once
+/// its header is there; `None` before that or for a malformed length (which
+/// [`parse_frame`] reports). The reader reserves it only once
+/// [`parse_frame`] has accepted the length against its bound.
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
+    if buf.len() < HEADER_LEN {
+        return None;
+    }
+    let declared = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    usize::try_from(declared).ok().filter(|&len| len >= 4).map(|len| len + 1)
+}
+
 /// Splits one complete backend message off the front of `buf`.
 ///
 /// Returns `Ok(None)` and leaves `buf` untouched while the message is
