@@ -1,15 +1,17 @@
 //! Memory bounded by the window and the byte budget, not by the data: a large
-//! transaction, an unroutable backlog under `block`, a large payload. The
+//! transaction, an unroutable backlog under `block`, a large payload, a body
+//! larger than the broker accepts. The
 //! relay runs as a binary and its peak RSS (VmHWM) is read from /proc. The
 //! bounds here are generous safety nets; `scripts/bench-memory.sh` measures
 //! the issue's targets.
 
 use std::time::Duration;
 
+use crate::support::cluster::RabbitNode;
 use crate::support::config::TestConfig;
 use crate::support::consumer::Consumer;
 use crate::support::http::{metric, scrape};
-use crate::support::relay::Process;
+use crate::support::relay::{InProcess, Process};
 use crate::support::{self, TestDb};
 
 const MIB: u64 = 1 << 20;
@@ -125,5 +127,33 @@ async fn a_50_mib_payload_costs_at_most_four_times_its_size() {
     println!("50 MiB payload: peak RSS {} MiB", peak / MIB);
     assert!(peak < 200 * MIB, "peak RSS {} MiB for a 50 MiB payload", peak / MIB);
     relay.terminate(Duration::from_secs(30)).await;
+    db.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_larger_than_the_broker_accepts_stops_with_a_data_error_naming_the_event() {
+    // GIVEN a private RabbitMQ node that accepts messages of at most 1 MiB
+    let rabbit = RabbitNode::start().await;
+    rabbit.ctl(&["eval", "application:set_env(rabbit, max_message_size, 1048576)."]).await;
+    let (exchange, _queue) = Consumer::declare_durable(&rabbit.amqp_url(), "#").await;
+    let db = TestDb::new().await;
+    let cfg = TestConfig::outbox(&db.url, &exchange).broker_url(&rabbit.amqp_url());
+    let relay = InProcess::start(&cfg).await;
+
+    // WHEN a row's payload is 2 MiB
+    let id = support::uuid();
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload) \
+             VALUES ('{id}', 'wallet', 'big', 'Huge', jsonb_build_object('blob', repeat('x', 2 * 1024 * 1024)))"
+        ))
+        .await
+        .unwrap();
+
+    // THEN the relay stops with a Data error naming the event, instead of restarting on it forever
+    let err = relay.stopped_with_error("a body over max_message_size").await;
+    assert_eq!(err.kind(), outbox_relay::ErrorKind::Data, "{}", err.chain());
+    assert!(err.chain().contains(&id) && err.chain().contains("max_message_size"), "{}", err.chain());
     db.drop_all().await;
 }
