@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use outbox_relay::event::{Column, EndLsn, EventSource, Lsn, OutboxEvent, PgTimestamp, SourcePosition, Transaction};
+use outbox_relay::event::{Column, EndLsn, EventSource, Lsn, OutboxEvent, Part, PgTimestamp, SourcePosition, Transaction};
 use outbox_relay::source::replication::pgoutput::{self, PgOutputMessage};
 use outbox_relay::source::replication::transaction::{AssembleError, TransactionAssembler};
 
@@ -108,7 +108,7 @@ fn transaction(end_lsn: EndLsn, commit_time: PgTimestamp, sources: Vec<EventSour
             ordinal: u32::try_from(i).expect("fuzz inputs hold far fewer than 2^32 events"),
         })
         .collect();
-    Transaction { position, commit_time, events }
+    Transaction { position, commit_time, events, part: Part::WHOLE }
 }
 
 fn error_kind(err: &AssembleError) -> &'static str {
@@ -127,6 +127,8 @@ fn error_kind(err: &AssembleError) -> &'static str {
 fuzz_target!(|data: &[u8]| {
     let mut assembler = TransactionAssembler::with_clock(|| NOW);
     let mut model = Model::default();
+    // Events of the open transaction already handed over in parts.
+    let mut streamed: Vec<OutboxEvent> = Vec::new();
     let mut rest = data;
     while let Some((&len, tail)) = rest.split_first() {
         let (chunk, tail) = tail.split_at(usize::from(len).min(tail.len()));
@@ -134,6 +136,7 @@ fuzz_target!(|data: &[u8]| {
         if len == 0 {
             assembler.reset();
             model = Model::default();
+            streamed.clear();
             continue;
         }
         let msg = match pgoutput::decode(chunk) {
@@ -146,10 +149,27 @@ fuzz_target!(|data: &[u8]| {
         let expected = model.push(&msg);
         let actual = assembler.push(msg.clone());
         match (&actual, &expected) {
+            // A part of a large transaction, before its Commit: the model
+            // still holds its events; they are compared at the Commit.
+            (Ok(Some(part)), Ok(None)) if part.part.more => {
+                assert!(matches!(msg, PgOutputMessage::Insert { .. } | PgOutputMessage::Message { transactional: true, .. }));
+                let final_lsn = model.open.as_ref().map(|(lsn, _)| *lsn).expect("a part inside a transaction");
+                assert_eq!(part.position, SourcePosition::WalCommit(final_lsn));
+                assert_eq!(part.part.continued, !streamed.is_empty());
+                streamed.extend(part.events.iter().cloned());
+            }
             (Ok(Some(tx)), _) => {
-                for (i, ev) in tx.events.iter().enumerate() {
+                // A standalone message inside a large transaction is not part of it.
+                let is_commit = matches!(msg, PgOutputMessage::Commit { .. });
+                let continued = is_commit && !streamed.is_empty();
+                assert_eq!(tx.part.continued, continued);
+                let mut events = if is_commit { std::mem::take(&mut streamed) } else { Vec::new() };
+                events.extend(tx.events.iter().cloned());
+                for (i, ev) in events.iter().enumerate() {
                     assert_eq!(ev.ordinal as usize, i, "ordinals not 0..n");
-                    assert_eq!(ev.position, tx.position, "event end LSN differs from its transaction's");
+                    if !continued {
+                        assert_eq!(ev.position, tx.position, "event end LSN differs from its transaction's");
+                    }
                     assert_eq!(ev.commit_time, tx.commit_time);
                 }
                 match &msg {
@@ -160,7 +180,11 @@ fuzz_target!(|data: &[u8]| {
                     }
                     other => panic!("{other:?} completed a transaction"),
                 }
-                assert_eq!(expected, Ok(Some(tx.clone())), "after {msg:?}");
+                let whole = Transaction { events, part: Part::WHOLE, ..tx.clone() };
+                let sources = |t: &Transaction| t.events.iter().map(|e| e.source.clone()).collect::<Vec<_>>();
+                let Ok(Some(model_tx)) = &expected else { panic!("after {msg:?}: the model completed nothing") };
+                assert_eq!((model_tx.position, model_tx.commit_time), (whole.position, whole.commit_time));
+                assert_eq!(sources(model_tx), sources(&whole), "after {msg:?}");
             }
             (Ok(None), Ok(None)) => {}
             (Err(err), Err(kind)) => {
