@@ -39,5 +39,7 @@ mod cli;
 mod slot_loss;
 // outbox-relay replay: a range re-published with original ids, --dry-run, --route, --rate, SIGTERM.
 mod replay;
+// A silent database (black hole) is noticed within receive_timeout; a PostgreSQL shutdown is never held up.
+mod liveness;
 // The harness's private PostgreSQL clusters and RabbitMQ nodes (support::cluster).
 mod support_smoke;

@@ -47,7 +47,12 @@
 //! then exits) and the session restarts with backoff. Nothing beyond what
 //! the broker confirmed is ever reported: after the restart streaming
 //! resumes from the confirmed position. Normal keepalive requests come
-//! `wal_sender_timeout / 2` apart, far slower than the ping-pong.
+//! `wal_sender_timeout / 2` apart, far slower than the ping-pong (a
+//! `wal_sender_timeout` under 1 s could be mistaken for it: the cost is a
+//! reconnect). While the reader is not reading (the channel to the
+//! publisher is full) it cannot see the ping-pong; then the SQL connection
+//! being closed (a fast shutdown terminates ordinary sessions before it
+//! stops walsenders) ends the session instead.
 //!
 //! [`WalSndDone`]: https://github.com/postgres/postgres/blob/master/src/backend/replication/walsender.c
 
@@ -132,7 +137,7 @@ struct Reader {
 pub async fn stream(ready: Ready, link: SourceLink, timing: Timing, metrics: Arc<Metrics>) -> Result<()> {
     let Ready { conn, start, sql, place, record, reported } = ready;
     let SourceLink { txns: tx, mut progress, stop, health } = link;
-    let _monitor = monitor::Monitor {
+    let monitor = monitor::Monitor {
         sql,
         place,
         progress: progress.clone(),
@@ -166,6 +171,14 @@ pub async fn stream(ready: Ready, link: SourceLink, timing: Timing, metrics: Arc
             biased;
             // PRIORITY 1: stop requested.
             _ = stop.cancelled() => break Ok(()),
+            // While a transaction waits for room the reader cannot see a
+            // shutdown ping-pong; a fast shutdown closes the SQL connection first.
+            _ = monitor.sql_closed().cancelled(), if r.pending.is_some() => {
+                break Err(Error::new(
+                    ErrorKind::SourceConnection,
+                    format!("PostgreSQL at {} closed the SQL connection (shutting down?) while the reader waited for the publisher", r.conn.endpoint()),
+                ));
+            }
             // PRIORITY 2: hand over a waiting transaction.
             permit = tx.reserve(), if r.pending.is_some() => match permit {
                 Ok(permit) => {

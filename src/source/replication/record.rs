@@ -127,7 +127,9 @@ impl Place {
                     "cannot create the relay's state table: a lost replication slot will NOT be detected; run `outbox-relay setup` as the table owner, or GRANT CREATE ON SCHEMA to this role");
                 Ok(false)
             }
-            Err(e) => Err(from_pg(ErrorKind::SourceQuery, format!("creating the relay's state table {}", self.table()), e)),
+            Err(e) => {
+                Err(from_pg(ErrorKind::SourceQuery, format!("creating the relay's state table {}", self.table()), e))
+            }
         }
     }
 
