@@ -125,7 +125,13 @@ pub async fn run(config: &Config, handles: &Handles, stop: &CancellationToken) -
                 };
                 replication::stream(*ready, link, timing, handles.metrics.clone()).await
             }
-            ReadySource::Polling(ready) => polling::run(ready, config, link).await,
+            ReadySource::Polling(ready) => {
+                let lock = polling::lock_lost(ready.lock_connection(), config.source.receive_timeout);
+                tokio::select! {
+                    r = polling::run(ready, config, link) => r,
+                    e = lock => Err(e),
+                }
+            }
         }
     };
     let result = drive(source, publisher, stop, config.broker.shutdown_timeout).await;

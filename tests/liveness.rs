@@ -41,16 +41,23 @@ async fn inactive(http: SocketAddr) -> bool {
     active(http).await == Some(0.0) && !(status == 200 && body.starts_with("active"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_black_holed_database_is_noticed_within_the_receive_timeout_and_nothing_is_lost() {
+/// A relay (replication, or polling when `polling`) whose PostgreSQL
+/// connections go through a proxy, black-holed mid-stream: it must be
+/// inactive within receive_timeout and a margin, then resume and lose
+/// nothing. Returns how long it took to notice and the duplicate count.
+async fn black_hole_and_back(polling: bool) -> (Duration, usize) {
     // GIVEN a relay whose PostgreSQL connections go through a proxy, receive_timeout = 3 s
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
     let proxy = Proxy::start(support::pg_addr()).await;
-    let cfg = TestConfig::outbox(&through(&db.url, proxy.addr), &consumer.exchange)
+    let mut cfg = TestConfig::outbox(&through(&db.url, proxy.addr), &consumer.exchange)
         .receive_timeout(RECEIVE_TIMEOUT)
         .source_connect_timeout(Duration::from_secs(3));
-    cfg.setup();
+    if polling {
+        cfg = cfg.polling();
+    } else {
+        cfg.setup();
+    }
     let relay = InProcess::start(&cfg).await;
     let w = writer(db.url.clone(), "bh", 300, 5);
     consumer.wait_for_count(100, Duration::from_secs(30)).await;
@@ -61,18 +68,25 @@ async fn a_black_holed_database_is_noticed_within_the_receive_timeout_and_nothin
 
     // THEN within receive_timeout and a margin the relay is not active
     support::wait_until(RECEIVE_TIMEOUT + MARGIN, "active = 0 and /readyz not active", || inactive(relay.http)).await;
-    println!("black hole noticed after {:?} (receive_timeout {RECEIVE_TIMEOUT:?})", cut.elapsed());
+    let noticed = cut.elapsed();
 
     // AND once the proxy passes again it resumes, and every event arrives
     proxy.set_mode(Mode::Pass);
     let expected = w.await.unwrap();
-    let ids = support::ids_of(&expected);
-    consumer.wait_for_ids(&ids, Duration::from_secs(90)).await;
+    consumer.wait_for_ids(&support::ids_of(&expected), Duration::from_secs(90)).await;
     let dups = check_delivery(&expected, &consumer.received());
-    println!("{} events after a black hole: {dups} duplicates", ids.len());
     assert!(relay.streaming(), "streaming again");
     relay.stop().await.expect("clean stop");
     db.drop_all().await;
+    (noticed, dups)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_database_is_noticed_within_the_receive_timeout_and_nothing_is_lost() {
+    let (noticed, dups) = black_hole_and_back(false).await;
+    println!(
+        "black hole noticed after {noticed:?} (receive_timeout {RECEIVE_TIMEOUT:?}); 1500 events, {dups} duplicates"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,4 +178,10 @@ async fn a_position_held_by_unroutable_messages_does_not_hold_up_a_fast_shutdown
     consumer.wait_for_ids(&ids, Duration::from_secs(60)).await;
     assert!(relay.streaming());
     relay.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_lock_holder_whose_connection_goes_silent_stops_within_the_receive_timeout() {
+    let (noticed, dups) = black_hole_and_back(true).await;
+    println!("polling lock holder stopped {noticed:?} after the cut; 1500 events, {dups} duplicates");
 }
