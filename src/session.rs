@@ -36,7 +36,7 @@ use crate::metrics::Metrics;
 use crate::publish::channel::{BrokerChannel, BrokerTarget};
 use crate::publish::{Publisher, PublisherSettings};
 use crate::route::Router;
-use crate::source::postgres::PgTarget;
+use crate::source::postgres::{Liveness, PgTarget};
 use crate::source::replication::{self, slot, StartContext};
 use crate::source::{polling, SourceLink};
 
@@ -119,9 +119,19 @@ pub async fn run(config: &Config, handles: &Handles, stop: &CancellationToken) -
     let source = async {
         match source {
             ReadySource::Replication(ready) => {
-                replication::stream(*ready, link, config.source.status_interval, handles.metrics.clone()).await
+                let timing = replication::Timing {
+                    status_interval: config.source.status_interval,
+                    receive_timeout: config.source.receive_timeout,
+                };
+                replication::stream(*ready, link, timing, handles.metrics.clone()).await
             }
-            ReadySource::Polling(ready) => polling::run(ready, config, link).await,
+            ReadySource::Polling(ready) => {
+                let lock = polling::lock_lost(ready.lock_connection(), config.source.receive_timeout);
+                tokio::select! {
+                    r = polling::run(ready, config, link) => r,
+                    e = lock => Err(e),
+                }
+            }
         }
     };
     let result = drive(source, publisher, stop, config.broker.shutdown_timeout).await;
@@ -136,7 +146,8 @@ pub async fn run(config: &Config, handles: &Handles, stop: &CancellationToken) -
 /// is touched, and replication starts only once the broker is there.
 async fn open(config: &Config, handles: &Handles) -> Result<(ReadySource, BrokerChannel, Router)> {
     let src = &config.source;
-    let target = PgTarget::parse(current_url(UrlTarget::Source, &src.url)?.expose())?;
+    let mut target = PgTarget::parse(current_url(UrlTarget::Source, &src.url)?.expose())?;
+    target.liveness = Liveness { receive_timeout: src.receive_timeout };
     let broker =
         BrokerTarget::from_config(current_url(UrlTarget::Broker, &config.broker.url)?.expose(), &config.broker)?;
     let sql = target.connect_sql(src.connect_timeout).await?;

@@ -41,5 +41,7 @@ mod slot_loss;
 mod replay;
 // Memory bounded by the window and the byte budget: a large transaction, an unroutable backlog, a large payload.
 mod memory;
+// A silent database (black hole) is noticed within receive_timeout; a PostgreSQL shutdown is never held up.
+mod liveness;
 // The harness's private PostgreSQL clusters and RabbitMQ nodes (support::cluster).
 mod support_smoke;

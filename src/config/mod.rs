@@ -98,6 +98,12 @@ pub struct SourceConfig {
     pub status_interval: Duration,
     /// Bound on connecting and authenticating to PostgreSQL; never zero.
     pub connect_timeout: Duration,
+    /// No message from PostgreSQL this long on the replication connection
+    /// (which asks for one every third of it) means the connection is dead;
+    /// also the bound of TCP keepalive, `TCP_USER_TIMEOUT`, `statement_timeout`
+    /// and the polling lock check ([`crate::source::postgres::Liveness`]).
+    /// Never zero.
+    pub receive_timeout: Duration,
     /// Polling only: pause between polls that found nothing; never zero.
     pub poll_interval: Duration,
     /// Polling only: most rows read by one poll; at least 1.

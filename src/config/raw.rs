@@ -45,6 +45,7 @@ pub(super) struct RawSource {
     pub recover_margin: Option<String>,
     pub status_interval: Option<String>,
     pub connect_timeout: Option<String>,
+    pub receive_timeout: Option<String>,
     pub poll_interval: Option<String>,
     pub batch_size: Option<i64>,
     pub order_by: Option<String>,

@@ -139,6 +139,7 @@ impl Validator<'_> {
         };
         let status_interval = self.duration("source.status_interval", r.status_interval, 10_000);
         let connect_timeout = self.duration("source.connect_timeout", r.connect_timeout, 10_000);
+        let receive_timeout = self.duration("source.receive_timeout", r.receive_timeout, 60_000);
         let poll_interval = self.duration("source.poll_interval", r.poll_interval, 200);
         let batch_size = self.int_in("source.batch_size", r.batch_size, 500_u32, u32::MAX.into());
         SourceConfig {
@@ -152,6 +153,7 @@ impl Validator<'_> {
             recover_margin,
             status_interval,
             connect_timeout,
+            receive_timeout,
             poll_interval,
             batch_size,
             order_by,
@@ -498,6 +500,7 @@ mod tests {
         assert!(s.create_slot);
         assert_eq!(s.status_interval, secs(10));
         assert_eq!(s.connect_timeout, secs(10));
+        assert_eq!(s.receive_timeout, secs(60));
         assert_eq!(s.poll_interval, Duration::from_millis(200));
         assert_eq!(s.batch_size, 500);
         assert_eq!(s.order_by, "created_at, id");
@@ -573,6 +576,7 @@ mod tests {
             create_slot = false
             status_interval = "2s"
             connect_timeout = "3s"
+            receive_timeout = "4s"
             poll_interval = "1s 500ms"
             batch_size = 7
             order_by = "seq DESC, \"Id\" asc"
@@ -612,7 +616,7 @@ mod tests {
         assert_eq!(s.mode, SourceMode::Polling);
         assert_eq!((s.slot.as_str(), s.publication.as_str()), ("s_1", "Pub Lication"));
         assert!(!s.create_slot);
-        assert_eq!((s.status_interval, s.connect_timeout), (secs(2), secs(3)));
+        assert_eq!((s.status_interval, s.connect_timeout, s.receive_timeout), (secs(2), secs(3), secs(4)));
         assert_eq!(s.poll_interval, Duration::from_millis(1500));
         assert_eq!(s.batch_size, 7);
         assert_eq!(s.after_publish, AfterPublish::Mark);
@@ -696,7 +700,7 @@ level = "info"
 
     #[test]
     fn bad_durations() {
-        for key in ["status_interval", "connect_timeout", "poll_interval"] {
+        for key in ["status_interval", "connect_timeout", "receive_timeout", "poll_interval"] {
             let got = problems(&with("source", &format!("{key} = \"ten seconds\"")));
             assert_eq!(got.len(), 1, "{got:?}");
             assert_eq!(got[0].key, format!("source.{key}"));
@@ -717,7 +721,7 @@ level = "info"
 
     #[test]
     fn zero_durations_are_rejected_where_meaningless() {
-        for key in ["status_interval", "connect_timeout", "poll_interval"] {
+        for key in ["status_interval", "connect_timeout", "receive_timeout", "poll_interval"] {
             let got = problems(&with("source", &format!("{key} = \"0s\"")));
             assert!(got[0].message.contains("longer than zero"), "{got:?}");
         }

@@ -137,8 +137,9 @@ pub async fn prepare(client: &Client, config: &Config, router: &Router) -> Resul
 #[derive(Debug)]
 pub struct Ready {
     /// The connection that holds the advisory lock (session-level: it is
-    /// released when this connection ends) and runs every query.
-    client: Client,
+    /// released when this connection ends) and runs every query; shared
+    /// with [`lock_lost`].
+    client: Arc<Client>,
     /// The routed tables.
     tables: Vec<PolledTable>,
 }
@@ -147,7 +148,45 @@ impl Ready {
     /// The source on the connection that took the lock for `slot`.
     pub fn new(client: Client, tables: Vec<PolledTable>, slot: &str) -> Self {
         tracing::info!(lock = %lock_name(slot), "polling (advisory lock held)");
-        Ready { client, tables }
+        Ready { client: Arc::new(client), tables }
+    }
+
+    /// A watch on the lock's connection, for [`lock_lost`].
+    pub fn lock_connection(&self) -> Arc<Client> {
+        self.client.clone()
+    }
+}
+
+/// Resolves when the connection holding the lock can no longer be trusted
+/// to hold it: closed, a probe (`SELECT 1`, every `receive_timeout / 3`)
+/// failed, or a probe got no answer within `2/3` of it. The session then
+/// ends and the publisher with it, within `receive_timeout` of the
+/// connection going silent. The server releases the lock only when it
+/// drops the session (its `tcp_keepalives_*`, `tcp_user_timeout` or
+/// `idle_session_timeout`): keep that longer than `receive_timeout`, so
+/// this holder stops before another instance can take the lock.
+pub async fn lock_lost(client: Arc<Client>, receive_timeout: std::time::Duration) -> Error {
+    let lost = |what: String| {
+        Error::new(
+            ErrorKind::SourceConnection,
+            format!("the polling lock's connection {what}: stopping before another instance takes the lock"),
+        )
+    };
+    loop {
+        tokio::time::sleep(receive_timeout / 3).await;
+        if client.is_closed() {
+            return lost("is closed".into());
+        }
+        match tokio::time::timeout(receive_timeout * 2 / 3, client.simple_query("SELECT 1")).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return lost(format!("failed a probe ({e})")),
+            Err(_) => {
+                return lost(format!(
+                    "did not answer a probe within {} ms (source.receive_timeout)",
+                    (receive_timeout * 2 / 3).as_millis()
+                ))
+            }
+        }
     }
 }
 

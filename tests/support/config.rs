@@ -264,6 +264,12 @@ impl TestConfig {
         self
     }
 
+    /// `source.receive_timeout`.
+    pub fn receive_timeout(mut self, timeout: Duration) -> TestConfig {
+        self.source.set("receive_timeout", duration(timeout));
+        self
+    }
+
     /// `source.mode = "polling"`, without the polling knobs (their defaults).
     pub fn polling(mut self) -> TestConfig {
         self.source.set("mode", string("polling"));

@@ -8,7 +8,9 @@ use super::tls::{client_config, MakeRustls};
 use crate::error::{from_pg, Error, ErrorKind, Result};
 
 impl PgTarget {
-    /// Opens an ordinary SQL connection and spawns its driver task.
+    /// Opens an ordinary SQL connection and spawns its driver task, with
+    /// TCP keepalive, `TCP_USER_TIMEOUT` and `statement_timeout` from
+    /// [`PgTarget::liveness`].
     ///
     /// # Errors
     ///
@@ -17,6 +19,7 @@ impl PgTarget {
     pub async fn connect_sql(&self, timeout: Duration) -> Result<tokio_postgres::Client> {
         let mut cfg = self.config.clone();
         cfg.connect_timeout(timeout);
+        self.liveness.apply_to_config(&mut cfg);
         if cfg.get_application_name().is_none() {
             cfg.application_name("outbox-relay");
         }

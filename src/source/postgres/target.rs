@@ -63,6 +63,9 @@ pub struct PgTarget {
     pub ssl_key: Option<String>,
     /// The URL with the password replaced, for logs.
     pub redacted: String,
+    /// Keepalive, `TCP_USER_TIMEOUT` and `statement_timeout` for every
+    /// connection to this target (default: from a 60 s receive timeout).
+    pub liveness: super::Liveness,
 }
 
 impl std::fmt::Debug for PgTarget {
@@ -114,6 +117,7 @@ impl PgTarget {
             ssl_cert: None,
             ssl_key: None,
             redacted,
+            liveness: super::Liveness::default(),
         };
         for (k, v) in tls {
             match k.as_str() {

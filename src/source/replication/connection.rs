@@ -77,6 +77,11 @@ impl std::fmt::Debug for ReplicationConnection {
 }
 
 impl ReplicationConnection {
+    /// Where it is connected (no password), for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     /// Connects and authenticates with `replication=database`.
     ///
     /// `password` overrides the one in the target (a re-read `_FILE` secret).
@@ -118,6 +123,13 @@ impl ReplicationConnection {
                     _ => "localhost",
                 };
                 let mut tcp = tcp(h, port, &endpoint).await?;
+                target.liveness.apply_to_socket(&tcp).map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::SourceConnection,
+                        format!("setting TCP keepalive on the connection to {endpoint}"),
+                        e,
+                    )
+                })?;
                 match tls {
                     None => Box::new(tcp),
                     Some(config) => match negotiate_ssl(&mut tcp, &endpoint).await? {

@@ -14,8 +14,50 @@
 //! position is sent within [`FEEDBACK_INTERVAL`] of its confirm, and a status
 //! update goes out at least every `status_interval` and at once when the
 //! server asks.
+//!
+//! # A silent server
+//!
+//! The walsender may go quiet without closing anything (a partition, a
+//! black hole). Any message from it resets a timer; after a third of
+//! `source.receive_timeout` without one the reader asks for a reply (a
+//! status update with the reply-requested flag), and after the whole of it
+//! the reader fails with a `SourceConnection` error ("no message ... for N
+//! s"): the session ends, `outbox_relay_active` drops to 0 and the
+//! supervisor restarts the pipeline with backoff. While the reader is not
+//! reading because the channel to the publisher is full, the timer stands
+//! still and starts from zero when reading resumes (see [`liveness`]).
+//!
+//! # PostgreSQL shutting down
+//!
+//! At shutdown a walsender exits only once its client's reported position
+//! equals what it sent: [`WalSndDone`] in `walsender.c` compares `sentPtr`
+//! with the reported flush (write when flush is invalid) and, until they
+//! match, sends a keepalive with the reply-requested flag and `wal_end =
+//! sentPtr`; the next turn of `WalSndLoop` after our reply sends another
+//! (`waiting_for_ping_response` is reset by every reply), so a stopping
+//! walsender plays a quick ping-pong with an unchanged `wal_end` and no
+//! WAL data. A physical walreceiver or the logical apply worker report what
+//! they wrote and flushed, so they catch up and let it go; our position is
+//! what the broker confirmed, and while it is held back (an unroutable
+//! message under `on_unroutable = "block"`) the walsender would wait for
+//! ever and with it `pg_ctl stop`. So when that ping-pong has lasted
+//! [`liveness::SHUTDOWN_GRACE`] (time for confirms in flight to land) and
+//! the confirmed position is still behind `wal_end`, the reader sends its
+//! confirmed position one last time, closes the connection (the walsender
+//! then exits) and the session restarts with backoff. Nothing beyond what
+//! the broker confirmed is ever reported: after the restart streaming
+//! resumes from the confirmed position. Normal keepalive requests come
+//! `wal_sender_timeout / 2` apart, far slower than the ping-pong (a
+//! `wal_sender_timeout` under 1 s could be mistaken for it: the cost is a
+//! reconnect). While the reader is not reading (the channel to the
+//! publisher is full) it cannot see the ping-pong; then the SQL connection
+//! being closed (a fast shutdown terminates ordinary sessions before it
+//! stops walsenders) ends the session instead.
+//!
+//! [`WalSndDone`]: https://github.com/postgres/postgres/blob/master/src/backend/replication/walsender.c
 
 pub mod connection;
+mod liveness;
 mod monitor;
 pub mod pgoutput;
 pub mod protocol;
@@ -28,6 +70,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::ack::{FlushPosition, Progress};
 use crate::error::{Error, ErrorKind, Result};
@@ -36,6 +79,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::source::{publisher_gone, SourceLink};
 use connection::ReplicationConnection;
+use liveness::{ReceiveTimer, ShutdownWatch, Wake};
 use protocol::ReplicationMessage;
 pub use start::{prepare, start, Prepared, Ready, StartContext};
 use transaction::TransactionAssembler;
@@ -44,6 +88,15 @@ use transaction::TransactionAssembler;
 pub const FEEDBACK_INTERVAL: Duration = Duration::from_millis(100);
 /// Status updates while a stop drains the publisher's confirms.
 const DRAIN_STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The reader's clocks.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// `source.status_interval`.
+    pub status_interval: Duration,
+    /// `source.receive_timeout`.
+    pub receive_timeout: Duration,
+}
 
 /// The reader's state for one replication session.
 struct Reader {
@@ -65,6 +118,13 @@ struct Reader {
     /// Every position known confirmed, kept beyond this session (the next
     /// start may begin there) and written to the durable record by the monitor.
     reported: Arc<crate::ack::Reported>,
+    /// Silence on the connection (`source.receive_timeout`).
+    timer: ReceiveTimer,
+    /// A walsender waiting for our position to shut down.
+    shutdown: ShutdownWatch,
+    /// The `wal_end` of a shutdown ping-pong seen, checked once the
+    /// position is refreshed.
+    stopping_at: Option<Lsn>,
 }
 
 /// Streams from a started replication connection until a stop, then reports
@@ -75,10 +135,10 @@ struct Reader {
 ///
 /// Any failure of the connection or the decoder, or [`publisher_gone`]; the
 /// session restarts from the slot (or stops, for `Data` errors).
-pub async fn stream(ready: Ready, link: SourceLink, status_interval: Duration, metrics: Arc<Metrics>) -> Result<()> {
+pub async fn stream(ready: Ready, link: SourceLink, timing: Timing, metrics: Arc<Metrics>) -> Result<()> {
     let Ready { conn, start, sql, place, record, reported } = ready;
     let SourceLink { txns: tx, mut progress, stop, health } = link;
-    let _monitor = monitor::Monitor {
+    let monitor = monitor::Monitor {
         sql,
         place,
         progress: progress.clone(),
@@ -98,8 +158,11 @@ pub async fn stream(ready: Ready, link: SourceLink, status_interval: Duration, m
         metrics,
         health,
         reported,
+        timer: ReceiveTimer::new(timing.receive_timeout, Instant::now()),
+        shutdown: ShutdownWatch::default(),
+        stopping_at: None,
     };
-    let mut status = tokio::time::interval(status_interval);
+    let mut status = tokio::time::interval(timing.status_interval);
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut feedback = tokio::time::interval(FEEDBACK_INTERVAL);
     feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -109,12 +172,22 @@ pub async fn stream(ready: Ready, link: SourceLink, status_interval: Duration, m
             biased;
             // PRIORITY 1: stop requested.
             _ = stop.cancelled() => break Ok(()),
+            // While a transaction waits for room the reader cannot see a
+            // shutdown ping-pong; a fast shutdown closes the SQL connection first.
+            _ = monitor.sql_closed().cancelled(), if r.pending.is_some() => {
+                break Err(Error::new(
+                    ErrorKind::SourceConnection,
+                    format!("PostgreSQL at {} closed the SQL connection (shutting down?) while the reader waited for the publisher", r.conn.endpoint()),
+                ));
+            }
             // PRIORITY 2: hand over a waiting transaction.
             permit = tx.reserve(), if r.pending.is_some() => match permit {
                 Ok(permit) => {
                     let txn = r.pending.take().expect("guarded by is_some");
                     r.sent_txns += u64::from(!txn.part.more);
                     permit.send(txn);
+                    // Reading resumes: the silence we caused does not count.
+                    r.timer.heard(Instant::now());
                 }
                 Err(_) => break Err(publisher_gone()),
             },
@@ -136,8 +209,15 @@ pub async fn stream(ready: Ready, link: SourceLink, status_interval: Duration, m
             msg = r.conn.recv(), if r.pending.is_none() => {
                 if let Err(e) = r.on_message(msg, &tx).await { break Err(e); }
             }
+            // PRIORITY 7: the server has been silent (only while reading).
+            _ = tokio::time::sleep_until(r.timer.next_wake()), if r.pending.is_none() => {
+                if let Err(e) = r.on_silence().await { break Err(e); }
+            }
         }
         r.refresh_position(&progress);
+        if let Err(e) = r.check_shutdown().await {
+            break Err(e);
+        }
     };
     if let Err(e) = outcome {
         if e.kind().source_connection_usable() {
@@ -159,9 +239,12 @@ impl Reader {
         msg: Result<Option<ReplicationMessage>>,
         tx: &mpsc::Sender<Transaction>,
     ) -> Result<()> {
-        match msg? {
+        let msg = msg?;
+        self.timer.heard(Instant::now());
+        match msg {
             None => Err(Error::new(ErrorKind::SourceConnection, "PostgreSQL ended the replication stream (CopyDone)")),
             Some(ReplicationMessage::XLogData { wal_start, wal_end, data, .. }) => {
+                self.shutdown.data();
                 self.server_wal_end = self.server_wal_end.max(wal_end);
                 let decoded = pgoutput::decode(&data).map_err(|e| {
                     Error::with_source(
@@ -194,10 +277,49 @@ impl Reader {
                 self.keepalive = Some(KeepaliveLsn(wal_end));
                 if reply_requested {
                     self.send_status(false).await?;
+                    self.stopping_at = self.shutdown.ping(Instant::now(), wal_end);
                 }
                 Ok(())
             }
         }
+    }
+
+    /// The receive timer woke up: ask for a reply, or give up on the connection.
+    async fn on_silence(&mut self) -> Result<()> {
+        match self.timer.on_wake(Instant::now()) {
+            Wake::Nothing => Ok(()),
+            Wake::Ping => {
+                tracing::debug!("no message from PostgreSQL for a while; asking for a reply");
+                self.send_status(true).await
+            }
+            Wake::Dead(silent) => Err(Error::new(
+                ErrorKind::SourceConnection,
+                format!(
+                    "no message from PostgreSQL at {} for {} s (source.receive_timeout): the connection is considered dead",
+                    self.conn.endpoint(),
+                    silent.as_secs()
+                ),
+            )),
+        }
+    }
+
+    /// After a shutdown ping-pong (see the module doc): when the confirmed
+    /// position is still behind what the walsender sent, report it once more
+    /// and fail, so the connection is closed and the walsender can exit.
+    async fn check_shutdown(&mut self) -> Result<()> {
+        let Some(wal_end) = self.stopping_at.take() else { return Ok(()) };
+        let confirmed = self.position.current().0;
+        if confirmed >= wal_end {
+            return Ok(());
+        }
+        self.send_status(false).await?;
+        Err(Error::new(
+            ErrorKind::SourceConnection,
+            format!(
+                "PostgreSQL at {} is shutting down and waits for the flush position to reach {wal_end}; the broker confirmed up to {confirmed}: closing the replication connection so that it can stop (streaming resumes from {confirmed})",
+                self.conn.endpoint()
+            ),
+        ))
     }
 
     /// Folds the publisher's progress (and, when idle, the keepalive) into

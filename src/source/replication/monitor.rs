@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 
 use super::record::Place;
 use super::slot;
@@ -46,7 +47,15 @@ const SAMPLES: usize = 4096;
 
 /// Aborts the monitor when the reader's session ends.
 #[derive(Debug)]
-pub(super) struct MonitorGuard(JoinHandle<()>);
+pub(super) struct MonitorGuard(JoinHandle<()>, CancellationToken);
+
+impl MonitorGuard {
+    /// Cancelled once the SQL connection is closed (a fast shutdown closes
+    /// it before it stops the walsender).
+    pub(super) fn sql_closed(&self) -> &CancellationToken {
+        &self.1
+    }
+}
 
 impl Drop for MonitorGuard {
     fn drop(&mut self) {
@@ -69,10 +78,11 @@ pub(super) struct Monitor {
 impl Monitor {
     /// Starts the monitor task.
     pub(super) fn spawn(self) -> MonitorGuard {
-        MonitorGuard(tokio::spawn(self.run()))
+        let closed = CancellationToken::new();
+        MonitorGuard(tokio::spawn(self.run(closed.clone())), closed)
     }
 
-    async fn run(self) {
+    async fn run(self, closed: CancellationToken) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut samples: VecDeque<(PgTimestamp, PgTimestamp)> = VecDeque::new();
@@ -82,6 +92,7 @@ impl Monitor {
         for n in 0u32.. {
             tick.tick().await;
             if self.sql.is_closed() {
+                closed.cancel();
                 return;
             }
             if n % HEALTH_EVERY == 0 {
