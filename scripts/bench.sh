@@ -218,9 +218,10 @@ listen = "127.0.0.1:$port"
 level = "info"
 EOF
 
-# the default outbox table, as the relay itself prints it (src/setup.rs DEFAULT_OUTBOX_TABLE)
-"$RELAY" setup --config "$CONFIG" --print-sql | awk '/^CREATE TABLE/ { on = 1 } on { print } on && /^\);/ { exit }' >"$DIR/outbox.sql"
-grep -q 'CREATE TABLE' "$DIR/outbox.sql" || die "could not get the default outbox table from 'outbox-relay setup --print-sql'"
+# the default outbox table and its index, as the relay itself prints them (src/setup.rs
+# DEFAULT_OUTBOX_TABLE): from CREATE TABLE to the blank line after the block
+"$RELAY" setup --config "$CONFIG" --print-sql | awk '/^CREATE TABLE/ { on = 1 } on && /^$/ { exit } on { print }' >"$DIR/outbox.sql"
+grep -q 'CREATE INDEX' "$DIR/outbox.sql" || die "could not get the default outbox table from 'outbox-relay setup --print-sql'"
 timeout 60 "$PSQL" -X -q -v ON_ERROR_STOP=1 "$BENCH_URL" -f "$DIR/outbox.sql"
 timeout 60 "$RELAY" setup --config "$CONFIG" >"$DIR/setup.log" 2>&1 || { show_tail "$DIR/setup.log"; die "outbox-relay setup failed"; }
 

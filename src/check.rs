@@ -205,11 +205,12 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
             "run `outbox-relay setup --config FILE`, or set source.create_slot = true",
         ),
         Some(p) => {
-            let missing: Vec<String> = if p.all_tables {
-                Vec::new()
-            } else {
-                wanted.iter().map(|(s, t)| format!("{s}.{t}")).filter(|t| !p.tables.contains(t)).collect()
-            };
+            let coverage = slot::coverage(client, &src.publication, &p, &wanted).await?;
+            let missing: Vec<String> = coverage.missing.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+            if !coverage.by_partition.is_empty() {
+                let (what, fix) = slot::by_partition_problem(&src.publication, &coverage.by_partition);
+                r.problem(what, fix);
+            }
             if !p.publishes_insert {
                 r.problem(
                     format!("publication {:?} does not publish inserts", src.publication),

@@ -45,7 +45,7 @@ fn setup_print_sql_shows_the_default_table_publication_and_slot() {
     let sql = String::from_utf8_lossy(&out.stdout);
     assert!(sql.contains("CREATE TABLE IF NOT EXISTS outbox"), "{sql}");
     assert!(
-        sql.contains("CREATE PUBLICATION \"p1\" FOR TABLE \"public\".\"outbox\" WITH (publish = 'insert')"),
+        sql.contains("CREATE PUBLICATION \"p1\" FOR TABLE \"public\".\"outbox\" WITH (publish = 'insert', publish_via_partition_root = true)"),
         "{sql}"
     );
     assert!(sql.contains("pg_create_logical_replication_slot('s1', 'pgoutput')"), "{sql}");

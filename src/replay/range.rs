@@ -80,20 +80,11 @@ pub(super) fn page_clauses(keyset: &[KeyColumn], lower: Lower, until: bool, limi
 /// The columns of `source.order_by` (bare names folded to lower case, as
 /// PostgreSQL does), or why replay cannot page by it.
 pub(super) fn order_columns(order_by: &str) -> std::result::Result<Vec<String>, String> {
-    order_by
-        .split(',')
-        .map(|item| {
-            let mut words = item.split_whitespace();
-            let col = words.next().unwrap_or_default();
-            if words.next().is_some_and(|d| d.eq_ignore_ascii_case("desc")) {
-                return Err(format!("source.order_by = {order_by:?}: replay reads in ascending order only"));
-            }
-            Ok(match col.strip_prefix('"').and_then(|c| c.strip_suffix('"')) {
-                Some(quoted) => quoted.to_owned(),
-                None => col.to_lowercase(),
-            })
-        })
-        .collect()
+    let items = polling::order_items(order_by);
+    if items.iter().any(|(_, desc)| *desc) {
+        return Err(format!("source.order_by = {order_by:?}: replay reads in ascending order only"));
+    }
+    Ok(items.into_iter().map(|(name, _)| name).collect())
 }
 
 /// One table to replay: what to read and where to start.
