@@ -39,5 +39,7 @@ mod cli;
 mod slot_loss;
 // outbox-relay replay: a range re-published with original ids, --dry-run, --route, --rate, SIGTERM.
 mod replay;
+// A partitioned outbox table named by its parent; publish_via_partition_root.
+mod partitions;
 // The harness's private PostgreSQL clusters and RabbitMQ nodes (support::cluster).
 mod support_smoke;
