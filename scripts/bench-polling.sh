@@ -48,25 +48,11 @@ DB=bench_polling
 RELAY_LOG="$DIR/relay.log"
 CONFIG="$DIR/relay.toml"
 
-say() { printf '\n==> %s\n' "$*" >&2; }
-log() { printf '[bench-polling] %s\n' "$*" >&2; }
-die() { printf '[bench-polling] ERROR: %s\n' "$*" >&2; exit 1; }
-show_tail() { [ -f "$1" ] && { printf -- '---- last lines of %s ----\n' "$1" >&2; tail -n 30 "$1" >&2; }; true; }
-now_ns() { date +%s%N; }
-span() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
-kv() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k { print substr($0, length(k) + 2); exit }'; }
-wait_exit() {
-  local deadline=$((SECONDS + $2))
-  while kill -0 "$1" 2>/dev/null; do
-    [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 0.2
-  done
-}
-# user+system CPU ticks of process $1 (0 when gone)
-cpu_ticks() { { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; } 2>/dev/null || echo 0; }
+BENCH_TAG=bench-polling
+# shellcheck source=scripts/bench-lib.sh
+. "$REPO/scripts/bench-lib.sh"
 # peak resident set of process $1, in KiB
 peak_rss_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-port_open() { timeout 2 bash -c "</dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
 relay_pid=""
 drain_pid=""

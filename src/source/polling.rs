@@ -9,6 +9,14 @@
 //! Rows are identified for the delete by the table's single-column primary
 //! key. Polling publishes no `x-outbox-lsn` header, and `timestamp` is the
 //! time the row was read (the commit time is not known without the WAL).
+//!
+//! Only the rows a route matches are published and then deleted or marked:
+//! a row that every route's `when` filter declines stays in the table (a
+//! warning per batch, with the count, at most once a minute per table).
+//! So that such rows never stall polling, each batch of a pass continues
+//! after the previous batch's last row (keyset continuation on `order_by`
+//! plus the key), and a pass ends at the first batch that is not full; the
+//! next pass starts from the beginning. `polling/scan.rs` has the details and the SQL.
 
 mod scan;
 
@@ -22,10 +30,9 @@ use crate::config::{AfterPublish, Config};
 use crate::error::{from_pg, Error, ErrorKind, Result};
 use crate::event::{BatchSeq, Column, Datum, EventSource, OutboxEvent, PgTimestamp, SourcePosition, Transaction};
 use crate::route::Router;
-use crate::source::postgres::quote_ident;
 use crate::source::replication::slot::table_columns;
 use crate::source::{publisher_gone, SourceLink};
-pub(crate) use scan::order_items;
+pub(crate) use scan::{order_items, typed_columns};
 use scan::{Param, Pass, Scan};
 
 /// Rows no route matches are warned about at most this often per table.
@@ -309,14 +316,7 @@ pub(crate) async fn read_rows(
     clauses: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<(String, Vec<Datum>)>> {
-    let cols: Vec<String> = t.columns.iter().map(|c| format!("{}::text", quote_ident(&c.name))).collect();
-    let sql = format!(
-        "SELECT {}::text, {} FROM {}.{}{clauses}",
-        quote_ident(&t.key),
-        cols.join(", "),
-        quote_ident(&t.schema),
-        quote_ident(&t.table),
-    );
+    let sql = scan::rows_sql(t, clauses);
     let rows = client
         .query(&sql, params)
         .await

@@ -46,6 +46,73 @@ pub(crate) fn order_items(order_by: &str) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// `SELECT key, every column FROM t {clauses}`, each as text. The output
+/// columns get names no column of the table has: a bare name in `ORDER BY`
+/// means an output column before an input one, and ordering by the text
+/// would neither match the keyset nor use an index.
+pub(super) fn rows_sql(t: &PolledTable, clauses: &str) -> String {
+    let mut alias = String::from("_r");
+    while t.columns.iter().any(|c| c.name.starts_with(&alias)) {
+        alias.push('_');
+    }
+    let cols: Vec<String> =
+        t.columns.iter().enumerate().map(|(i, c)| format!("{}::text AS {alias}{i}", quote_ident(&c.name))).collect();
+    format!(
+        "SELECT {}::text AS {alias}key, {} FROM {}.{}{clauses}",
+        quote_ident(&t.key),
+        cols.join(", "),
+        quote_ident(&t.schema),
+        quote_ident(&t.table),
+    )
+}
+
+/// A column of a table, with what paging by it needs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TypedColumn {
+    /// Its name.
+    pub(crate) name: String,
+    /// Its type as SQL (`format_type`, without a modifier), to cast a text parameter back.
+    pub(crate) sql_type: String,
+    /// `NOT NULL`.
+    pub(crate) not_null: bool,
+    /// Its index among the table's columns (in a row [`super::read_rows`] returns).
+    pub(crate) index: usize,
+}
+
+/// The columns of `t` named in `names` (`source.order_by`'s and the key), in that order.
+///
+/// # Errors
+///
+/// `Config` when one is not a column of `t`; `SourceQuery`.
+pub(crate) async fn typed_columns(client: &Client, t: &PolledTable, names: &[String]) -> Result<Vec<TypedColumn>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&t.schema, &t.table],
+        )
+        .await
+        .map_err(|e| {
+            from_pg(ErrorKind::SourceQuery, format!("reading the column types of {}.{}", t.schema, t.table), e)
+        })?;
+    names
+        .iter()
+        .map(|name| {
+            let row = rows.iter().find(|r| r.get::<_, String>(0) == *name);
+            match (row, t.columns.iter().position(|c| &c.name == name)) {
+                (Some(row), Some(index)) => {
+                    Ok(TypedColumn { name: name.clone(), sql_type: row.get(1), not_null: row.get(2), index })
+                }
+                _ => Err(Error::new(
+                    ErrorKind::Config,
+                    format!("source.order_by names column {name:?}, which {}.{} does not have", t.schema, t.table),
+                )),
+            }
+        })
+        .collect()
+}
+
 /// A column of the keyset.
 #[derive(Debug, Clone, PartialEq)]
 struct KeyColumn {
@@ -84,35 +151,18 @@ impl Scan {
     ///
     /// `Config` when `order_by` names a column the table lacks; `SourceQuery`.
     pub(super) async fn prepare(client: &Client, t: &PolledTable, order_by: &str) -> Result<Scan> {
-        let rows = client
-            .query(
-                "SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull FROM pg_attribute a \
-                 JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&t.schema, &t.table],
-            )
-            .await
-            .map_err(|e| {
-                from_pg(ErrorKind::SourceQuery, format!("reading the column types of {}.{}", t.schema, t.table), e)
-            })?;
-        let column = |name: &str| rows.iter().find(|r| r.get::<_, String>(0) == name);
         let mut items = order_items(order_by);
         if !items.iter().any(|(n, _)| *n == t.key) {
             items.push((t.key.clone(), false));
         }
-        let mut keyset = Vec::new();
-        let mut by_key = false;
-        for (name, desc) in items {
-            let index = t.columns.iter().position(|c| c.name == name);
-            let (Some(row), Some(index)) = (column(&name), index) else {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!("source.order_by names column {name:?}, which {}.{} does not have", t.schema, t.table),
-                ));
-            };
-            by_key |= !row.get::<_, bool>(2);
-            keyset.push(KeyColumn { name, desc, sql_type: row.get(1), index });
-        }
+        let names: Vec<String> = items.iter().map(|(n, _)| n.clone()).collect();
+        let columns = typed_columns(client, t, &names).await?;
+        let by_key = columns.iter().any(|c| !c.not_null);
+        let keyset: Vec<KeyColumn> = columns
+            .into_iter()
+            .zip(items)
+            .map(|(c, (_, desc))| KeyColumn { name: c.name, desc, sql_type: c.sql_type, index: c.index })
+            .collect();
         let key = keyset.iter().position(|k| k.name == t.key).unwrap_or(keyset.len() - 1);
         Ok(Scan { keyset, key, by_key })
     }
@@ -255,6 +305,19 @@ mod tests {
 
     fn text(s: &str) -> Datum {
         Datum::Text(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn rows_are_read_under_names_no_column_has_so_order_by_means_the_typed_columns() {
+        assert_eq!(
+            rows_sql(&table(), " ORDER BY \"created_at\", \"id\" LIMIT 5"),
+            "SELECT \"id\"::text AS _rkey, \"id\"::text AS _r0, \"aggregate_type\"::text AS _r1, \
+             \"created_at\"::text AS _r2 FROM \"public\".\"outbox\" ORDER BY \"created_at\", \"id\" LIMIT 5"
+        );
+        let mut t = table();
+        t.columns =
+            Arc::new(vec![Column { name: "_r0".into(), type_oid: 25 }, Column { name: "id".into(), type_oid: 25 }]);
+        assert!(rows_sql(&t, "").contains("\"_r0\"::text AS _r_0, \"id\"::text AS _r_1 "), "{}", rows_sql(&t, ""));
     }
 
     #[test]
