@@ -52,28 +52,9 @@ DB=bench
 RELAY_LOG="$DIR/relay.log"
 CONFIG="$DIR/relay.toml"
 
-say() { printf '\n==> %s\n' "$*" >&2; }
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
-show_tail() { [ -f "$1" ] && { printf -- '---- last lines of %s ----\n' "$1" >&2; tail -n 30 "$1" >&2; }; true; }
-now_ns() { date +%s%N; }
-# seconds between two nanosecond stamps, 3 decimals
-span() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
-# value of key $2 in a "k=v k=v" line $1
-kv() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k { print substr($0, length(k) + 2); exit }'; }
-# our child $1 gone within $2 seconds? (false on timeout)
-wait_exit() {
-  local deadline=$((SECONDS + $2))
-  while kill -0 "$1" 2>/dev/null; do
-    [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 0.2
-  done
-}
-# user+system CPU ticks of process $1 (0 when gone)
-cpu_ticks() { { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; } 2>/dev/null || echo 0; }
-# busy and total ticks of the whole machine
-machine_ticks() { awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6; exit }' /proc/stat; }
-port_open() { timeout 2 bash -c "</dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+BENCH_TAG=bench
+# shellcheck source=scripts/bench-lib.sh
+. "$REPO/scripts/bench-lib.sh"
 
 relay_pid=""
 drain_pid=""
@@ -218,9 +199,10 @@ listen = "127.0.0.1:$port"
 level = "info"
 EOF
 
-# the default outbox table, as the relay itself prints it (src/setup.rs DEFAULT_OUTBOX_TABLE)
-"$RELAY" setup --config "$CONFIG" --print-sql | awk '/^CREATE TABLE/ { on = 1 } on { print } on && /^\);/ { exit }' >"$DIR/outbox.sql"
-grep -q 'CREATE TABLE' "$DIR/outbox.sql" || die "could not get the default outbox table from 'outbox-relay setup --print-sql'"
+# the default outbox table and its index, as the relay itself prints them (src/setup.rs
+# DEFAULT_OUTBOX_TABLE): from CREATE TABLE to the blank line after the block
+"$RELAY" setup --config "$CONFIG" --print-sql | awk '/^CREATE TABLE/ { on = 1 } on && /^$/ { exit } on { print }' >"$DIR/outbox.sql"
+grep -q 'CREATE INDEX' "$DIR/outbox.sql" || die "could not get the default outbox table from 'outbox-relay setup --print-sql'"
 timeout 60 "$PSQL" -X -q -v ON_ERROR_STOP=1 "$BENCH_URL" -f "$DIR/outbox.sql"
 timeout 60 "$RELAY" setup --config "$CONFIG" >"$DIR/setup.log" 2>&1 || { show_tail "$DIR/setup.log"; die "outbox-relay setup failed"; }
 

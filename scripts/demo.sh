@@ -151,12 +151,13 @@ psql_() { "$PSQL" -X -q -v ON_ERROR_STOP=1 "$@"; }
 value() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$1" -c "$2"; }
 
 # The SPEC's default outbox table, used by both services, as the relay itself prints
-# it (its one copy is deploy/sql/outbox.sql): the CREATE TABLE statement of
-# `setup --print-sql`, which reads the config but connects to nothing
+# it (its one copy is deploy/sql/outbox.sql): the block of `setup --print-sql`
+# from CREATE TABLE to the blank line after it (the table and its index), which
+# reads the config but connects to nothing
 OUTBOX_TABLE_SQL=$(OUTBOX_RELAY_SOURCE_URL=$WALLET_URL OUTBOX_RELAY_BROKER_URL=$AMQP_URL \
   "$RELAY" setup --print-sql --config "$WALLET_CONFIG" |
-  awk '/^CREATE TABLE/ { on = 1 } on { print } on && /^\);/ { exit }')
-[[ $OUTBOX_TABLE_SQL == "CREATE TABLE"*");" ]] ||
+  awk '/^CREATE TABLE/ { on = 1 } on && /^$/ { exit } on { print }')
+[[ $OUTBOX_TABLE_SQL == "CREATE TABLE"*"CREATE INDEX"*");" ]] ||
   die "could not get the default outbox table from 'outbox-relay setup --print-sql'"
 
 say "Wallet database demo: accounts, wallet_transactions (a trigger refuses flagged accounts), processed_events, outbox"

@@ -205,11 +205,12 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
             "run `outbox-relay setup --config FILE`, or set source.create_slot = true",
         ),
         Some(p) => {
-            let missing: Vec<String> = if p.all_tables {
-                Vec::new()
-            } else {
-                wanted.iter().map(|(s, t)| format!("{s}.{t}")).filter(|t| !p.tables.contains(t)).collect()
-            };
+            let coverage = slot::coverage(client, &src.publication, &p, &wanted).await?;
+            let missing: Vec<String> = coverage.missing.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+            if !coverage.by_partition.is_empty() {
+                let (what, fix) = slot::by_partition_problem(&src.publication, &coverage.by_partition);
+                r.problem(what, fix);
+            }
             if !p.publishes_insert {
                 r.problem(
                     format!("publication {:?} does not publish inserts", src.publication),
@@ -422,6 +423,7 @@ async fn polling_tables(client: &Client, config: &Config, user: &str, r: &mut Re
                 ),
             );
         }
+        declined_rows(client, config, &schema, &table, r).await?;
         if let (true, Some(m)) = (mark, &src.mark_column) {
             if !cols.iter().any(|c| &c.name == m) {
                 r.problem(
@@ -435,6 +437,72 @@ async fn polling_tables(client: &Client, config: &Config, user: &str, r: &mut Re
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// Rows counted at most, so that `check` stays quick on a large table.
+const DECLINED_COUNT_CAP: i64 = 10_000;
+
+/// Polling publishes, then deletes or marks, only the rows a route matches:
+/// when every route of the table has `when` filters, the rows they all
+/// decline stay in the table. Counts those (up to a cap) among the rows not
+/// yet marked.
+async fn declined_rows(
+    client: &Client,
+    config: &Config,
+    schema: &str,
+    table: &str,
+    r: &mut Report,
+) -> crate::Result<()> {
+    let filters: Vec<&Vec<(String, String)>> = config
+        .routes
+        .iter()
+        .filter(|rt| matches!(&rt.matcher, crate::config::RouteMatch::Table { schema: s, table: t } if s == schema && t == table))
+        .map(|rt| &rt.when)
+        .collect();
+    if filters.iter().any(|w| w.is_empty()) {
+        return Ok(()); // a route without `when` takes every row
+    }
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+    let mut alternatives = Vec::new();
+    for when in &filters {
+        let mut terms = Vec::new();
+        for (col, value) in when.iter() {
+            params.push(value);
+            terms.push(format!("{}::text = ${}", quote_ident(col), params.len()));
+        }
+        alternatives.push(format!("({})", terms.join(" AND ")));
+    }
+    let mut filter = format!("NOT coalesce({}, false)", alternatives.join(" OR "));
+    if let (crate::config::AfterPublish::Mark, Some(m)) = (config.source.after_publish, &config.source.mark_column) {
+        filter.push_str(&format!(" AND {} IS NULL", quote_ident(m)));
+    }
+    let sql = format!(
+        "SELECT count(*) FROM (SELECT 1 FROM {}.{} WHERE {filter} LIMIT {}) d",
+        quote_ident(schema),
+        quote_ident(table),
+        DECLINED_COUNT_CAP + 1
+    );
+    let name = format!("{schema}.{table}");
+    let count: i64 = match client.query_one(&sql, &params).await {
+        Ok(row) => row.get(0),
+        // A `when` column the table lacks is already reported with the routes.
+        Err(e) if e.as_db_error().is_some() => return Ok(()),
+        Err(e) => {
+            return Err(crate::error::from_pg(crate::ErrorKind::SourceQuery, format!("counting rows of {name}"), e))
+        }
+    };
+    let rule = "polling publishes, then deletes or marks, only the rows a route matches; the others stay in the table";
+    if count == 0 {
+        r.ok(format!("table {name}: every unpublished row matches a route's `when` filter ({rule})"));
+    } else {
+        let shown =
+            if count > DECLINED_COUNT_CAP { format!("more than {DECLINED_COUNT_CAP}") } else { count.to_string() };
+        r.warn(
+            format!("table {name}: {shown} unpublished row(s) match no route's `when` filter and stay in the table ({rule})"),
+            "add a route (or a `when` value) for them, or delete them if nobody needs them",
+        );
     }
     Ok(())
 }

@@ -17,8 +17,9 @@ use crate::source::postgres::PgTarget;
 use crate::source::replication::record::{self, Place};
 use crate::source::replication::slot;
 
-/// The default outbox table from SPEC.md: `deploy/sql/outbox.sql`, without
-/// its final newline.
+/// The default outbox table from SPEC.md and the index that serves the
+/// polling order: `deploy/sql/outbox.sql`, one block without blank lines or
+/// a final newline.
 pub const DEFAULT_OUTBOX_TABLE: &str = include_str!("../deploy/sql/outbox.sql").trim_ascii_end();
 
 /// The SQL `setup` runs, for `--print-sql`.
@@ -116,16 +117,20 @@ pub async fn ensure(client: &Client, config: &Config, router: &Router) -> Result
             report.created_publication = true;
             tracing::info!(publication = %s.publication, "publication created");
         }
-        Some(p) if !p.all_tables => {
-            let missing: Vec<(String, String)> =
-                tables.iter().filter(|(sc, t)| !p.tables.contains(&format!("{sc}.{t}"))).cloned().collect();
-            if !missing.is_empty() {
-                slot::add_tables(client, &s.publication, &missing).await?;
-                report.added_tables = missing.iter().map(|(sc, t)| format!("{sc}.{t}")).collect();
+        Some(p) => {
+            // A partitioned parent is covered by its own membership even when
+            // the publication lists its partitions instead (never ADD it twice).
+            let coverage = slot::coverage(client, &s.publication, &p, &tables).await?;
+            if !coverage.by_partition.is_empty() {
+                let (what, fix) = slot::by_partition_problem(&s.publication, &coverage.by_partition);
+                return Err(Error::new(ErrorKind::Config, format!("{what}: run `{fix}`")));
+            }
+            if !coverage.missing.is_empty() {
+                slot::add_tables(client, &s.publication, &coverage.missing).await?;
+                report.added_tables = coverage.missing.iter().map(|(sc, t)| format!("{sc}.{t}")).collect();
                 tracing::info!(publication = %s.publication, tables = ?report.added_tables, "tables added to publication");
             }
         }
-        Some(_) => {}
     }
     let target_db: String = client
         .query_one("SELECT current_database()::text", &[])
@@ -204,9 +209,15 @@ mod tests {
     }
 
     #[test]
-    fn the_default_table_is_one_statement_without_a_trailing_newline() {
+    fn the_default_table_is_the_table_then_its_index_in_one_block() {
         assert!(DEFAULT_OUTBOX_TABLE.starts_with("CREATE TABLE IF NOT EXISTS outbox (\n"), "{DEFAULT_OUTBOX_TABLE}");
-        assert!(DEFAULT_OUTBOX_TABLE.ends_with("\n);"), "{DEFAULT_OUTBOX_TABLE}");
-        assert_eq!(DEFAULT_OUTBOX_TABLE.matches(';').count(), 1);
+        assert!(
+            DEFAULT_OUTBOX_TABLE
+                .ends_with("\nCREATE INDEX IF NOT EXISTS outbox_created_at_id ON outbox (created_at, id);"),
+            "{DEFAULT_OUTBOX_TABLE}"
+        );
+        assert_eq!(DEFAULT_OUTBOX_TABLE.matches(';').count(), 2);
+        // The demo and the benchmark take the block up to its first blank line.
+        assert!(!DEFAULT_OUTBOX_TABLE.contains("\n\n"), "{DEFAULT_OUTBOX_TABLE}");
     }
 }

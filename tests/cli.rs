@@ -44,8 +44,9 @@ fn setup_print_sql_shows_the_default_table_publication_and_slot() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let sql = String::from_utf8_lossy(&out.stdout);
     assert!(sql.contains("CREATE TABLE IF NOT EXISTS outbox"), "{sql}");
+    assert!(sql.contains("CREATE INDEX IF NOT EXISTS outbox_created_at_id ON outbox (created_at, id);"), "{sql}");
     assert!(
-        sql.contains("CREATE PUBLICATION \"p1\" FOR TABLE \"public\".\"outbox\" WITH (publish = 'insert')"),
+        sql.contains("CREATE PUBLICATION \"p1\" FOR TABLE \"public\".\"outbox\" WITH (publish = 'insert', publish_via_partition_root = true)"),
         "{sql}"
     );
     assert!(sql.contains("pg_create_logical_replication_slot('s1', 'pgoutput')"), "{sql}");

@@ -43,5 +43,7 @@ mod replay;
 mod memory;
 // A silent database (black hole) is noticed within receive_timeout; a PostgreSQL shutdown is never held up.
 mod liveness;
+// A partitioned outbox table named by its parent; publish_via_partition_root.
+mod partitions;
 // The harness's private PostgreSQL clusters and RabbitMQ nodes (support::cluster).
 mod support_smoke;

@@ -13,5 +13,5 @@ GRANT SELECT ON outbox TO relay;
 -- The publication (creating one needs ownership of the table, which the relay
 -- does not have here) and the slot, created now so that every event committed
 -- from the start is streamed, even those written before the relay first runs.
-CREATE PUBLICATION outbox_relay FOR TABLE public.outbox WITH (publish = 'insert');
+CREATE PUBLICATION outbox_relay FOR TABLE public.outbox WITH (publish = 'insert', publish_via_partition_root = true);
 SELECT pg_create_logical_replication_slot('outbox_relay', 'pgoutput');

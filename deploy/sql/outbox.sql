@@ -7,3 +7,5 @@ CREATE TABLE IF NOT EXISTS outbox (
   headers        jsonb,
   created_at     timestamptz NOT NULL DEFAULT now()
 );
+-- Serves the polling source's order (source.order_by, by default created_at, id).
+CREATE INDEX IF NOT EXISTS outbox_created_at_id ON outbox (created_at, id);

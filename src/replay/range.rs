@@ -80,20 +80,11 @@ pub(super) fn page_clauses(keyset: &[KeyColumn], lower: Lower, until: bool, limi
 /// The columns of `source.order_by` (bare names folded to lower case, as
 /// PostgreSQL does), or why replay cannot page by it.
 pub(super) fn order_columns(order_by: &str) -> std::result::Result<Vec<String>, String> {
-    order_by
-        .split(',')
-        .map(|item| {
-            let mut words = item.split_whitespace();
-            let col = words.next().unwrap_or_default();
-            if words.next().is_some_and(|d| d.eq_ignore_ascii_case("desc")) {
-                return Err(format!("source.order_by = {order_by:?}: replay reads in ascending order only"));
-            }
-            Ok(match col.strip_prefix('"').and_then(|c| c.strip_suffix('"')) {
-                Some(quoted) => quoted.to_owned(),
-                None => col.to_lowercase(),
-            })
-        })
-        .collect()
+    let items = polling::order_items(order_by);
+    if items.iter().any(|(_, desc)| *desc) {
+        return Err(format!("source.order_by = {order_by:?}: replay reads in ascending order only"));
+    }
+    Ok(items.into_iter().map(|(name, _)| name).collect())
 }
 
 /// One table to replay: what to read and where to start.
@@ -179,31 +170,11 @@ pub(super) async fn plan(
 
 /// The keyset columns named in `names`, with their SQL types.
 async fn keyset(sql: &Client, t: &PolledTable, names: &[String]) -> Result<Vec<KeyColumn>> {
-    let rows = sql
-        .query(
-            "SELECT a.attname::text, format_type(a.atttypid, NULL) FROM pg_attribute a \
-             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&t.schema, &t.table],
-        )
-        .await
-        .map_err(|e| {
-            from_pg(ErrorKind::SourceQuery, format!("reading the column types of {}.{}", t.schema, t.table), e)
-        })?;
-    names
-        .iter()
-        .map(|name| {
-            let sql_type = rows.iter().find(|r| r.get::<_, String>(0) == *name).map(|r| r.get::<_, String>(1));
-            let index = t.columns.iter().position(|c| &c.name == name);
-            match (sql_type, index) {
-                (Some(sql_type), Some(index)) => Ok(KeyColumn { name: name.clone(), sql_type, index }),
-                _ => Err(Error::new(
-                    ErrorKind::Config,
-                    format!("source.order_by names column {name:?}, which {}.{} does not have", t.schema, t.table),
-                )),
-            }
-        })
-        .collect()
+    Ok(polling::typed_columns(sql, t, names)
+        .await?
+        .into_iter()
+        .map(|c| KeyColumn { name: c.name, sql_type: c.sql_type, index: c.index })
+        .collect())
 }
 
 /// The keyset values of the row whose primary key is `id`, if there is one.

@@ -214,28 +214,10 @@ impl Router {
     /// row cannot be rendered; the message names route, table, event id, LSN.
     pub fn render(&self, ev: &OutboxEvent) -> Result<Option<OutgoingMessage>> {
         let fields = Fields::of(ev);
-        let mut covered = false;
-        for (i, r) in self.routes.iter().enumerate() {
-            let matches_source = match (&r.cfg.matcher, &ev.source) {
-                (RouteMatch::Table { schema, table }, EventSource::Row { table: qualified, .. }) => {
-                    qualified.len() == schema.len() + 1 + table.len()
-                        && qualified.starts_with(schema.as_str())
-                        && qualified.ends_with(table.as_str())
-                        && qualified.as_bytes()[schema.len()] == b'.'
-                }
-                (RouteMatch::MessagePrefix(p), EventSource::Message { prefix, .. }) => p == prefix,
-                _ => false,
-            };
-            if !matches_source {
-                continue;
-            }
-            covered = true;
-            if r.cfg.when.iter().all(|(c, v)| fields.get(c).as_deref() == Some(v.as_str())) {
-                return r.render(i, ev, &fields).map(Some);
-            }
-        }
-        if covered {
-            return Ok(None);
+        match self.select(ev, &fields) {
+            Selected::Route(i) => return self.routes[i].render(i, ev, &fields).map(Some),
+            Selected::Declined => return Ok(None),
+            Selected::Uncovered => {}
         }
         if let EventSource::Message { prefix, .. } = &ev.source {
             // Logical messages are not filtered by the publication: any tool
@@ -253,6 +235,53 @@ impl Router {
             ),
         ))
     }
+
+    /// Whether routes for `ev`'s table or prefix exist and every one's
+    /// `when` filter declines it: what [`render`](Self::render) answers with
+    /// `Ok(None)` for a row (whether it could be rendered is not looked at).
+    pub fn declines(&self, ev: &OutboxEvent) -> bool {
+        self.select(ev, &Fields::of(ev)) == Selected::Declined
+    }
+
+    /// The first route that matches `ev`.
+    fn select(&self, ev: &OutboxEvent, fields: &Fields<'_>) -> Selected {
+        let mut covered = false;
+        for (i, r) in self.routes.iter().enumerate() {
+            let matches_source = match (&r.cfg.matcher, &ev.source) {
+                (RouteMatch::Table { schema, table }, EventSource::Row { table: qualified, .. }) => {
+                    qualified.len() == schema.len() + 1 + table.len()
+                        && qualified.starts_with(schema.as_str())
+                        && qualified.ends_with(table.as_str())
+                        && qualified.as_bytes()[schema.len()] == b'.'
+                }
+                (RouteMatch::MessagePrefix(p), EventSource::Message { prefix, .. }) => p == prefix,
+                _ => false,
+            };
+            if !matches_source {
+                continue;
+            }
+            covered = true;
+            if r.cfg.when.iter().all(|(c, v)| fields.get(c).as_deref() == Some(v.as_str())) {
+                return Selected::Route(i);
+            }
+        }
+        if covered {
+            Selected::Declined
+        } else {
+            Selected::Uncovered
+        }
+    }
+}
+
+/// What [`Router::select`] found for an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Selected {
+    /// This route matches (source and `when`).
+    Route(usize),
+    /// Routes for its source exist; their `when` filters all declined it.
+    Declined,
+    /// No route names its table or prefix.
+    Uncovered,
 }
 
 /// The event's LSN for an error message (polling and replay have none).

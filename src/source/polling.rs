@@ -9,8 +9,19 @@
 //! Rows are identified for the delete by the table's single-column primary
 //! key. Polling publishes no `x-outbox-lsn` header, and `timestamp` is the
 //! time the row was read (the commit time is not known without the WAL).
+//!
+//! Only the rows a route matches are published and then deleted or marked:
+//! a row that every route's `when` filter declines stays in the table (a
+//! warning per batch, with the count, at most once a minute per table).
+//! So that such rows never stall polling, each batch of a pass continues
+//! after the previous batch's last row (keyset continuation on `order_by`
+//! plus the key), and a pass ends at the first batch that is not full; the
+//! next pass starts from the beginning. `polling/scan.rs` has the details and the SQL.
+
+mod scan;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
@@ -19,9 +30,13 @@ use crate::config::{AfterPublish, Config};
 use crate::error::{from_pg, Error, ErrorKind, Result};
 use crate::event::{BatchSeq, Column, Datum, EventSource, OutboxEvent, Part, PgTimestamp, SourcePosition, Transaction};
 use crate::route::Router;
-use crate::source::postgres::quote_ident;
 use crate::source::replication::slot::table_columns;
 use crate::source::{publisher_gone, SourceLink};
+pub(crate) use scan::{order_items, typed_columns};
+use scan::{Param, Pass, Scan};
+
+/// Rows no route matches are warned about at most this often per table.
+const DECLINED_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// One table polled: its columns and its key.
 #[derive(Debug, Clone)]
@@ -201,24 +216,54 @@ pub async fn lock_lost(client: Arc<Client>, receive_timeout: std::time::Duration
 pub async fn run(ready: Ready, config: &Config, link: SourceLink) -> Result<()> {
     let Ready { client, tables } = ready;
     let SourceLink { txns: tx, mut progress, stop, health } = link;
+    let router = Router::new(&config.routes);
+    let mut scans = Vec::with_capacity(tables.len());
+    for t in &tables {
+        scans.push((Scan::prepare(&client, t, &config.source.order_by).await?, Pass::default()));
+    }
+    let mut warned: Vec<Option<Instant>> = vec![None; tables.len()];
     let mut seq: u64 = 0;
     loop {
         health.beat();
         if stop.is_cancelled() {
             break;
         }
-        let mut found = 0;
-        for t in &tables {
-            let rows = read_batch(&client, t, config).await?;
-            if rows.is_empty() {
+        // Rows published this round, and whether a pass goes on (a full batch).
+        let (mut found, mut more) = (0, false);
+        for (i, t) in tables.iter().enumerate() {
+            let (scan, pass) = &mut scans[i];
+            let rows = read_batch(&client, t, config, scan, pass).await?;
+            let full = rows.len() >= config.source.batch_size as usize;
+            let now = PgTimestamp::now();
+            let batch = SourcePosition::Batch(BatchSeq(seq + 1));
+            let (all_keys, values): (Vec<String>, Vec<Vec<Datum>>) = rows.into_iter().unzip();
+            let all = t.events(values, batch, now);
+            // Only the rows a route matches are published, then deleted or
+            // marked; the others stay, and the pass reads past them.
+            let declines: Vec<bool> = all.iter().map(|ev| router.declines(ev)).collect();
+            let declined: Vec<String> =
+                all_keys.iter().zip(&declines).filter(|(_, d)| **d).map(|(k, _)| k.clone()).collect();
+            let last = all.last().and_then(|ev| match &ev.source {
+                EventSource::Row { values, .. } => Some(values.as_slice()),
+                EventSource::Message { .. } => None,
+            });
+            more |= scan.advance(pass, last, &declined, full);
+            if !declined.is_empty() {
+                warn_declined(t, declined.len(), &mut warned[i]);
+            }
+            let (mut keys, mut events) = (Vec::new(), Vec::new());
+            for ((key, mut ev), declined) in all_keys.into_iter().zip(all).zip(declines) {
+                if !declined {
+                    ev.ordinal = events.len() as u32;
+                    keys.push(key);
+                    events.push(ev);
+                }
+            }
+            if events.is_empty() {
                 continue;
             }
-            found += rows.len();
+            found += events.len();
             seq += 1;
-            let batch = SourcePosition::Batch(BatchSeq(seq));
-            let keys: Vec<String> = rows.iter().map(|(k, _)| k.clone()).collect();
-            let now = PgTimestamp::now();
-            let events = t.events(rows.into_iter().map(|(_, values)| values), batch, now);
             if tx.send(Transaction { position: batch, commit_time: now, events, part: Part::WHOLE }).await.is_err() {
                 return Err(publisher_gone());
             }
@@ -242,9 +287,9 @@ pub async fn run(ready: Ready, config: &Config, link: SourceLink) -> Result<()> 
                     },
                 }
             }
-            finish_batch(&client, t, config, &keys).await?;
+            finish_batch(&client, t, config, scan, &keys).await?;
         }
-        if found == 0 {
+        if found == 0 && !more {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(config.source.poll_interval) => {}
@@ -258,15 +303,42 @@ pub async fn run(ready: Ready, config: &Config, link: SourceLink) -> Result<()> 
     Ok(())
 }
 
-/// Reads up to `batch_size` unpublished rows in `order_by` order.
-async fn read_batch(client: &Client, t: &PolledTable, config: &Config) -> Result<Vec<(String, Vec<Datum>)>> {
-    let src = &config.source;
-    let filter = match (src.after_publish, &src.mark_column) {
-        (AfterPublish::Mark, Some(m)) => format!(" WHERE {} IS NULL", quote_ident(m)),
-        _ => String::new(),
-    };
-    // order_by is validated to be a list of column names with ASC/DESC.
-    read_rows(client, t, &format!("{filter} ORDER BY {} LIMIT {}", src.order_by, src.batch_size), &[]).await
+/// Says that rows of a batch stay in the table because no route matches
+/// them: once per batch, at most once a minute per table (the same rows are
+/// read again by every pass until something removes them).
+fn warn_declined(t: &PolledTable, count: usize, last: &mut Option<Instant>) {
+    if last.is_some_and(|at| at.elapsed() < DECLINED_WARN_EVERY) {
+        tracing::debug!(table = %format!("{}.{}", t.schema, t.table), count, "rows no route matches stay in the table");
+        return;
+    }
+    *last = Some(Instant::now());
+    tracing::warn!(
+        table = %format!("{}.{}", t.schema, t.table),
+        count,
+        "{count} row(s) of this batch match no route (every route's `when` filter declines them): they are neither \
+         published nor deleted or marked, and stay in the table (repeated at most once a minute)"
+    );
+}
+
+/// Reads the pass's next batch: up to `batch_size` unpublished rows.
+async fn read_batch(
+    client: &Client,
+    t: &PolledTable,
+    config: &Config,
+    scan: &Scan,
+    pass: &Pass,
+) -> Result<Vec<(String, Vec<Datum>)>> {
+    let (clauses, params) = scan.batch(mark_column(config), pass, config.source.batch_size);
+    let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(Param::as_sql).collect();
+    read_rows(client, t, &clauses, &params).await
+}
+
+/// The mark column, in mark mode.
+fn mark_column(config: &Config) -> Option<&str> {
+    match (config.source.after_publish, &config.source.mark_column) {
+        (AfterPublish::Mark, Some(m)) => Some(m),
+        _ => None,
+    }
 }
 
 /// Reads rows of `t` with `SELECT key, every column FROM t {clauses}`
@@ -283,14 +355,7 @@ pub(crate) async fn read_rows(
     clauses: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<(String, Vec<Datum>)>> {
-    let cols: Vec<String> = t.columns.iter().map(|c| format!("{}::text", quote_ident(&c.name))).collect();
-    let sql = format!(
-        "SELECT {}::text, {} FROM {}.{}{clauses}",
-        quote_ident(&t.key),
-        cols.join(", "),
-        quote_ident(&t.schema),
-        quote_ident(&t.table),
-    );
+    let sql = scan::rows_sql(t, clauses);
     let rows = client
         .query(&sql, params)
         .await
@@ -310,16 +375,9 @@ pub(crate) async fn read_rows(
         .collect())
 }
 
-/// Deletes or marks the confirmed rows.
-async fn finish_batch(client: &Client, t: &PolledTable, config: &Config, keys: &[String]) -> Result<()> {
-    let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.table));
-    let sql = match (config.source.after_publish, &config.source.mark_column) {
-        (AfterPublish::Mark, Some(m)) => {
-            format!("UPDATE {table} SET {} = now() WHERE {}::text = ANY($1)", quote_ident(m), quote_ident(&t.key))
-        }
-        _ => format!("DELETE FROM {table} WHERE {}::text = ANY($1)", quote_ident(&t.key)),
-    };
-    client.execute(&sql, &[&keys]).await.map_err(|e| {
+/// Deletes or marks the confirmed rows, by key.
+async fn finish_batch(client: &Client, t: &PolledTable, config: &Config, scan: &Scan, keys: &[String]) -> Result<()> {
+    client.execute(&scan.finish_sql(t, mark_column(config)), &[&keys]).await.map_err(|e| {
         from_pg(ErrorKind::SourceQuery, format!("removing published rows from {}.{}", t.schema, t.table), e)
     })?;
     Ok(())

@@ -83,12 +83,16 @@ pub async fn create_slot(client: &Client, slot: &str, failover: bool) -> Result<
 /// publishes inserts.
 #[derive(Debug, Clone)]
 pub struct PublicationState {
-    /// `schema.table` of each covered table.
+    /// `schema.table` of each table `pg_publication_tables` lists: the
+    /// partitions of a partitioned member unless `via_root`.
     pub tables: BTreeSet<String>,
     /// `FOR ALL TABLES`.
     pub all_tables: bool,
     /// Whether inserts are published.
     pub publishes_insert: bool,
+    /// `publish_via_partition_root`: changes to a partition are sent as
+    /// changes of its root, under the root's name.
+    pub via_root: bool,
 }
 
 /// Reads the publication, if it exists.
@@ -99,7 +103,7 @@ pub struct PublicationState {
 pub async fn publication_state(client: &Client, publication: &str) -> Result<Option<PublicationState>> {
     let ctx = || format!("reading publication {publication:?}");
     let Some(row) = client
-        .query_opt("SELECT puballtables, pubinsert FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt("SELECT puballtables, pubinsert, pubviaroot FROM pg_publication WHERE pubname = $1", &[&publication])
         .await
         .map_err(|e| from_pg(ErrorKind::SourceQuery, ctx(), e))?
     else {
@@ -115,16 +119,91 @@ pub async fn publication_state(client: &Client, publication: &str) -> Result<Opt
         .iter()
         .map(|r| format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1)))
         .collect();
-    Ok(Some(PublicationState { tables, all_tables: row.get(0), publishes_insert: row.get(1) }))
+    Ok(Some(PublicationState { tables, all_tables: row.get(0), publishes_insert: row.get(1), via_root: row.get(2) }))
 }
+
+/// How a publication covers the routes' tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Tables it does not cover: `ALTER PUBLICATION ... ADD TABLE` adds them.
+    pub missing: Vec<(String, String)>,
+    /// Covered partitioned tables whose rows it sends under their
+    /// partitions' names (`publish_via_partition_root = false`), which no
+    /// route naming the parent matches.
+    pub by_partition: Vec<String>,
+}
+
+/// Whether `schema.table` is covered by the publication: listed by
+/// `pg_publication_tables`, or a member itself or through an ancestor
+/// (`pg_publication_rel`, `pg_partition_ancestors`: without
+/// `publish_via_partition_root` a partitioned member is listed as its
+/// partitions, never by its own name), or partitioned with every leaf
+/// listed (`FOR TABLES IN SCHEMA`); and whether it is partitioned. No row
+/// when the table does not exist.
+const COVERAGE_SQL: &str = "\
+SELECT c.relkind = 'p', \
+  EXISTS (SELECT 1 FROM pg_publication_tables pt WHERE pt.pubname = $1 AND pt.schemaname = $2 AND pt.tablename = $3) \
+  OR EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid \
+             WHERE p.pubname = $1 AND pr.prrelid IN (SELECT relid FROM pg_partition_ancestors(c.oid))) \
+  OR (c.relkind = 'p' AND EXISTS (SELECT 1 FROM pg_partition_tree(c.oid) l WHERE l.isleaf) \
+      AND NOT EXISTS (SELECT 1 FROM pg_partition_tree(c.oid) l JOIN pg_class lc ON lc.oid = l.relid \
+                      JOIN pg_namespace ln ON ln.oid = lc.relnamespace \
+                      WHERE l.isleaf AND NOT EXISTS (SELECT 1 FROM pg_publication_tables pt \
+                        WHERE pt.pubname = $1 AND pt.schemaname = ln.nspname AND pt.tablename = lc.relname))) \
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $2 AND c.relname = $3";
+
+/// Which of `tables` the publication `state` describes lacks, and which it
+/// covers but would send under their partitions' names.
+///
+/// # Errors
+///
+/// `SourceQuery`.
+pub async fn coverage(
+    client: &Client,
+    publication: &str,
+    state: &PublicationState,
+    tables: &[(String, String)],
+) -> Result<Coverage> {
+    let mut out = Coverage::default();
+    for (schema, table) in tables {
+        let row = client.query_opt(COVERAGE_SQL, &[&publication, schema, table]).await.map_err(|e| {
+            from_pg(ErrorKind::SourceQuery, format!("reading what publication {publication:?} covers"), e)
+        })?;
+        let (partitioned, covered) = row.map_or((false, false), |r| (r.get(0), r.get(1)));
+        if !covered && !state.all_tables {
+            out.missing.push((schema.clone(), table.clone()));
+        } else if partitioned && !state.via_root {
+            out.by_partition.push(format!("{schema}.{table}"));
+        }
+    }
+    Ok(out)
+}
+
+/// Why a publication without `publish_via_partition_root` cannot serve
+/// `tables` (partitioned parents named by routes), and the fix.
+pub fn by_partition_problem(publication: &str, tables: &[String]) -> (String, String) {
+    (
+        format!(
+            "publication {publication:?} sends the rows of the partitioned table(s) {} under their partitions' names \
+             (publish_via_partition_root = false), which no route naming the parent matches",
+            tables.join(", ")
+        ),
+        format!("ALTER PUBLICATION {} SET (publish_via_partition_root = true);", quote_ident(publication)),
+    )
+}
+
+/// The options of every publication the relay creates: inserts only, and
+/// a partition's rows as its root's (PostgreSQL 13+), so a route names the
+/// partitioned parent and `x-outbox-table` is the parent.
+const PUBLICATION_OPTIONS: &str = "WITH (publish = 'insert', publish_via_partition_root = true)";
 
 /// The SQL that creates the publication for `tables` (`(schema, table)`).
 pub fn create_publication_sql(publication: &str, tables: &[(String, String)]) -> String {
     if tables.is_empty() {
-        return format!("CREATE PUBLICATION {} WITH (publish = 'insert')", quote_ident(publication));
+        return format!("CREATE PUBLICATION {} {PUBLICATION_OPTIONS}", quote_ident(publication));
     }
     let list: Vec<String> = tables.iter().map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t))).collect();
-    format!("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')", quote_ident(publication), list.join(", "))
+    format!("CREATE PUBLICATION {} FOR TABLE {} {PUBLICATION_OPTIONS}", quote_ident(publication), list.join(", "))
 }
 
 /// Creates the publication.
@@ -210,6 +289,23 @@ pub async fn slot_health(client: &Client, slot: &str) -> Result<Option<SlotHealt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publications_are_created_for_inserts_via_the_partition_root() {
+        let tables = [("public".to_owned(), "outbox".to_owned()), ("Odd Schema".to_owned(), "t\"x".to_owned())];
+        assert_eq!(
+            create_publication_sql("outbox_relay", &tables),
+            "CREATE PUBLICATION \"outbox_relay\" FOR TABLE \"public\".\"outbox\", \"Odd Schema\".\"t\"\"x\" \
+             WITH (publish = 'insert', publish_via_partition_root = true)"
+        );
+        assert_eq!(
+            create_publication_sql("p", &[]),
+            "CREATE PUBLICATION \"p\" WITH (publish = 'insert', publish_via_partition_root = true)"
+        );
+        let (what, fix) = by_partition_problem("p", &["public.outbox".into()]);
+        assert!(what.contains("public.outbox"), "{what}");
+        assert_eq!(fix, "ALTER PUBLICATION \"p\" SET (publish_via_partition_root = true);");
+    }
 
     #[test]
     fn a_failover_slot_is_created_with_failover_true() {
