@@ -208,7 +208,8 @@ pub async fn run(config: &Config, selection: &Selection, stop: CancellationToken
     };
     let mut result = Ok(());
     for p in &plans {
-        result = replay_table(&sql, p, config, selection, &router, only, link.as_mut(), &mut report, &stop).await;
+        let scope = Scope { config, selection, router: &router, only, stop: &stop };
+        result = replay_table(&sql, p, &scope, link.as_mut(), &mut report).await;
         if result.is_err() || report.interrupted {
             break;
         }
@@ -253,19 +254,25 @@ fn route_filter(config: &Config, selection: &Selection) -> Result<Option<usize>>
     Ok(Some(i))
 }
 
+/// What every table of one replay shares: the config, the flags, the
+/// routes, the `--route` filter and the stop token.
+struct Scope<'a> {
+    config: &'a Config,
+    selection: &'a Selection,
+    router: &'a Router,
+    only: Option<usize>,
+    stop: &'a CancellationToken,
+}
+
 /// Reads one table's range page by page and hands each page on.
-#[allow(clippy::too_many_arguments)]
 async fn replay_table(
     sql: &Client,
     plan: &Plan,
-    config: &Config,
-    selection: &Selection,
-    router: &Router,
-    only: Option<usize>,
+    scope: &Scope<'_>,
     mut link: Option<&mut Link>,
     report: &mut ReplayReport,
-    stop: &CancellationToken,
 ) -> Result<()> {
+    let Scope { config, selection, router, only, stop } = *scope;
     let (mut lower, mut bound) = (plan.lower, plan.start.clone());
     let limit = config.source.batch_size;
     let positions: Vec<usize> = plan.keyset.iter().map(|k| k.index).collect();

@@ -1,6 +1,8 @@
 //! Assembles decoded pgoutput messages into whole committed transactions: the
 //! unit the relay publishes and acknowledges. A pure state machine (no I/O;
 //! the clock is injectable), so every ordering rule is unit tested.
+//! Longer than our usual 600 lines on purpose: about 360 lines of code, then
+//! those tests (property tests included), kept beside the rules they check.
 //!
 //! It owns two pieces of state: the relation cache (pgoutput describes a
 //! table once per session and again whenever it changes, so a new Relation
