@@ -25,7 +25,7 @@ async fn cutting_the_broker_connection_five_times_during_20k_events_loses_nothin
 
     // WHEN the broker connection is cut five times, each time after progress
     for cut in 1..=5 {
-        consumer.wait_for_more(1500, Duration::from_secs(60)).await;
+        consumer.wait_for_more(1500, 20_000, Duration::from_secs(60)).await;
         proxy.cut();
         let http = relay.http;
         support::wait_until(Duration::from_secs(30), "the relay notices the cut", || async move {

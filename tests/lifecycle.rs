@@ -28,7 +28,7 @@ async fn sigkilled_repeatedly(
 
     let mut relay = Process::spawn(&cfg);
     for round in 1..=kills {
-        consumer.wait_for_more(progress, Duration::from_secs(60)).await;
+        consumer.wait_for_more(progress, txns * per_txn, Duration::from_secs(60)).await;
         relay.kill().await;
         println!("kill {round}: {} deliveries so far", consumer.count());
         relay = Process::spawn(&cfg);

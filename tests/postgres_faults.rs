@@ -18,7 +18,7 @@ async fn terminating_the_walsender_twice_mid_stream_loses_nothing() {
 
     // WHEN its walsender is terminated twice, each time after progress
     for round in 0..2 {
-        consumer.wait_for_more(800, Duration::from_secs(60)).await;
+        consumer.wait_for_more(800, 5_000, Duration::from_secs(60)).await;
         let pid = db.active_pid().await.expect("a walsender streams from the slot");
         admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
         // the relay reconnects: a new walsender with another PID

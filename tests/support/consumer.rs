@@ -199,10 +199,13 @@ impl Consumer {
         }
     }
 
-    /// Waits for `n` more deliveries than so far: the relay made progress.
+    /// Waits for `n` more deliveries than so far (the relay made progress),
+    /// but never for more than `cap` in all: a fault test's writer commits a
+    /// known number of events, and without duplicates "n more" may not exist
+    /// once it has finished.
     #[track_caller]
-    pub fn wait_for_more(&self, n: usize, timeout: Duration) -> impl Future<Output = ()> + '_ {
-        self.wait_for_count(self.count() + n, timeout)
+    pub fn wait_for_more(&self, n: usize, cap: usize, timeout: Duration) -> impl Future<Output = ()> + '_ {
+        self.wait_for_count((self.count() + n).min(cap), timeout)
     }
 }
 
