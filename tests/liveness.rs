@@ -185,3 +185,32 @@ async fn a_polling_lock_holder_whose_connection_goes_silent_stops_within_the_rec
     let (noticed, dups) = black_hole_and_back(true).await;
     println!("polling lock holder stopped {noticed:?} after the cut; 1500 events, {dups} duplicates");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_running_transaction_delays_the_first_slot_creation_but_the_statement_timeout_does_not_fail_it() {
+    // GIVEN a transaction that stays open (with an xid) longer than the relay's statement_timeout
+    let db = TestDb::new().await;
+    let consumer = Consumer::start("#").await;
+    let long = db.client().await;
+    long.batch_execute("BEGIN; SELECT txid_current();").await.unwrap();
+
+    // WHEN a relay with receive_timeout = 2 s (so statement_timeout 2 s) starts and must create its slot
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange).receive_timeout(Duration::from_secs(2));
+    let relay = InProcess::start_any(&cfg).await;
+    tokio::time::sleep(Duration::from_secs(4)).await; // the transaction's length, not a synchronisation
+    assert!(!relay.streaming(), "the slot cannot exist while that transaction runs");
+    long.batch_execute("COMMIT").await.unwrap();
+
+    // THEN the creation simply waited: it streams, without a failed attempt in between
+    support::wait_until(Duration::from_secs(15), "relay streaming", || {
+        let s = relay.streaming();
+        async move { s }
+    })
+    .await;
+    let reconnects = metric(&scrape(relay.http).await, "outbox_relay_reconnects_total", "source").unwrap_or(-1.0);
+    assert_eq!(reconnects, 0.0, "slot creation failed on the statement timeout and was retried");
+    let ids = support::insert_events(&db.client().await, "wallet", &["a".into()], "AfterWait").await;
+    consumer.wait_for_ids(&ids, Duration::from_secs(20)).await;
+    relay.stop().await.unwrap();
+    db.drop_all().await;
+}

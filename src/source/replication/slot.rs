@@ -71,10 +71,19 @@ pub fn create_slot_sql(failover: bool) -> &'static str {
 /// `SourceQuery` (for instance without the REPLICATION privilege, or
 /// `failover` on a server older than 17).
 pub async fn create_slot(client: &Client, slot: &str, failover: bool) -> Result<Lsn> {
-    let row = client
-        .query_one(create_slot_sql(failover), &[&slot])
+    // Creating a logical slot waits for every transaction running at that
+    // moment to end: the connection's statement_timeout (our liveness bound)
+    // must not turn a long-running transaction into a creation that fails
+    // and is retried forever. The wait is the server's, not a dead peer.
+    let unbounded = "SET statement_timeout = 0";
+    client
+        .batch_execute(unbounded)
         .await
-        .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("creating replication slot {slot:?}"), e))?;
+        .map_err(|e| from_pg(ErrorKind::SourceQuery, "lifting statement_timeout", e))?;
+    let created = client.query_one(create_slot_sql(failover), &[&slot]).await;
+    let reset = client.batch_execute("RESET statement_timeout").await;
+    let row = created.map_err(|e| from_pg(ErrorKind::SourceQuery, format!("creating replication slot {slot:?}"), e))?;
+    reset.map_err(|e| from_pg(ErrorKind::SourceQuery, "restoring statement_timeout", e))?;
     let lsn: String = row.get(0);
     lsn.parse().map_err(|e| Error::with_source(ErrorKind::SourceProtocol, "slot creation returned an odd LSN", e))
 }
