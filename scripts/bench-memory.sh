@@ -97,24 +97,14 @@ EXCHANGE=benchmem.events
 QUEUE=benchmem.events
 SCENARIO_TARGET_MIB=64
 
-say() { printf '\n==> %s\n' "$*" >&2; }
-log() { printf '[bench-memory] %s\n' "$*" >&2; }
-die() { printf '[bench-memory] ERROR: %s\n' "$*" >&2; exit 1; }
-show_tail() { [ -f "$1" ] && { printf -- '---- last lines of %s ----\n' "$1" >&2; tail -n 20 "$1" >&2; }; true; }
-port_open() { timeout 2 bash -c "</dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+BENCH_TAG=bench-memory
+# shellcheck source=scripts/bench-lib.sh
+. "$REPO/scripts/bench-lib.sh"
 # microseconds since the epoch, into NOW_US (no fork)
 now_us() { NOW_US=${EPOCHREALTIME//[!0-9]/}; }
 # seconds between two microsecond stamps, 1 decimal
-span() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
+span_us() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-# our child $1 gone within $2 seconds? (false on timeout)
-wait_exit() {
-  local deadline=$((SECONDS + $2))
-  while kill -0 "$1" 2>/dev/null; do
-    [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 0.2
-  done
-}
 # resident KiB of process $1 into KIB (empty when it is gone or a zombie), from
 # /proc/PID/statm: one short line, so one read() sees a consistent snapshot (reading
 # /proc/PID/status line by line from bash can skip lines while the figures above
@@ -243,11 +233,9 @@ scenario() {
   broker --delete >/dev/null 2>&1 || true # leftovers of an interrupted run
   broker --binding "$binding" >"$SD/broker.out" 2>&1 || { show_tail "$SD/broker.out"; die "could not declare $EXCHANGE / $QUEUE"; }
 
-  local port="" p
-  for p in $(seq 19387 19487); do
-    if ! port_open "$p"; then port=$p; break; fi
-  done
-  [ -n "$port" ] || die "no free port in 127.0.0.1:19387-19487 for http.listen"
+  local port
+  free_port 19387 19487
+  port=$PORT
   METRICS_URL="http://127.0.0.1:$port/metrics"
   cat >"$SD/relay.toml" <<EOF
 # written by scripts/bench-memory.sh (scenario $name)
@@ -275,9 +263,7 @@ listen = "127.0.0.1:$port"
 [log]
 level = "info"
 EOF
-  # the default outbox table, as the relay itself prints it
-  "$RELAY" setup --config "$SD/relay.toml" --print-sql | awk '/^CREATE TABLE/ { on = 1 } on { print } on && /^\);/ { exit }' >"$SD/outbox.sql"
-  grep -q 'CREATE TABLE' "$SD/outbox.sql" || die "could not get the default outbox table from 'outbox-relay setup --print-sql'"
+  outbox_ddl "$RELAY" "$SD/relay.toml" "$SD/outbox.sql"
   timeout 60 "$PSQL" -X -q -v ON_ERROR_STOP=1 "$DB_URL" -f "$SD/outbox.sql"
   timeout 60 "$RELAY" setup --config "$SD/relay.toml" >"$SD/setup.log" 2>&1 || { show_tail "$SD/setup.log"; die "outbox-relay setup failed"; }
   insert_sql >"$SD/insert.sql"
@@ -318,14 +304,14 @@ EOF
       wait "$insert_pid" || true
       insert_pid=""
       [ "$ins_rc" = 0 ] || { show_tail "$SD/insert.log"; die "the inserts failed (psql status $ins_rc)"; }
-      log "inserts committed after $(span "$t0" "$t_ins")s (relay RSS now $(mib "$KIB") MiB)"
+      log "inserts committed after $(span_us "$t0" "$t_ins")s (relay RSS now $(mib "$KIB") MiB)"
       cap_at=$((SECONDS + cap))
     fi
     n=$((n + 1))
     if [ $((n % 5)) = 0 ]; then # every ~0.5 s
       if curl -s --max-time 2 "$METRICS_URL" >"$SD/metrics.tmp" 2>/dev/null; then mv "$SD/metrics.tmp" "$SD/metrics.txt"; fi
       if [ -n "$t_ins" ] && [ -s "$SD/metrics.txt" ] && done_yet; then end_how="end condition"; break; fi
-      if [ $((n % 50)) = 0 ]; then log "+$(span "$t0" "$NOW_US")s RSS $(mib "$KIB") MiB (peak $(mib "$peak")); $(progress)"; fi
+      if [ $((n % 50)) = 0 ]; then log "+$(span_us "$t0" "$NOW_US")s RSS $(mib "$KIB") MiB (peak $(mib "$peak")); $(progress)"; fi
     fi
     if [ "$SECONDS" -ge "$cap_at" ]; then
       if [ -z "$t_ins" ]; then end_how="timeout: the inserts did not end within ${INSERT_TIMEOUT}s"; else end_how="cap: ${cap}s after the inserts"; fi
@@ -338,7 +324,7 @@ EOF
   local hwm
   hwm=$(hwm_kib "$relay_pid")
   local secs
-  secs=$(span "$t0" "$t_end")
+  secs=$(span_us "$t0" "$t_end")
   log "end: $end_how after ${secs}s; $(progress)"
   if curl -s --max-time 2 "$METRICS_URL" >"$SD/metrics.tmp" 2>/dev/null; then mv "$SD/metrics.tmp" "$SD/metrics.txt"; fi
   local notes=""

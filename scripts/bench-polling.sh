@@ -115,11 +115,8 @@ mkdir -p "$DIR"
 hz=$(getconf CLK_TCK)
 trap cleanup EXIT
 
-port=""
-for p in $(seq 19288 19388); do
-  if ! port_open "$p"; then port=$p; break; fi
-done
-[ -n "$port" ] || die "no free port in 127.0.0.1:19288-19388 for http.listen"
+free_port 19288 19388
+port=$PORT
 
 cat >"$CONFIG" <<EOF
 # written by scripts/bench-polling.sh
@@ -151,8 +148,7 @@ say "Backlog: database $DB, $ROWS rows in one INSERT ... SELECT generate_series"
 psql_su -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" \
   -c "CREATE DATABASE $DB OWNER relay" >/dev/null
 created_db=1
-"$RELAY" setup --config "$CONFIG" --print-sql | awk '/^CREATE TABLE/ { on = 1 } on && /^$/ { exit } on { print }' >"$DIR/outbox.sql"
-grep -q 'CREATE INDEX' "$DIR/outbox.sql" || die "could not get the default outbox table and index from 'outbox-relay setup --print-sql'"
+outbox_ddl "$RELAY" "$CONFIG" "$DIR/outbox.sql"
 psql_bench -f "$DIR/outbox.sql"
 fill0=$(now_ns)
 T=300 psql_bench -c "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)

@@ -165,11 +165,8 @@ psql_su -c "SET client_min_messages = warning" \
   -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB OWNER relay" >/dev/null
 created_db=1
 
-port=""
-for p in $(seq 19187 19287); do
-  if ! port_open "$p"; then port=$p; break; fi
-done
-[ -n "$port" ] || die "no free port in 127.0.0.1:19187-19287 for http.listen"
+free_port 19187 19287
+port=$PORT
 METRICS_URL="http://127.0.0.1:$port/metrics"
 
 cat >"$CONFIG" <<EOF
@@ -199,10 +196,7 @@ listen = "127.0.0.1:$port"
 level = "info"
 EOF
 
-# the default outbox table and its index, as the relay itself prints them (src/setup.rs
-# DEFAULT_OUTBOX_TABLE): from CREATE TABLE to the blank line after the block
-"$RELAY" setup --config "$CONFIG" --print-sql | awk '/^CREATE TABLE/ { on = 1 } on && /^$/ { exit } on { print }' >"$DIR/outbox.sql"
-grep -q 'CREATE INDEX' "$DIR/outbox.sql" || die "could not get the default outbox table from 'outbox-relay setup --print-sql'"
+outbox_ddl "$RELAY" "$CONFIG" "$DIR/outbox.sql"
 timeout 60 "$PSQL" -X -q -v ON_ERROR_STOP=1 "$BENCH_URL" -f "$DIR/outbox.sql"
 timeout 60 "$RELAY" setup --config "$CONFIG" >"$DIR/setup.log" 2>&1 || { show_tail "$DIR/setup.log"; die "outbox-relay setup failed"; }
 

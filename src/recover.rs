@@ -28,7 +28,7 @@ use crate::event::Lsn;
 use crate::replay::{self, ReplayReport, Selection};
 use crate::route::Router;
 use crate::source::postgres::PgTarget;
-use crate::source::replication::record::Place;
+use crate::source::replication::record::{Place, RFC3339_UTC};
 use crate::source::replication::slot;
 
 /// What a recovery did.
@@ -143,8 +143,7 @@ async fn since(sql: &tokio_postgres::Client, replay_from: &str, config: &Config)
     let margin = format!("{} microseconds", config.source.recover_margin.as_micros());
     let row = sql
         .query_one(
-            "SELECT to_char(($1::text::timestamptz - $2::text::interval) AT TIME ZONE 'UTC', \
-                            'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &format!("SELECT to_char(($1::text::timestamptz - $2::text::interval) AT TIME ZONE 'UTC', {RFC3339_UTC})"),
             &[&replay_from, &margin],
         )
         .await

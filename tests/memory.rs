@@ -29,14 +29,28 @@ async fn one_big_transaction(db: &TestDb, n: usize, aggregate_type: &str) {
         .expect("one big transaction");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_transaction_of_100k_rows_is_published_in_parts_within_a_small_rss() {
-    // GIVEN a relay binary streaming to a bound queue
+/// A fresh database with the relay binary streaming to a queue bound to everything.
+async fn relay_binary_to_a_queue() -> (TestDb, Consumer, Process) {
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
     let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
     cfg.setup();
     let relay = Process::spawn(&cfg);
+    (db, consumer, relay)
+}
+
+/// The relay's peak RSS so far is below `mib` MiB (printed either way).
+#[track_caller]
+fn assert_peak_below(relay: &Process, mib: u64, what: &str) {
+    let peak = relay.peak_rss();
+    println!("{what}: peak RSS {} MiB", peak / MIB);
+    assert!(peak < mib * MIB, "peak RSS {} MiB for {what}", peak / MIB);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_of_100k_rows_is_published_in_parts_within_a_small_rss() {
+    // GIVEN a relay binary streaming to a bound queue
+    let (db, consumer, relay) = relay_binary_to_a_queue().await;
 
     // WHEN one transaction commits 100,000 rows
     let n = 100_000;
@@ -46,9 +60,7 @@ async fn a_transaction_of_100k_rows_is_published_in_parts_within_a_small_rss() {
     // THEN every row arrives and the slot moves past it, while the relay stays small
     consumer.wait_for_count(n, Duration::from_secs(240)).await;
     db.wait_confirmed_past(end, Duration::from_secs(60)).await;
-    let peak = relay.peak_rss();
-    println!("100k-row transaction: peak RSS {} MiB", peak / MIB);
-    assert!(peak < 96 * MIB, "peak RSS {} MiB for a 100k-row transaction", peak / MIB);
+    assert_peak_below(&relay, 96, "a 100k-row transaction");
     relay.terminate(Duration::from_secs(30)).await;
     db.drop_all().await;
 }
@@ -94,8 +106,7 @@ async fn an_unroutable_backlog_under_block_stays_within_the_window_and_is_logged
     // WHEN a queue is bound THEN every event arrives
     let consumer = consumer.bind_queue("#").await;
     consumer.wait_for_count(5000, Duration::from_secs(120)).await;
-    let peak = relay.peak_rss();
-    assert!(peak < 96 * MIB, "peak RSS {} MiB", peak / MIB);
+    assert_peak_below(&relay, 96, "an unroutable backlog");
     relay.terminate(Duration::from_secs(30)).await;
     db.drop_all().await;
 }
@@ -103,11 +114,7 @@ async fn an_unroutable_backlog_under_block_stays_within_the_window_and_is_logged
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_50_mib_payload_costs_at_most_four_times_its_size() {
     // GIVEN a relay binary streaming to a bound queue
-    let db = TestDb::new().await;
-    let consumer = Consumer::start("#").await;
-    let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
-    cfg.setup();
-    let relay = Process::spawn(&cfg);
+    let (db, consumer, relay) = relay_binary_to_a_queue().await;
 
     // WHEN one row carries a 50 MiB payload
     db.client()
@@ -123,9 +130,7 @@ async fn a_50_mib_payload_costs_at_most_four_times_its_size() {
     consumer.wait_for_count(1, Duration::from_secs(120)).await;
     let got = consumer.received();
     assert!(got[0].body.len() > 50 * 1024 * 1024, "{} bytes", got[0].body.len());
-    let peak = relay.peak_rss();
-    println!("50 MiB payload: peak RSS {} MiB", peak / MIB);
-    assert!(peak < 200 * MIB, "peak RSS {} MiB for a 50 MiB payload", peak / MIB);
+    assert_peak_below(&relay, 200, "a 50 MiB payload");
     relay.terminate(Duration::from_secs(30)).await;
     db.drop_all().await;
 }

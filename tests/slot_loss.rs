@@ -30,6 +30,21 @@ async fn drop_slot(db: &TestDb, slot: &str) {
     db.client().await.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.expect("drop the slot");
 }
 
+/// A relay that streamed `n` events to `consumer` (so its record exists,
+/// and the lost-slot gauge read 0), then stopped cleanly. Returns its config,
+/// its slot and the ids delivered.
+async fn streamed_then_stopped(db: &TestDb, consumer: &Consumer, n: usize) -> (TestConfig, String, Vec<String>) {
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
+    let slot = cfg.load().source.slot;
+    let relay = InProcess::start(&cfg).await;
+    assert!(relay.handles.metrics.encode().contains("outbox_relay_slot_lost 0"), "the gauge exists at 0");
+    let ids = insert_events(&db.client().await, "wallet", &aggregates("a", n), "Before").await;
+    consumer.wait_for_ids(&ids, Duration::from_secs(20)).await;
+    relay.stop().await.expect("clean stop");
+    assert!(record(db, &slot).await.is_some(), "a first start records the slot it created");
+    (cfg, slot, ids)
+}
+
 fn aggregates(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{}", i % 7)).collect()
 }
@@ -39,15 +54,8 @@ async fn a_slot_dropped_while_the_relay_is_down_stops_it_with_exit_3_and_recover
     // GIVEN a relay that streamed (so its record exists), then stopped
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
-    let slot = cfg.load().source.slot;
+    let (cfg, slot, before) = streamed_then_stopped(&db, &consumer, 20).await;
     let client = db.client().await;
-    let relay = InProcess::start(&cfg).await;
-    assert!(relay.handles.metrics.encode().contains("outbox_relay_slot_lost 0"), "the gauge exists at 0");
-    let before = insert_events(&client, "wallet", &aggregates("a", 20), "Before").await;
-    consumer.wait_for_ids(&before, Duration::from_secs(20)).await;
-    relay.stop().await.expect("clean stop");
-    assert!(record(&db, &slot).await.is_some(), "a first start records the slot it created");
 
     // WHEN events commit while it is down, the slot is dropped, and more commit
     let pending = insert_events(&client, "wallet", &aggregates("b", 30), "Pending").await;
@@ -96,13 +104,8 @@ async fn a_lost_slot_says_so_on_readyz_and_the_metric_and_on_slot_lost_recover_s
     // GIVEN a relay that streamed, stopped, and a slot dropped behind pending events
     let db = TestDb::new().await;
     let consumer = Consumer::start("#").await;
-    let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
-    let slot = cfg.load().source.slot;
+    let (cfg, slot, _first) = streamed_then_stopped(&db, &consumer, 5).await;
     let client = db.client().await;
-    let relay = InProcess::start(&cfg).await;
-    let first = insert_events(&client, "wallet", &aggregates("a", 5), "First").await;
-    consumer.wait_for_ids(&first, Duration::from_secs(20)).await;
-    relay.stop().await.expect("clean stop");
     let pending = insert_events(&client, "wallet", &aggregates("b", 25), "Pending").await;
     drop_slot(&db, &slot).await;
 

@@ -24,6 +24,10 @@ use crate::error::{from_pg, Error, ErrorKind, Result};
 use crate::event::Lsn;
 use crate::source::postgres::quote_ident;
 
+/// `to_char` format for a `timestamptz` at UTC as RFC 3339 with microseconds
+/// (`... AT TIME ZONE 'UTC'` first): how the record's times are read.
+pub const RFC3339_UTC: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
+
 /// The state table's name (in the schema of the first routed table).
 pub const TABLE: &str = "outbox_relay_state";
 
@@ -144,8 +148,8 @@ impl Place {
         }
         let sql = format!(
             "SELECT slot_name, database, system_identifier, timeline, confirmed_lsn::text, \
-                    to_char(confirmed_commit_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-                    to_char(replay_from AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), recovering \
+                    to_char(confirmed_commit_time AT TIME ZONE 'UTC', {RFC3339_UTC}), \
+                    to_char(replay_from AT TIME ZONE 'UTC', {RFC3339_UTC}), recovering \
              FROM {} WHERE slot_name = $1",
             self.table()
         );
