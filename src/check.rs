@@ -539,7 +539,7 @@ async fn check_broker(config: &Config) -> Report {
                 match BrokerChannel::open(&target, config.broker.heartbeat, CONNECT_TIMEOUT, "outbox-relay check").await
                 {
                     Err(e) => r.problem(format!("RabbitMQ: {}", e.chain()), e.kind().hint()),
-                    Ok(ch) => {
+                    Ok(mut ch) => {
                         match ch.exchange_exists(ex).await {
                             Ok(()) => r.ok(format!("exchange {ex:?} exists")),
                             Err(_) => r.problem(format!("exchange {ex:?} does not exist"), format!("declare it (e.g. rabbitmqadmin declare exchange name={ex} type=topic durable=true); the relay never declares exchanges")),

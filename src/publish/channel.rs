@@ -1,75 +1,27 @@
-//! The broker connection and its one confirm-mode channel: the only module
-//! that knows the AMQP client library (amqprs).
+//! Where and how the relay reaches RabbitMQ: the `amqp://` / `amqps://`
+//! URL and the `broker.tls_*` keys parsed into a [`BrokerTarget`], the TCP
+//! connection (no Nagle delay: a window of publishes is one write anyway)
+//! and TLS, and [`BrokerChannel`], the confirm-mode channel the publisher
+//! drives, on the relay's own AMQP connection ([`super::amqp`]).
 //!
-//! Why amqprs and not lapin: under pipelined publishing lapin 4.12.3 attached
-//! a basic.return to the wrong message's confirm for some 5-10% of returns
-//! here. amqprs hands us the raw basic.ack / basic.nack / basic.return frames
-//! through one callback, in the order the broker sent them, and RabbitMQ
-//! sends a message's basic.return before the basic.ack that covers it. So we
-//! do our own correlation ([`super::confirm`]) and can prove it.
-//!
-//! Everything the broker says arrives as a [`BrokerEvent`] on one unbounded
-//! channel (unbounded so the client's dispatcher never blocks on us; it is
-//! bounded in practice by `max_in_flight`).
+//! Why not a client library: lapin 4.12.3 attached a basic.return to the
+//! wrong message's confirm for some 5-10% of returns under pipelining, and
+//! amqprs, which the relay used until it was measured, spent a task hop and
+//! a system call per publish and per confirm (see [`super::amqp`]). We do
+//! our own correlation of returns and confirms ([`super::confirm`]) and can
+//! prove it.
 
 use std::time::Duration;
 
-use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
-use amqprs::channel::{BasicPublishArguments, Channel, ConfirmSelectArguments, ExchangeDeclareArguments};
-use amqprs::connection::{Connection, OpenConnectionArguments};
-use amqprs::{Ack, BasicProperties, Cancel, Close, CloseChannel, FieldTable, FieldValue, Nack, Return};
-use async_trait::async_trait;
-use tokio::sync::mpsc;
+use std::time::Instant;
 
 use crate::config::secret::redact_url;
 use crate::error::{Error, ErrorKind, Result};
-use crate::route::{HeaderValue, OutgoingMessage};
+use crate::route::OutgoingMessage;
 use crate::tls::{self, LoadError};
 
-/// Something the broker told us, in arrival order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BrokerEvent {
-    /// basic.ack for `tag` (and every earlier tag when `multiple`).
-    Ack {
-        /// Delivery tag.
-        tag: u64,
-        /// Covers every unconfirmed tag up to `tag`.
-        multiple: bool,
-    },
-    /// basic.nack: the broker could not take the message(s).
-    Nack {
-        /// Delivery tag.
-        tag: u64,
-        /// Covers every unconfirmed tag up to `tag`.
-        multiple: bool,
-    },
-    /// basic.return: a mandatory message had no route. Arrives before the
-    /// ack that covers it.
-    Return {
-        /// The returned message's `message_id`.
-        message_id: Option<String>,
-        /// 312 NO_ROUTE, ...
-        reply_code: u16,
-        /// The broker's text.
-        reply_text: String,
-    },
-    /// The broker closed our channel (404 exchange not found, 403, ...).
-    ChannelClosed {
-        /// AMQP reply code.
-        code: u16,
-        /// Reply text.
-        text: String,
-    },
-    /// The connection was closed by the broker or the network.
-    ConnectionLost {
-        /// Why.
-        reason: String,
-    },
-    /// connection.blocked (memory or disk alarm): publishing pauses.
-    Blocked(String),
-    /// connection.unblocked.
-    Unblocked,
-}
+pub use super::amqp::BrokerEvent;
+use super::amqp::{Connection, Login, Stream};
 
 /// TLS settings for `amqps://` (RabbitMQ's URI query parameters
 /// `cacertfile`, `certfile`, `keyfile`, `verify`, `server_name_indication`,
@@ -205,18 +157,13 @@ impl BrokerTarget {
 
 /// An open connection with one channel in confirm mode.
 pub struct BrokerChannel {
-    connection: Connection,
-    channel: Channel,
-    /// What the broker said, in order.
-    pub events: mpsc::UnboundedReceiver<BrokerEvent>,
-    /// Delivery tag of the next publish (confirm mode numbers from 1).
-    next_tag: u64,
+    conn: Connection,
     endpoint: String,
 }
 
 impl std::fmt::Debug for BrokerChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerChannel").field("endpoint", &self.endpoint).field("next_tag", &self.next_tag).finish()
+        f.debug_struct("BrokerChannel").field("endpoint", &self.endpoint).finish()
     }
 }
 
@@ -226,103 +173,100 @@ impl BrokerChannel {
     ///
     /// # Errors
     ///
-    /// `BrokerConnection` with the endpoint (never the password).
+    /// `BrokerConnection` with the endpoint (never the password); `Config`
+    /// for TLS files that cannot be used.
     pub async fn open(target: &BrokerTarget, heartbeat: Duration, timeout: Duration, name: &str) -> Result<Self> {
         let endpoint = target.endpoint();
-        let fail = |what: &str, e: amqprs::error::Error| {
+        let tls = match &target.tls {
+            Some(t) => Some((
+                broker_tls_config(t)
+                    .map_err(|m| Error::new(ErrorKind::Config, format!("broker url {}: {m}", target.redacted)))?,
+                t.server_name.clone().unwrap_or_else(|| target.host.clone()),
+            )),
+            None => None,
+        };
+        let login = Login {
+            user: &target.user,
+            password: &target.password,
+            vhost: &target.vhost,
+            external: target.external,
+            name,
+            heartbeat: heartbeat.as_secs().min(u64::from(u16::MAX)) as u16,
+        };
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
             Error::new(
                 ErrorKind::BrokerConnection,
                 format!("{what} RabbitMQ at {endpoint} (vhost {:?}, user {:?}): {e}", target.vhost, target.user),
             )
         };
-        let mut args = OpenConnectionArguments::new(&target.host, target.port, &target.user, &target.password);
-        args.virtual_host(&target.vhost)
-            .heartbeat(heartbeat.as_secs().min(u64::from(u16::MAX)) as u16)
-            .connection_name(name);
-        if target.external {
-            args.credentials(amqprs::security::SecurityCredentials::new_external());
-        }
-        if let Some(t) = &target.tls {
-            let config = broker_tls_config(t)
-                .map_err(|m| Error::new(ErrorKind::Config, format!("broker url {}: {m}", target.redacted)))?;
-            let domain = t.server_name.clone().unwrap_or_else(|| target.host.clone());
-            args.scheme("amqps")
-                .tls_adaptor(amqprs::tls::TlsAdaptor::new(tokio_rustls::TlsConnector::from(config), domain));
-        }
-        let args = args.finish();
-        let (tx, events) = mpsc::unbounded_channel();
         let work = async {
-            let connection = Connection::open(&args).await.map_err(|e| fail("connecting to", e))?;
-            connection
-                .register_callback(ConnCallback { tx: tx.clone() })
+            let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
                 .await
-                .map_err(|e| fail("registering with", e))?;
-            let watch = connection.clone();
-            let tx2 = tx.clone();
-            tokio::spawn(async move {
-                if watch.listen_network_io_failure().await {
-                    let _ = tx2.send(BrokerEvent::ConnectionLost { reason: "network I/O failure".into() });
+                .map_err(|e| fail("connecting to", &e))?;
+            tcp.set_nodelay(true).map_err(|e| fail("setting TCP_NODELAY for", &e))?;
+            let io: Box<dyn Stream> = match tls {
+                None => Box::new(tcp),
+                Some((config, domain)) => {
+                    let name = rustls::pki_types::ServerName::try_from(domain.clone())
+                        .map_err(|e| fail(&format!("TLS server name {domain:?} for"), &e))?;
+                    let stream = tokio_rustls::TlsConnector::from(config)
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| fail("TLS handshake with", &e))?;
+                    Box::new(stream)
                 }
-            });
-            let channel = connection.open_channel(None).await.map_err(|e| fail("opening a channel on", e))?;
-            channel
-                .register_callback(ChanCallback { tx: tx.clone() })
+            };
+            Connection::open(io, &login, &endpoint)
                 .await
-                .map_err(|e| fail("registering with", e))?;
-            channel
-                .confirm_select(ConfirmSelectArguments::new(false))
-                .await
-                .map_err(|e| fail("enabling publisher confirms on", e))?;
-            Ok::<_, Error>((connection, channel))
+                .map_err(|e| Error::new(e.kind(), format!("{e} (vhost {:?}, user {:?})", target.vhost, target.user)))
         };
-        let (connection, channel) = tokio::time::timeout(timeout, work).await.map_err(|_| {
+        let conn = tokio::time::timeout(timeout, work).await.map_err(|_| {
             Error::new(
                 ErrorKind::BrokerConnection,
                 format!("connecting to RabbitMQ at {endpoint} timed out after {timeout:?}"),
             )
         })??;
-        Ok(BrokerChannel { connection, channel, events, next_tag: 1, endpoint })
+        Ok(BrokerChannel { conn, endpoint })
     }
 
     /// Whether both the connection and the channel are still open.
     pub fn is_open(&self) -> bool {
-        self.connection.is_open() && self.channel.is_open()
+        self.conn.is_open()
     }
 
-    /// Publishes with `mandatory` and persistent delivery; returns the
-    /// delivery tag the confirm will carry. Not cancel-safe: never call it
-    /// from a losing `select!` arm.
+    /// Buffers a publish with `mandatory` and persistent delivery; returns
+    /// the delivery tag the confirm will carry. It is written by the next
+    /// [`io`](Self::io).
     ///
     /// # Errors
     ///
-    /// `BrokerConnection` when the write fails or takes longer than `timeout`.
-    pub async fn publish(&mut self, msg: &OutgoingMessage, timeout: Duration) -> Result<u64> {
-        let mut props = BasicProperties::default();
-        props
-            .with_message_id(&msg.message_id)
-            .with_content_type(&msg.content_type)
-            .with_timestamp(msg.timestamp)
-            .with_persistence(true)
-            .with_app_id("outbox-relay")
-            .with_headers(field_table(&msg.headers));
-        if let Some(t) = &msg.message_type {
-            props.with_message_type(t);
-        }
-        let args = BasicPublishArguments::new(&msg.exchange, &msg.routing_key).mandatory(true).finish();
-        let tag = self.next_tag;
-        tokio::time::timeout(timeout, self.channel.basic_publish(props.finish(), msg.body.clone(), args))
-            .await
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::ConfirmTimeout,
-                    format!("publishing to RabbitMQ at {} did not complete within {timeout:?}", self.endpoint),
-                )
-            })?
-            .map_err(|e| {
-                Error::new(ErrorKind::BrokerConnection, format!("publishing to RabbitMQ at {}: {e}", self.endpoint))
-            })?;
-        self.next_tag += 1;
-        Ok(tag)
+    /// `Data` when the message does not fit AMQP.
+    pub fn publish(&mut self, msg: &OutgoingMessage) -> Result<u64> {
+        self.conn.publish(msg)
+    }
+
+    /// Writes what is buffered and reads what the broker sent (cancel-safe);
+    /// returns once something was read. Then take [`next_event`](Self::next_event)s.
+    ///
+    /// # Errors
+    ///
+    /// `BrokerConnection` when the connection fails.
+    pub async fn io(&mut self) -> Result<()> {
+        self.conn.io().await
+    }
+
+    /// The next thing the broker said, in arrival order.
+    pub fn next_event(&mut self) -> Option<BrokerEvent> {
+        self.conn.next_event()
+    }
+
+    /// Heartbeats (call at least once a second).
+    ///
+    /// # Errors
+    ///
+    /// `BrokerConnection` when the broker has been silent for two intervals.
+    pub fn tick(&mut self, now: Instant) -> Result<()> {
+        self.conn.tick(now)
     }
 
     /// Checks that `exchange` exists (passive declare). A missing exchange
@@ -331,20 +275,22 @@ impl BrokerChannel {
     /// # Errors
     ///
     /// `BrokerChannel` when it does not exist.
-    pub async fn exchange_exists(&self, exchange: &str) -> Result<()> {
-        let args = ExchangeDeclareArguments::new(exchange, "topic").passive(true).finish();
-        self.channel.exchange_declare(args).await.map_err(|e| {
-            Error::new(ErrorKind::BrokerChannel, format!("exchange {exchange:?} on {}: {e}", self.endpoint))
-        })
+    pub async fn exchange_exists(&mut self, exchange: &str) -> Result<()> {
+        let limit = Duration::from_secs(10);
+        tokio::time::timeout(limit, self.conn.exchange_exists(exchange)).await.map_err(|_| {
+            Error::new(
+                ErrorKind::BrokerConnection,
+                format!(
+                    "RabbitMQ at {} did not answer a passive declare of {exchange:?} within {limit:?}",
+                    self.endpoint
+                ),
+            )
+        })?
     }
 
     /// Closes channel and connection, bounded by two seconds.
-    pub async fn close(self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = self.channel.close().await;
-            let _ = self.connection.close().await;
-        })
-        .await;
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.close()).await;
     }
 }
 
@@ -377,87 +323,6 @@ fn describe(e: LoadError) -> String {
         LoadError::KeyRead(path, e) => format!("cannot read client key {}: {e}", path.display()),
         LoadError::ClientAuth(e) => format!("client certificate: {e}"),
         LoadError::Unpaired => "tls_cert_file and tls_key_file go together".into(),
-    }
-}
-
-fn field_value(v: &HeaderValue) -> FieldValue {
-    match v {
-        HeaderValue::Str(s) => FieldValue::from(s.as_str()),
-        HeaderValue::Long(i) => FieldValue::l(*i),
-        HeaderValue::Double(d) => FieldValue::d(*d),
-        HeaderValue::Bool(b) => FieldValue::t(*b),
-        HeaderValue::Table(t) => FieldValue::F(field_table(t)),
-        HeaderValue::Array(a) => {
-            let values: Vec<FieldValue> = a.iter().map(field_value).collect();
-            FieldValue::A(values.try_into().unwrap_or_default())
-        }
-        HeaderValue::Void => FieldValue::V,
-    }
-}
-
-fn field_table(headers: &[(String, HeaderValue)]) -> FieldTable {
-    let mut t = FieldTable::new();
-    for (k, v) in headers {
-        // Names longer than 255 bytes cannot be AMQP field names; truncate on a char boundary.
-        let mut name = k.clone();
-        while name.len() > 255 {
-            name.pop();
-        }
-        if let Ok(n) = name.try_into() {
-            t.insert(n, field_value(v));
-        }
-    }
-    t
-}
-
-struct ConnCallback {
-    tx: mpsc::UnboundedSender<BrokerEvent>,
-}
-
-#[async_trait]
-impl ConnectionCallback for ConnCallback {
-    async fn close(&mut self, _c: &Connection, close: Close) -> std::result::Result<(), amqprs::error::Error> {
-        let _ = self.tx.send(BrokerEvent::ConnectionLost { reason: format!("broker closed the connection: {close}") });
-        Ok(())
-    }
-    async fn blocked(&mut self, _c: &Connection, reason: String) {
-        let _ = self.tx.send(BrokerEvent::Blocked(reason));
-    }
-    async fn unblocked(&mut self, _c: &Connection) {
-        let _ = self.tx.send(BrokerEvent::Unblocked);
-    }
-    async fn secret_updated(&mut self, _c: &Connection) {}
-}
-
-struct ChanCallback {
-    tx: mpsc::UnboundedSender<BrokerEvent>,
-}
-
-#[async_trait]
-impl ChannelCallback for ChanCallback {
-    async fn close(&mut self, _c: &Channel, close: CloseChannel) -> std::result::Result<(), amqprs::error::Error> {
-        let _ = self.tx.send(BrokerEvent::ChannelClosed { code: close.reply_code(), text: close.reply_text().clone() });
-        Ok(())
-    }
-    async fn cancel(&mut self, _c: &Channel, _cancel: Cancel) -> std::result::Result<(), amqprs::error::Error> {
-        Ok(())
-    }
-    async fn flow(&mut self, _c: &Channel, active: bool) -> std::result::Result<bool, amqprs::error::Error> {
-        let _ = self.tx.send(if active { BrokerEvent::Unblocked } else { BrokerEvent::Blocked("channel.flow".into()) });
-        Ok(true)
-    }
-    async fn publish_ack(&mut self, _c: &Channel, ack: Ack) {
-        let _ = self.tx.send(BrokerEvent::Ack { tag: ack.delivery_tag(), multiple: ack.mutiple() });
-    }
-    async fn publish_nack(&mut self, _c: &Channel, nack: Nack) {
-        let _ = self.tx.send(BrokerEvent::Nack { tag: nack.delivery_tag(), multiple: nack.multiple() });
-    }
-    async fn publish_return(&mut self, _c: &Channel, ret: Return, props: BasicProperties, _content: Vec<u8>) {
-        let _ = self.tx.send(BrokerEvent::Return {
-            message_id: props.message_id().cloned(),
-            reply_code: ret.reply_code(),
-            reply_text: ret.reply_text().clone(),
-        });
     }
 }
 

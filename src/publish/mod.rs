@@ -4,21 +4,26 @@
 //!
 //! Order of work in each turn of the loop (a `biased` select):
 //!
-//! 1. broker events (acks, nacks, returns, closes), drained first so
-//!    confirms never pile up behind new work;
+//! 1. the broker connection: what was published is written (one write per
+//!    turn, however many messages), and what the broker sent (acks, nacks,
+//!    returns, closes) is read and handled first, so confirms never pile up
+//!    behind new work;
 //! 2. republishing returned or nacked messages whose backoff has passed;
 //! 3. the confirm deadline of the oldest message in flight (paused while the
 //!    broker has blocked the connection): a timeout means the connection is
 //!    dead;
-//! 4. a periodic check that the connection and channel are open;
+//! 4. once a second: heartbeats, and a check that the connection and
+//!    channel are open;
 //! 5. a new transaction from the source, only when the window has room.
 //!
-//! Publishing itself happens after the select, never inside a losing arm.
+//! Publishing happens after the select: it only encodes frames into the
+//! connection's write buffer, which the next turn's first arm writes out.
 //! A returned or nacked message holds the position at its transaction until
 //! the broker takes it (`block`), or is dead-lettered or dropped by the
 //! route's policy. Connection failures end the task with an error; the
 //! supervisor tears everything down and restarts from the slot.
 
+pub mod amqp;
 pub mod channel;
 pub mod confirm;
 
@@ -168,8 +173,7 @@ impl Publisher {
         self.metrics.set_in_flight(0);
         // Close politely only after a clean drain; after a failure the
         // connection is dropped (a close handshake with a dead or silent
-        // broker would only wait, and amqprs panics in its own task when a
-        // late close-ok finds no waiter).
+        // broker would only wait).
         if result.is_ok() {
             self.channel.close().await;
         }
@@ -178,9 +182,16 @@ impl Publisher {
 
     async fn run_inner(&mut self, rx: &mut mpsc::Receiver<Transaction>) -> Result<()> {
         let mut intake_open = true;
+        // A row that cannot be rendered stops the relay, but what was
+        // published before it is confirmed first (bounded by the confirm
+        // timeout), so the position stops right before it.
+        let mut failed: Option<Error> = None;
         let mut health = tokio::time::interval(Duration::from_secs(1));
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if let Some(e) = failed.take_if(|_| self.inflight.is_empty()) {
+                return Err(e);
+            }
             if !intake_open && self.current.is_none() && self.inflight.is_empty() && self.retries.is_empty() {
                 return Ok(());
             }
@@ -190,12 +201,12 @@ impl Publisher {
             tokio::select! {
                 biased;
                 // PRIORITY 1: the broker's answers.
-                ev = self.channel.events.recv() => match ev {
-                    Some(ev) => self.on_event(ev)?,
-                    None => return Err(Error::new(ErrorKind::BrokerConnection, "the broker connection's event stream ended")),
-                },
+                io = self.channel.io() => {
+                    io?;
+                    self.on_events()?;
+                }
                 // PRIORITY 2: republish what is due.
-                _ = sleep_until(next_retry), if next_retry.is_some() => self.republish_due().await?,
+                _ = sleep_until(next_retry), if next_retry.is_some() => self.republish_due()?,
                 // PRIORITY 3: the oldest confirm is overdue.
                 _ = sleep_until(deadline), if deadline.is_some() && !self.blocked => {
                     return Err(Error::new(ErrorKind::ConfirmTimeout, format!(
@@ -204,6 +215,7 @@ impl Publisher {
                 }
                 // PRIORITY 4: connection health and lag.
                 _ = health.tick() => {
+                    self.channel.tick(Instant::now())?;
                     if !self.channel.is_open() {
                         return Err(Error::new(ErrorKind::BrokerConnection, "the broker connection or channel closed"));
                     }
@@ -211,11 +223,33 @@ impl Publisher {
                 }
                 // PRIORITY 5: new work, when there is room.
                 txn = rx.recv(), if intake_open && self.current.is_none() && room => match txn {
-                    Some(txn) => self.accept(txn)?,
+                    Some(txn) => if let Err(e) = self.accept(txn) {
+                        (failed, intake_open) = (Some(e), false);
+                    },
                     None => intake_open = false,
                 },
             }
-            self.publish_current().await?;
+            // Publish, and take whatever else is already waiting while the
+            // window has room: a backlog goes out a window at a time, in one
+            // write, not one message per turn.
+            loop {
+                self.publish_current()?;
+                if !(intake_open && self.current.is_none() && self.has_room()) {
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(txn) => {
+                        if let Err(e) = self.accept(txn) {
+                            (failed, intake_open) = (Some(e), false);
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        intake_open = false;
+                        break;
+                    }
+                }
+            }
         }
     }
 
@@ -246,7 +280,7 @@ impl Publisher {
     }
 
     /// Publishes messages of the current transaction while the window has room.
-    async fn publish_current(&mut self) -> Result<()> {
+    fn publish_current(&mut self) -> Result<()> {
         // While the broker blocks the connection, publishing waits (it is
         // flow control, not a failure).
         while !self.blocked && self.has_room() {
@@ -257,7 +291,7 @@ impl Publisher {
             };
             let txn = cur.txn;
             self.held_bytes += msg.body.len();
-            self.send(Pending::new(txn, msg, Instant::now(), 1)).await?;
+            self.send(Pending::new(txn, msg, Instant::now(), 1))?;
         }
         Ok(())
     }
@@ -275,21 +309,32 @@ impl Publisher {
         self.held_bytes = self.held_bytes.saturating_sub(p.msg.body.len());
     }
 
-    async fn send(&mut self, mut p: Pending) -> Result<()> {
-        let tag = self.channel.publish(&p.msg, self.settings.confirm_timeout).await?;
+    fn send(&mut self, mut p: Pending) -> Result<()> {
+        let tag = self.channel.publish(&p.msg)?;
         p.sent_at = Instant::now();
         self.inflight.insert(tag, p);
         self.metrics.set_in_flight(self.inflight.len());
         Ok(())
     }
 
-    async fn republish_due(&mut self) -> Result<()> {
+    fn republish_due(&mut self) -> Result<()> {
         let now = Instant::now();
         while let Some(i) = self.retries.iter().position(|(at, _)| *at <= now) {
             let (_, mut p) = self.retries.remove(i).expect("index from position");
             p.attempts += 1;
-            self.send(p).await?;
+            self.send(p)?;
         }
+        Ok(())
+    }
+
+    /// Handles everything the broker said since the last read, then reports
+    /// the progress once.
+    fn on_events(&mut self) -> Result<()> {
+        while let Some(ev) = self.channel.next_event() {
+            self.on_event(ev)?;
+        }
+        self.metrics.set_in_flight(self.inflight.len());
+        self.report_progress();
         Ok(())
     }
 
@@ -343,8 +388,6 @@ impl Publisher {
         for o in outcomes {
             self.on_outcome(o)?;
         }
-        self.metrics.set_in_flight(self.inflight.len());
-        self.report_progress();
         Ok(())
     }
 
