@@ -84,7 +84,11 @@ for a in "$@"; do
     --quick) QUICK=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     '' | *[!0-9]* | 0*) usage ;;
-    *) ARG_EVENTS=$a ;;
+    *)
+      # the old `scripts/bench.sh [events] [batch]`: the batches are BENCH_BATCHES now
+      [ -z "$ARG_EVENTS" ] || die "one number only (events); batches: BENCH_BATCHES=\"1 50\""
+      ARG_EVENTS=$a
+      ;;
   esac
 done
 if [ "$QUICK" = 1 ]; then q_events=20000 q_runs=1 q_steady=10; else q_events=200000 q_runs=3 q_steady=20; fi
@@ -418,7 +422,8 @@ catchup_cell() {
   log "ceiling before: ${before%% *} msgs/s; the relay"
 
   start_drain "$EVENTS" "$cd/drain.out"
-  local b0 t0 wal
+  local b0 t0 wal m_busy0 m_busy1 _total
+  read -r m_busy0 _total < <(machine_ticks)
   b0=$(cpu_ticks "$beam_pid")
   t0=$(now_ns)
   start_relay "$RELAY_LOG"
@@ -428,6 +433,7 @@ catchup_cell() {
   # the figures at the arrival of the last id (the drain has just exited)
   local relay_t wal_t b1 line
   relay_t=$(cpu_ticks "$relay_pid") wal_t=$(cpu_ticks "$wal") b1=$(cpu_ticks "$beam_pid")
+  read -r m_busy1 _total < <(machine_ticks)
   finish_drain "$cd/drain.out" 10
   line=$DRAIN_LINE
   check_body "$line" "$size"
@@ -464,6 +470,9 @@ catchup_cell() {
   record catchup "$cell" "$run" beam_ceiling_us "$(calc "(a + b) / 2" "a=$beam_before" "b=$beam_after")"
   record catchup "$cell" "$run" hwm_mib "$(calc "k / 1024" "k=${hwm:-0}")"
   record catchup "$cell" "$run" duplicates "$(kv "$line" duplicates)"
+  # the machine's CPU besides relay, walsender and RabbitMQ (bench_drain, this script,
+  # PostgreSQL's other processes, other users of the machine): how quiet the run was
+  record catchup "$cell" "$run" other_pct "$(ticks_pct $((m_busy1 - m_busy0 - relay_t - wal_t - b1 + b0)) "$secs")"
   record catchup "$cell" "$run" start_to_first_s "$(span "$t0" "$(kv "$line" first_unix_ns)")"
   {
     printf 'catch-up %s run %s: t0 -> last id %ss, %s events/s; relay %s ticks, walsender %s, beam %s (hz %s), VmHWM %s kB, confirmed %s\n' \
@@ -502,10 +511,12 @@ steady_run() {
     --size "$STEADY_SIZE" --timeout $((STEADY_SECONDS + 60)) </dev/null >"$cd/writer.out" 2>&1 &
   writer_pid=$!
   wait_line "$cd/writer.out" '^started' "$writer_pid" 30 || { show_tail "$cd/writer.out"; die "bench_writer did not start within 30s"; }
-  local ta r0 w0 tb r1 w1 rc=0
+  local ta r0 w0 tb r1 w1 rc=0 m0 m1 _total
   ta=$(now_ns) r0=$(cpu_ticks "$relay_pid") w0=$(cpu_ticks "$wal")
+  read -r m0 _total < <(machine_ticks)
   wait_exit "$writer_pid" $((STEADY_SECONDS + 60)) 0.02 || { show_tail "$cd/writer.out"; die "bench_writer did not finish"; }
   tb=$(now_ns) r1=$(cpu_ticks "$relay_pid") w1=$(cpu_ticks "$wal")
+  read -r m1 _total < <(machine_ticks)
   wait "$writer_pid" || rc=$?
   writer_pid=""
   [ "$rc" = 0 ] || { show_tail "$cd/writer.out"; die "bench_writer failed (status $rc)"; }
@@ -533,6 +544,7 @@ steady_run() {
   record steady "$cell" "$run" rss_mib "$(calc "k / 1024" "k=${rss:-0}")"
   record steady "$cell" "$run" hwm_mib "$(calc "k / 1024" "k=${hwm:-0}")"
   record steady "$cell" "$run" duplicates "$(kv "$line" duplicates)"
+  record steady "$cell" "$run" machine_pct "$(ticks_pct $((m1 - m0)) "$window")"
   record steady "$cell" "$run" writer_rate "$(kv "$wline" achieved_rate)"
   {
     printf 'steady run %s: window %ss, relay %s ticks, walsender %s, idle %s ticks in %ss (hz %s), VmRSS %s kB, VmHWM %s kB\n' \
@@ -599,6 +611,7 @@ report() {
         row "$label" "relay peak RSS (VmHWM), MiB" "$(show catchup "$cell" hwm_mib 1)" "<= 16" "$(judge catchup "$cell" hwm_mib '<=' 16)"
         row "$label" "duplicates" "$(show catchup "$cell" duplicates 0)" "0" "$(judge catchup "$cell" duplicates '<=' 0)"
         row "$label" "  relay start -> first id, s" "$(show catchup "$cell" start_to_first_s 2)" "" ""
+        row "$label" "  rest of the machine, % of 1 core" "$(show catchup "$cell" other_pct 0)" "" ""
       done
     done
   fi
@@ -619,6 +632,7 @@ report() {
     row "$label" "duplicates" "$(show steady "$cell" duplicates 0)" "0" "$(judge steady "$cell" duplicates '<=' 0)"
     row "$label" "  writers' rate, events/s" "$(show steady "$cell" writer_rate 0)" "" ""
     row "$label" "  relay idle CPU, % of one core" "$(show steady "$cell" idle_pct 2)" "" ""
+    row "$label" "  whole machine, % of one core" "$(show steady "$cell" machine_pct 0)" "" ""
   fi
   printf '\ntargets met: %s of %s; %s to run\n' "$MET" $((MET + NOT_MET)) "$(calc 'int(s / 60) "m" s % 60 "s"' "s=$((SECONDS - START))" | tr -d ' ')"
 }
