@@ -55,10 +55,12 @@
 #    then SIGKILL); slot and database `bench`; exchange and queue `bench.events`.
 #    PostgreSQL and RabbitMQ stay running (`scripts/services.sh down` stops them).
 #
-# Duration on the 2-core machine once built: --quick about 2 minutes; the default
-# (200000 events, 3 runs, 4 cells, 20 s steady) about 20 minutes (most of it is the
-# broker: 2 ceilings and 1 relay run of 200000 messages per cell and run). Every wait
-# is bounded: BENCH_TIMEOUT seconds per measured phase (default 60 + events/500).
+# Duration once built, on the 2-core machine (2026-12-06, shared with other work, the
+# broker's ceiling about 25,000 msgs/s): --quick 35 s; the default (200000 events, 3 runs,
+# 4 cells, 20 s steady) 8.5 minutes. Most of it is the broker: 2 ceilings and 1 relay run
+# of 200000 messages per cell and run, so a broker at 7,000 msgs/s makes it about 20
+# minutes (BENCH_CEILING_EVENTS=100000 saves a quarter). Every wait is bounded:
+# BENCH_TIMEOUT seconds per measured phase (default 60 + events/500).
 #
 # Files in BENCH_DIR (default target/bench): results.txt (the table), figures.tsv (every
 # figure of every run), runs.txt (each run's raw lines), and per cell and run a
@@ -634,6 +636,13 @@ report() {
     row "$label" "  relay idle CPU, % of one core" "$(show steady "$cell" idle_pct 2)" "" ""
     row "$label" "  whole machine, % of one core" "$(show steady "$cell" machine_pct 0)" "" ""
   fi
+  # bench_drain, this script and PostgreSQL's other processes take about a third of a
+  # core during a catch-up; much more means other work shared the machine
+  local busy
+  busy=$(awk -F'\t' '$1 == "catchup" && $4 == "other_pct" { print $5 }' "$FIGS" | stats | cut -d' ' -f1)
+  if [ "$busy" != n/a ] && awk -v b="$busy" 'BEGIN { exit !(b > 50) }'; then
+    printf '\nnote: besides relay, walsender and RabbitMQ, the machine used %.0f%% of a core during the catch-ups (median; about 30%% is bench_drain, this script and PostgreSQL): other work shared it, so the figures are disturbed\n' "$busy"
+  fi
   printf '\ntargets met: %s of %s; %s to run\n' "$MET" $((MET + NOT_MET)) "$(calc 'int(s / 60) "m" s % 60 "s"' "s=$((SECONDS - START))" | tr -d ' ')"
 }
 
@@ -648,7 +657,10 @@ rm -rf "$DIR/catchup" "$DIR/steady"
 trap cleanup EXIT
 write_config
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-REVISION="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo '+changes')"
+# the relay's code: the last commit that changed it (and whether the work tree differs)
+REVISION="$(git -C "$REPO" log -1 --format=%h -- src Cargo.toml Cargo.lock 2>/dev/null || echo unknown)"
+git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || REVISION="$REVISION with uncommitted changes"
+REVISION="$REVISION (checkout $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown))"
 PG_VERSION=$(psql_su -tA -c 'SHOW server_version')
 if [[ " $PHASES " == *" catchup "* ]]; then
   for ((run = 1; run <= RUNS; run++)); do
