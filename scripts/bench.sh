@@ -595,7 +595,8 @@ report() {
   printf '  relay %s; %s cores, load average at start %s; PostgreSQL %s; %s\n' "$REVISION" "$(nproc)" "$LOAD_START" "$PG_VERSION" "$(date -u +%Y-%m-%dT%H:%MZ)"
   printf '  median (min–max) of %s run(s); every run'"'"'s figures in %s\n' "$RUNS" "$FIGS"
   if [[ " $PHASES " == *" catchup "* ]]; then
-    printf '\ncatch-up of a %s-event backlog (slot before the backlog, relay started after; t0 = relay start -> last distinct id); ceiling = bench_broker with the relay'"'"'s message shape, %s messages, before and after\n' "$EVENTS" "$CEILING_EVENTS"
+    printf '\ncatch-up of a %s-event backlog (slot before the backlog, relay started after; t0 = relay start -> last distinct id); ceiling = bench_broker with the relay'"'"'s message shape, %s messages, before and after; CPU from /proc in ticks of 1/%s s, so µs/event is within %s\n' \
+      "$EVENTS" "$CEILING_EVENTS" "$hz" "$(calc 'sprintf("%.2g", 1e6 / hz / n)' "hz=$hz" "n=$EVENTS")"
     for size in $SIZES; do
       for batch in $BATCHES; do
         cell="$size/$batch"
