@@ -1,10 +1,20 @@
 //! The broker's own ceiling for the relay's publishing pattern, for
 //! `scripts/bench.sh`: publishes `--count` persistent messages shaped like
-//! the relay's (a ~90-byte JSON body, `message_id`, `type`, `timestamp`,
-//! `app_id` and the three `x-outbox-*` headers) with `mandatory` and
-//! publisher confirms, pipelined with a window of `--window` unconfirmed
-//! messages (the relay's `broker.max_in_flight`, default 1000), to a durable
-//! topic exchange bound to a durable queue, and prints msgs/s.
+//! the relay's, pipelined with a window of `--window` unconfirmed messages
+//! (the relay's `broker.max_in_flight`, default 1000), to a durable topic
+//! exchange bound to a durable queue, and prints msgs/s.
+//!
+//! The shape is what `src/publish/channel.rs` and `src/route/mod.rs` put on
+//! a streamed event of the default outbox table: `mandatory`, persistent
+//! (delivery mode 2), `message_id` (a UUID's 36 characters, like `{id}`),
+//! `type` (`BenchEvent`, like `{event_type}`), `content_type`
+//! `application/json`, `timestamp` (seconds), `app_id` `outbox-relay`, and
+//! the headers `x-outbox-table`, `x-outbox-lsn` (`X/XXXXXXXX`) and
+//! `x-outbox-commit-time` (RFC 3339 in UTC, microseconds as PostgreSQL
+//! records them). The body is the JSON `scripts/bench.sh` inserts as the
+//! row's payload, jsonb's text form: `--body-size N` pads it to exactly N
+//! bytes, as the script's `bench_payload(seq, N)` does; without it, the
+//! unpadded ~90-byte body of the old single-size benchmark.
 //!
 //! Confirms are tracked by delivery tag from the channel callback's
 //! `publish_ack` / `publish_nack` (with `multiple`), the way
@@ -78,6 +88,10 @@ struct Args {
     /// Delete the queue and the exchange at the end.
     #[arg(long)]
     delete: bool,
+    /// Body size in bytes: the row payload `scripts/bench.sh` inserts for
+    /// the same size (a `pad` field fills it up; 0: no padding).
+    #[arg(long, default_value_t = 0)]
+    body_size: usize,
     /// Give up after this many seconds (the whole run).
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -160,15 +174,29 @@ impl Confirms {
     }
 }
 
-/// The body the relay sends for bench row `seq` (jsonb's text form of the
-/// object `scripts/bench.sh` inserts: keys by length, then bytewise).
-fn body(seq: u64) -> Vec<u8> {
-    format!(
-        r#"{{"seq": {seq}, "note": "benchmark event", "account": "acct-{}", "amount_cents": {}}}"#,
-        seq % 100,
-        seq * 7 % 10_000
-    )
-    .into_bytes()
+/// The body the relay sends for bench row `seq` of `size` bytes: jsonb's
+/// text form of the object `bench_payload(seq, size)` in `scripts/bench.sh`
+/// builds (keys by length, then bytewise; `pad` grows until the text is
+/// `size` bytes, none when the rest is already that long).
+fn body(seq: u64, size: usize) -> Vec<u8> {
+    let text = |pad: usize| {
+        format!(
+            r#"{{"pad": "{}", "seq": {seq}, "note": "benchmark event", "account": "acct-{}", "amount_cents": {}}}"#,
+            "x".repeat(pad),
+            seq % 100,
+            seq * 7 % 10_000
+        )
+    };
+    if size == 0 {
+        // the old benchmark's body, without the pad field
+        return format!(
+            r#"{{"seq": {seq}, "note": "benchmark event", "account": "acct-{}", "amount_cents": {}}}"#,
+            seq % 100,
+            seq * 7 % 10_000
+        )
+        .into_bytes();
+    }
+    text(size.saturating_sub(text(0).len())).into_bytes()
 }
 
 fn properties(seq: u64, now_secs: u64, commit_time: &str) -> BasicProperties {
@@ -179,7 +207,8 @@ fn properties(seq: u64, now_secs: u64, commit_time: &str) -> BasicProperties {
         }
     };
     put("x-outbox-table", "public.outbox".into());
-    put("x-outbox-lsn", format!("0/{:X}", 0x0300_0000 + seq * 200));
+    // the relay's `Lsn` display: `X/X`, upper-case hex, here 8 digits after the slash
+    put("x-outbox-lsn", format!("0/{:08X}", 0x1000_0000 + seq * 1300));
     put("x-outbox-commit-time", commit_time.to_owned());
     // a UUID-sized message_id, like the relay's `{id}`
     let id = format!("00000000-0000-4000-8000-{seq:012x}");
@@ -269,8 +298,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ch.confirm_select(ConfirmSelectArguments::new(false)).await?;
 
         let now_secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-        let commit_time = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;
-        let body_bytes = body(args.count / 2).len();
+        // PostgreSQL's commit time has microseconds; the relay prints what it has
+        let now = time::OffsetDateTime::now_utc();
+        let now = now.replace_nanosecond(now.nanosecond() / 1000 * 1000)?;
+        let commit_time = now.format(&time::format_description::well_known::Rfc3339)?;
+        let body_bytes = body(args.count / 2, args.body_size).len();
         let publish_args = BasicPublishArguments::new(&args.exchange, &args.routing_key).mandatory(true).finish();
         let mut c = Confirms::default();
         let mut next_tag = 1u64; // confirm mode numbers from 1
@@ -284,7 +316,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             while next_tag <= args.count && c.outstanding.len() < args.window {
                 let seq = next_tag;
                 let publish =
-                    ch.basic_publish(properties(seq, now_secs, &commit_time), body(seq), publish_args.clone());
+                    ch.basic_publish(properties(seq, now_secs, &commit_time), body(seq, args.body_size), publish_args.clone());
                 tokio::time::timeout_at(deadline, publish).await.map_err(|_| "publishing timed out (--timeout)")??;
                 c.outstanding.insert(next_tag);
                 next_tag += 1;

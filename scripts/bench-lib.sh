@@ -6,21 +6,62 @@ say() { printf '\n==> %s\n' "$*" >&2; }
 log() { printf '[%s] %s\n' "$BENCH_TAG" "$*" >&2; }
 die() { printf '[%s] ERROR: %s\n' "$BENCH_TAG" "$*" >&2; exit 1; }
 show_tail() { [ -f "$1" ] && { printf -- '---- last lines of %s ----\n' "$1" >&2; tail -n 30 "$1" >&2; }; true; }
-now_ns() { date +%s%N; }
+# wall clock in Unix nanoseconds (bash's own clock, microseconds, without a fork of date)
+now_ns() { local t=${EPOCHREALTIME//[!0-9]/}; echo "${t}000"; }
 # seconds between two nanosecond stamps, 3 decimals
 span() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
 # value of key $2 in a "k=v k=v" line $1
 kv() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k { print substr($0, length(k) + 2); exit }'; }
-# our child $1 gone within $2 seconds? (false on timeout)
+# our child $1 gone within $2 seconds? (false on timeout); $3 the polling interval
+# (default 0.2 s)
 wait_exit() {
   local deadline=$((SECONDS + $2))
   while kill -0 "$1" 2>/dev/null; do
     [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 0.2
+    sleep "${3:-0.2}"
   done
 }
-# user+system CPU ticks of process $1 (0 when gone)
-cpu_ticks() { { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; } 2>/dev/null || echo 0; }
+# user+system CPU ticks of process $1, all its threads, exited ones included (0 when
+# gone); in bash alone, since it is sampled while the measured processes run
+cpu_ticks() {
+  local line f
+  { read -r line <"/proc/$1/stat"; } 2>/dev/null || { echo 0; return; }
+  # the fields after the command name, which may hold spaces: state is the 1st,
+  # utime the 12th and stime the 13th
+  read -ra f <<<"${line##*) }"
+  echo $((f[11] + f[12]))
+}
+# a memory figure of process $1 from /proc/PID/status in KiB ($2: VmHWM, VmRSS, ...;
+# empty when the process is gone)
+vm_kib() { awk -v k="$2:" '$1 == k { print $2; exit }' "/proc/$1/status" 2>/dev/null || true; }
+# stop our child $1 (named $2 in the log): SIGTERM, up to $3 seconds, then SIGKILL;
+# its exit status is left for the caller's `wait`
+stop_pid() {
+  kill -0 "$1" 2>/dev/null || return 0
+  kill -TERM "$1" 2>/dev/null || true
+  if ! wait_exit "$1" "$3"; then
+    log "$2 (pid $1) did not exit within $3s of SIGTERM; SIGKILL"
+    kill -KILL "$1" 2>/dev/null || true
+    wait_exit "$1" 5 || true
+  fi
+}
+# wait until file $1 has a line matching the ERE $2, while our child $3 lives, at most
+# $4 seconds (false on timeout or when the child exited first)
+wait_line() {
+  local deadline=$((SECONDS + $4))
+  until grep -qE "$2" "$1" 2>/dev/null; do
+    kill -0 "$3" 2>/dev/null || grep -qE "$2" "$1" 2>/dev/null || return 1
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.05
+  done
+}
+# median, min and max of the numbers on stdin, one a line ("n/a" when none): "MED MIN MAX N"
+stats() {
+  sort -g | awk '{ v[++n] = $1 } END {
+    if (n == 0) { print "n/a n/a n/a 0"; exit }
+    m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    print m, v[1], v[n], n }'
+}
 # busy and total ticks of the whole machine
 machine_ticks() { awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6; exit }' /proc/stat; }
 port_open() { timeout 2 bash -c "</dev/tcp/127.0.0.1/$1" 2>/dev/null; }
