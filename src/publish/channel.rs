@@ -204,6 +204,7 @@ impl BrokerChannel {
                 .await
                 .map_err(|e| fail("connecting to", &e))?;
             tcp.set_nodelay(true).map_err(|e| fail("setting TCP_NODELAY for", &e))?;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
             let io: Box<dyn Stream> = match tls {
                 None => Box::new(tcp),
                 Some((config, domain)) => {
@@ -216,7 +217,7 @@ impl BrokerChannel {
                     Box::new(stream)
                 }
             };
-            Connection::open(io, &login, &endpoint)
+            Connection::open(io, Some(fd), &login, &endpoint)
                 .await
                 .map_err(|e| Error::new(e.kind(), format!("{e} (vhost {:?}, user {:?})", target.vhost, target.user)))
         };
@@ -243,6 +244,11 @@ impl BrokerChannel {
     /// `Data` when the message does not fit AMQP.
     pub fn publish(&mut self, msg: &OutgoingMessage) -> Result<u64> {
         self.conn.publish(msg)
+    }
+
+    /// Whether confirms may wait to be read in a batch (see [`super::amqp`]).
+    pub fn batch_confirms(&mut self, wait: bool) {
+        self.conn.batch_confirms(wait);
     }
 
     /// Writes what is buffered and reads what the broker sent (cancel-safe);

@@ -7,7 +7,9 @@
 //! 1. the broker connection: what was published is written (one write per
 //!    turn, however many messages), and what the broker sent (acks, nacks,
 //!    returns, closes) is read and handled first, so confirms never pile up
-//!    behind new work;
+//!    behind new work. While the window is nearly empty, confirms may wait
+//!    up to [`CONFIRM_BATCH`] to be read together (one wake-up for many
+//!    acks, not one per event; see [`amqp`]);
 //! 2. republishing returned or nacked messages whose backoff has passed;
 //! 3. the confirm deadline of the oldest message in flight (paused while the
 //!    broker has blocked the connection): a timeout means the connection is
@@ -66,6 +68,11 @@ impl PublisherSettings {
     }
 }
 
+/// Longest wait before reading confirms that were left to arrive in a
+/// batch (while the window is nearly empty): a fifth of the interval at
+/// which a new position is reported to PostgreSQL.
+const CONFIRM_BATCH: Duration = Duration::from_millis(20);
+
 /// Repeated returns or nacks are logged at most once per this interval (per
 /// route), with a count, not once per attempt.
 const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -122,6 +129,8 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     /// True while the broker has blocked the connection (resource alarm).
     blocked: bool,
+    /// Since when confirms have been left to wait (see `batch_confirms`).
+    acks_waiting_since: Option<Instant>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -157,6 +166,7 @@ impl Publisher {
             progress,
             metrics,
             blocked: false,
+            acks_waiting_since: None,
         }
     }
 
@@ -198,13 +208,17 @@ impl Publisher {
             let room = self.has_room();
             let next_retry = self.retries.iter().map(|(at, _)| *at).min();
             let deadline = self.inflight.oldest_sent().map(|t| t + self.settings.confirm_timeout);
+            let read_acks_at = self.batch_confirms(intake_open && failed.is_none());
             tokio::select! {
                 biased;
-                // PRIORITY 1: the broker's answers.
+                // PRIORITY 1: the broker's answers (and writing what was published).
                 io = self.channel.io() => {
                     io?;
+                    self.acks_waiting_since = None;
                     self.on_events()?;
                 }
+                // Confirms waited long enough: the next turn reads them.
+                _ = sleep_until(read_acks_at), if read_acks_at.is_some() => {}
                 // PRIORITY 2: republish what is due.
                 _ = sleep_until(next_retry), if next_retry.is_some() => self.republish_due()?,
                 // PRIORITY 3: the oldest confirm is overdue.
@@ -294,6 +308,29 @@ impl Publisher {
             self.send(Pending::new(txn, msg, Instant::now(), 1))?;
         }
         Ok(())
+    }
+
+    /// Lets confirms wait to be read in a batch (see [`amqp`]) while the
+    /// window is nearly empty and nothing else needs them, for at most
+    /// [`CONFIRM_BATCH`]; returns when to read them, while they wait.
+    fn batch_confirms(&mut self, steady: bool) -> Option<Instant> {
+        let held = self.inflight.len();
+        let can_wait = steady
+            && !self.blocked
+            && self.retries.is_empty()
+            && held > 0
+            && held * 4 < self.settings.max_in_flight
+            && self.held_bytes * 4 < self.settings.max_in_flight_bytes;
+        let now = Instant::now();
+        let since = match (can_wait, self.acks_waiting_since) {
+            (false, _) => None,
+            (true, None) => Some(now),
+            (true, Some(t)) => Some(t),
+        };
+        self.acks_waiting_since = since;
+        let read_at = since.map(|t| t + CONFIRM_BATCH).filter(|at| *at > now);
+        self.channel.batch_confirms(read_at.is_some());
+        read_at
     }
 
     /// Whether one more message may be published: the window counts what is

@@ -17,11 +17,16 @@
 //! content header, body) before the basic.ack that covers it, and the
 //! events come out in exactly the order the frames came in.
 //!
+//! Confirms can wait a little while the window is nearly empty
+//! ([`Connection::batch_confirms`], see [`lowat`]): at a steady trickle of
+//! events the relay then wakes for a batch of acks, not for each one.
+//!
 //! Heartbeats: a heartbeat frame goes out when nothing was written for half
 //! the negotiated interval, and a broker silent for two intervals is dead
 //! ([`Connection::tick`]); that covers a broker that vanishes without a RST.
 
 pub mod frame;
+mod lowat;
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -35,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::error::{Error, ErrorKind, Result};
 use crate::route::OutgoingMessage;
 use frame::{id, Field, Frame, Reader};
+use lowat::LowWater;
 
 /// A byte stream to the broker: TCP, or TLS over TCP.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -140,6 +146,8 @@ pub struct Connection {
     connection_open: bool,
     /// "host:port", for messages.
     endpoint: String,
+    /// The socket's receive low-water mark, when it is a TCP socket of ours.
+    low_water: Option<LowWater>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -162,7 +170,13 @@ impl Connection {
     ///
     /// `BrokerConnection` naming `endpoint` and what the broker said (a
     /// refused login, an unknown vhost, a closed socket).
-    pub async fn open(io: Box<dyn Stream>, login: &Login<'_>, endpoint: &str) -> Result<Self> {
+    /// `fd` is the TCP socket under `io`, for [`batch_confirms`](Self::batch_confirms).
+    pub async fn open(
+        io: Box<dyn Stream>,
+        fd: Option<std::os::fd::RawFd>,
+        login: &Login<'_>,
+        endpoint: &str,
+    ) -> Result<Self> {
         let now = Instant::now();
         let mut c = Connection {
             io,
@@ -180,6 +194,7 @@ impl Connection {
             channel_open: false,
             connection_open: false,
             endpoint: endpoint.to_owned(),
+            low_water: fd.map(LowWater::new),
         };
         c.wbuf.put_slice(frame::PROTOCOL_HEADER);
         c.flush().await?;
@@ -274,6 +289,15 @@ impl Connection {
     /// Whether the connection and the channel are open.
     pub fn is_open(&self) -> bool {
         self.connection_open && self.channel_open
+    }
+
+    /// Whether the broker's answers may wait (`true`: a few acks do not
+    /// wake the relay; they are read at the next [`io`](Self::io) after
+    /// this is set back to `false`, or when many have arrived).
+    pub fn batch_confirms(&mut self, wait: bool) {
+        if let Some(w) = self.low_water.as_mut() {
+            w.set(wait);
+        }
     }
 
     /// Buffers a mandatory, persistent publish; returns the delivery tag its
@@ -376,6 +400,7 @@ impl Connection {
     /// `BrokerChannel` with the broker's words when it does not exist;
     /// `BrokerConnection` when the connection fails.
     pub async fn exchange_exists(&mut self, exchange: &str) -> Result<()> {
+        self.batch_confirms(false);
         frame::method(&mut self.wbuf, CHANNEL, id::EXCHANGE_DECLARE, |b| {
             b.put_u16(0);
             frame::short(b, exchange);
@@ -406,6 +431,7 @@ impl Connection {
 
     /// Closes the channel and the connection politely; the caller bounds the time.
     pub async fn close(&mut self) {
+        self.batch_confirms(false);
         if self.channel_open {
             frame::method(&mut self.wbuf, CHANNEL, id::CHANNEL_CLOSE, |b| {
                 b.put_u16(200);
