@@ -92,6 +92,12 @@ struct Args {
     /// the same size (a `pad` field fills it up; 0: no padding).
     #[arg(long, default_value_t = 0)]
     body_size: usize,
+    /// Message shape: `relay` (the relay's properties, the three
+    /// `x-outbox-*` headers and `mandatory`), `no-headers` (the same without
+    /// the headers) or `plain` (persistent with a message_id, nothing else,
+    /// not mandatory): what each part costs the broker.
+    #[arg(long, default_value = "relay", value_parser = ["relay", "no-headers", "plain"])]
+    shape: String,
     /// Give up after this many seconds (the whole run).
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -199,7 +205,12 @@ fn body(seq: u64, size: usize) -> Vec<u8> {
     text(size.saturating_sub(text(0).len())).into_bytes()
 }
 
-fn properties(seq: u64, now_secs: u64, commit_time: &str) -> BasicProperties {
+fn properties(seq: u64, now_secs: u64, commit_time: &str, shape: &str) -> BasicProperties {
+    // a UUID-sized message_id, like the relay's `{id}`
+    let id = format!("00000000-0000-4000-8000-{seq:012x}");
+    if shape == "plain" {
+        return BasicProperties::default().with_message_id(&id).with_persistence(true).finish();
+    }
     let mut headers = FieldTable::new();
     let mut put = |k: &str, v: String| {
         if let Ok(name) = k.to_owned().try_into() {
@@ -210,8 +221,9 @@ fn properties(seq: u64, now_secs: u64, commit_time: &str) -> BasicProperties {
     // the relay's `Lsn` display: `X/X`, upper-case hex, here 8 digits after the slash
     put("x-outbox-lsn", format!("0/{:08X}", 0x1000_0000 + seq * 1300));
     put("x-outbox-commit-time", commit_time.to_owned());
-    // a UUID-sized message_id, like the relay's `{id}`
-    let id = format!("00000000-0000-4000-8000-{seq:012x}");
+    if shape == "no-headers" {
+        headers = FieldTable::new();
+    }
     BasicProperties::default()
         .with_message_id(&id)
         .with_message_type("BenchEvent")
@@ -303,7 +315,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let now = now.replace_nanosecond(now.nanosecond() / 1000 * 1000)?;
         let commit_time = now.format(&time::format_description::well_known::Rfc3339)?;
         let body_bytes = body(args.count / 2, args.body_size).len();
-        let publish_args = BasicPublishArguments::new(&args.exchange, &args.routing_key).mandatory(true).finish();
+        let publish_args =
+            BasicPublishArguments::new(&args.exchange, &args.routing_key).mandatory(args.shape != "plain").finish();
         let mut c = Confirms::default();
         let mut next_tag = 1u64; // confirm mode numbers from 1
         let mut max_in_flight = 0usize;
@@ -315,8 +328,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             while next_tag <= args.count && c.outstanding.len() < args.window {
                 let seq = next_tag;
-                let publish =
-                    ch.basic_publish(properties(seq, now_secs, &commit_time), body(seq, args.body_size), publish_args.clone());
+                let publish = ch.basic_publish(
+                    properties(seq, now_secs, &commit_time, &args.shape),
+                    body(seq, args.body_size),
+                    publish_args.clone(),
+                );
                 tokio::time::timeout_at(deadline, publish).await.map_err(|_| "publishing timed out (--timeout)")??;
                 c.outstanding.insert(next_tag);
                 next_tag += 1;

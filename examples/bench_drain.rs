@@ -65,7 +65,12 @@ const COMMIT_TIME_HEADER: &str = "x-outbox-commit-time";
 fn parse_rfc3339_ns(s: &str) -> Option<i128> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<u32> { s.get(r)?.parse().ok() };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':'
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
     {
         return None;
     }
@@ -97,8 +102,7 @@ fn parse_rfc3339_ns(s: &str) -> Option<i128> {
         }
         _ => return None,
     };
-    let date =
-        time::Date::from_calendar_date(year as i32, time::Month::try_from(month as u8).ok()?, day as u8).ok()?;
+    let date = time::Date::from_calendar_date(year as i32, time::Month::try_from(month as u8).ok()?, day as u8).ok()?;
     let t = time::Time::from_hms_nano(hour as u8, minute as u8, second as u8, nanos).ok()?;
     let local = time::PrimitiveDateTime::new(date, t).assume_utc().unix_timestamp_nanos();
     Some(local - i128::from(offset_s) * 1_000_000_000)

@@ -44,14 +44,18 @@
 #    the x-outbox-commit-time header (PostgreSQL's commit timestamp): p50/p99/max. The
 #    relay's and the walsender's CPU over the writers' window (first insert due ->
 #    writer exited), the relay's VmRSS at the end and its VmHWM.
-# 3. The table: each figure's median (min-max over the runs) beside its target, and met
+# 3. Message shape, BENCH_RUNS times: what each part of the message costs the broker
+#    (issue 11 asks it measured): bench_broker's ceiling and RabbitMQ's CPU per message
+#    for each size with the relay's shape, without the x-outbox-* headers, and plain
+#    (persistent with a message_id, not mandatory). Reported, no target.
+# 4. The table: each figure's median (min-max over the runs) beside its target, and met
 #    or not met, with the command at the top. Targets (issue 11): catch-up ratio >= 0.95
 #    and relay CPU <= 5 µs/event in every cell; steady relay CPU <= 2 % of one core,
 #    commit-to-consume p50 <= 2 ms, relay RSS (VmHWM) <= 16 MiB; duplicates 0. Reported
 #    without a target: walsender CPU, RabbitMQ's CPU per message under the relay beside
 #    the same under bench_broker (the relay's stream should cost the broker no more),
 #    p99, and the catch-up's peak RSS (shown against the same 16 MiB).
-# 4. Cleanup (trap): every process this script started, by its pid (SIGTERM, bounded,
+# 5. Cleanup (trap): every process this script started, by its pid (SIGTERM, bounded,
 #    then SIGKILL); slot and database `bench`; exchange and queue `bench.events`.
 #    PostgreSQL and RabbitMQ stay running (`scripts/services.sh down` stops them).
 #
@@ -67,7 +71,7 @@
 # directory with relay.log, drain.out, broker-*.out, samples.txt (CPU and /metrics
 # every ~1 s), metrics.txt (the relay's /metrics at the end), fill.log.
 #
-# Other environment (optional): BENCH_PHASES (default "catchup steady"). Names used:
+# Other environment (optional): BENCH_PHASES (default "catchup steady shape"). Names used:
 # database, slot and publication `bench`, exchange and queue `bench.events`.
 # Everything listens on and connects to 127.0.0.1 only.
 set -euo pipefail
@@ -106,7 +110,7 @@ STEADY_SIZE=${BENCH_STEADY_SIZE:-1024}
 IDLE_SECONDS=${BENCH_IDLE_SECONDS:-3}
 WINDOW=${BENCH_WINDOW:-1000}
 INSERT_SESSIONS=${BENCH_INSERT_SESSIONS:-$(nproc)}
-PHASES=${BENCH_PHASES:-catchup steady}
+PHASES=${BENCH_PHASES:-catchup steady shape}
 PHASE_TIMEOUT=${BENCH_TIMEOUT:-$((60 + EVENTS / 500))}
 # shellcheck disable=SC2086 # the lists are split on purpose
 for n in "$EVENTS" "$RUNS" "$STEADY_SECONDS" "$CEILING_EVENTS" "$STEADY_RATE" "$STEADY_WRITERS" "$STEADY_SIZE" \
@@ -366,14 +370,14 @@ fill_backlog() {
   psql_su -c CHECKPOINT
 }
 
-# bench_broker with a consumer, $1 messages of $2 bytes, output $3; sets CEILING to
-# "RATE ELAPSED BEAM_US_PER_MSG"
+# bench_broker with a consumer, $1 messages of $2 bytes, output $3, shape $4 (default
+# relay); sets CEILING to "RATE ELAPSED BEAM_US_PER_MSG"
 ceiling() {
-  local n=$1 size=$2 out=$3 b0 b1
+  local n=$1 size=$2 out=$3 shape=${4:-relay} b0 b1
   b0=$(cpu_ticks "$beam_pid")
   created_broker=1
   timeout $((PHASE_TIMEOUT + 30)) "$BENCH_BROKER" --url "$AMQP_URL" --exchange "$EXCHANGE" --queue "$QUEUE" \
-    --count "$n" --body-size "$size" --window "$WINDOW" --consume --purge --timeout "$PHASE_TIMEOUT" >"$out" 2>&1 ||
+    --count "$n" --body-size "$size" --window "$WINDOW" --shape "$shape" --consume --purge --timeout "$PHASE_TIMEOUT" >"$out" 2>&1 ||
     { show_tail "$out"; die "bench_broker failed"; }
   b1=$(cpu_ticks "$beam_pid")
   local line
@@ -556,7 +560,26 @@ steady_run() {
   log "steady: p50 $(kv "$line" latency_p50_ms) ms, p99 $(kv "$line" latency_p99_ms) ms, relay $(calc 'sprintf("%.1f", 100 * t / hz / s)' "t=$((r1 - r0))" "hz=$hz" "s=$window") % of a core"
 }
 
-# ------------------------------------------------------------------ 3. the table
+# ------------------------------------------------------------------ 3. message shape
+# what the message's parts cost the broker: bench_broker's ceiling with the relay's
+# shape, without the x-outbox-* headers, and plain (persistent, message_id only, not
+# mandatory), one after the other, per size; $1 run
+shape_run() {
+  local run=$1 size shape rate elapsed beam d
+  for size in $SIZES; do
+    d="$DIR/shape/$size/run$run"
+    mkdir -p "$d"
+    for shape in relay no-headers plain; do
+      ceiling "$CEILING_EVENTS" "$size" "$d/$shape.out" "$shape"
+      read -r rate elapsed beam <<<"$CEILING"
+      record shape "$size/$shape" "$run" rate "$rate"
+      record shape "$size/$shape" "$run" beam_us "$beam"
+      log "shape $size B $shape: $rate msgs/s, RabbitMQ $beam µs/msg"
+    done
+  done
+}
+
+# ------------------------------------------------------------------ 4. the table
 cell_label() {
   local size=${1%/*} batch=${1#*/}
   if [ "$size" = 1024 ]; then size="1 KiB"; else size="$size B"; fi
@@ -637,6 +660,16 @@ report() {
     row "$label" "  relay idle CPU, % of one core" "$(show steady "$cell" idle_pct 2)" "" ""
     row "$label" "  whole machine, % of one core" "$(show steady "$cell" machine_pct 0)" "" ""
   fi
+  if [[ " $PHASES " == *" shape "* ]]; then
+    printf '\nmessage shape: the broker alone (bench_broker, %s messages, consumer attached), one shape after the other\n' "$CEILING_EVENTS"
+    for size in $SIZES; do
+      for shape in relay no-headers plain; do
+        label="shape $size B, $shape"
+        row "$label" "broker ceiling, msgs/s" "$(show shape "$size/$shape" rate 0)" "" "reported"
+        row "$label" "RabbitMQ µs/msg" "$(show shape "$size/$shape" beam_us 0)" "" "reported"
+      done
+    done
+  fi
   # bench_drain, this script and PostgreSQL's other processes take about a third of a
   # core during a catch-up; much more means other work shared the machine
   local busy
@@ -652,7 +685,7 @@ START=$SECONDS
 start_services
 build
 mkdir -p "$DIR"
-rm -rf "$DIR/catchup" "$DIR/steady"
+rm -rf "$DIR/catchup" "$DIR/steady" "$DIR/shape"
 : >"$FIGS"
 : >"$RUNLOG"
 trap cleanup EXIT
@@ -672,6 +705,9 @@ if [[ " $PHASES " == *" catchup "* ]]; then
 fi
 if [[ " $PHASES " == *" steady "* ]]; then
   for ((run = 1; run <= RUNS; run++)); do steady_run "$run"; done
+fi
+if [[ " $PHASES " == *" shape "* ]]; then
+  for ((run = 1; run <= RUNS; run++)); do shape_run "$run"; done
 fi
 say "Results"
 report | tee "$DIR/results.txt"

@@ -10,7 +10,7 @@
 //! never a loss), and the ack that later covers a flagged message yields
 //! [`Outcome::Returned`], not [`Outcome::Confirmed`]. Pure: no I/O, no clock.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -58,9 +58,15 @@ pub enum Outcome {
 }
 
 /// Messages in flight, by delivery tag.
+///
+/// Tags are handed out in increasing order, so the messages sit in a queue
+/// in tag order: a multiple ack pops from the front, a single ack or nack
+/// finds its tag by binary search and leaves a hole, and holes at the
+/// front are dropped at once (the front is always a message in flight).
 #[derive(Debug, Default)]
 pub struct InFlight {
-    map: BTreeMap<u64, Pending>,
+    queue: VecDeque<(u64, Option<Pending>)>,
+    live: usize,
 }
 
 impl InFlight {
@@ -69,20 +75,29 @@ impl InFlight {
         InFlight::default()
     }
 
-    /// Records a publish under its delivery tag.
+    /// Records a publish under its delivery tag (higher than every tag before).
     pub fn insert(&mut self, tag: u64, p: Pending) {
-        let prev = self.map.insert(tag, p);
-        debug_assert!(prev.is_none(), "delivery tag {tag} reused");
+        debug_assert!(self.queue.back().is_none_or(|(t, _)| *t < tag), "delivery tag {tag} not increasing");
+        self.queue.push_back((tag, Some(p)));
+        self.live += 1;
     }
 
     /// How many messages await an answer.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.live
     }
 
     /// True when nothing awaits an answer.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.live == 0
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Pending> {
+        self.queue.iter().filter_map(|(_, p)| p.as_ref())
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Pending> {
+        self.queue.iter_mut().filter_map(|(_, p)| p.as_mut())
     }
 
     /// When the longest-waiting message was published.
@@ -92,20 +107,20 @@ impl InFlight {
     /// the lowest tag was sent first. This runs on every turn of the
     /// publisher loop, so it must not scan the window.
     pub fn oldest_sent(&self) -> Option<Instant> {
-        let oldest = self.map.values().next().map(|p| p.sent_at);
-        debug_assert_eq!(oldest, self.map.values().map(|p| p.sent_at).min());
+        let oldest = self.values().next().map(|p| p.sent_at);
+        debug_assert_eq!(oldest, self.values().map(|p| p.sent_at).min());
         oldest
     }
 
     /// The in-flight message with the largest body.
     pub fn largest(&self) -> Option<&Pending> {
-        self.map.values().max_by_key(|p| p.msg.body.len())
+        self.values().max_by_key(|p| p.msg.body.len())
     }
 
     /// Restarts every message's confirm clock at `now` (after the broker
     /// lifted a flow-control block: the wait was the broker's, not a fault).
     pub fn restart_clock(&mut self, now: Instant) {
-        for p in self.map.values_mut() {
+        for p in self.values_mut() {
             p.sent_at = now;
         }
     }
@@ -116,7 +131,7 @@ impl InFlight {
     pub fn on_return(&mut self, message_id: Option<&str>, reply_code: u16, reply_text: &str) -> usize {
         let Some(id) = message_id else { return 0 };
         let mut n = 0;
-        for p in self.map.values_mut().filter(|p| p.msg.message_id == id) {
+        for p in self.values_mut().filter(|p| p.msg.message_id == id) {
             p.returned = Some((reply_code, reply_text.to_owned()));
             n += 1;
         }
@@ -140,15 +155,23 @@ impl InFlight {
     }
 
     fn take(&mut self, tag: u64, multiple: bool) -> Vec<Pending> {
+        let mut taken = Vec::new();
         if multiple {
             // tag 0 with multiple means "everything outstanding".
             let upto = if tag == 0 { u64::MAX } else { tag };
-            let rest = self.map.split_off(&(upto.saturating_add(1)));
-            let taken = std::mem::replace(&mut self.map, rest);
-            taken.into_values().collect()
-        } else {
-            self.map.remove(&tag).into_iter().collect()
+            while self.queue.front().is_some_and(|(t, _)| *t <= upto) {
+                if let Some((_, Some(p))) = self.queue.pop_front() {
+                    taken.push(p);
+                }
+            }
+        } else if let Ok(i) = self.queue.binary_search_by_key(&tag, |(t, _)| *t) {
+            taken.extend(self.queue[i].1.take());
         }
+        self.live -= taken.len();
+        while self.queue.front().is_some_and(|(_, p)| p.is_none()) {
+            self.queue.pop_front();
+        }
+        taken
     }
 }
 
@@ -206,6 +229,18 @@ mod tests {
         assert!(matches!(f.on_nack(3, false).as_slice(), [Outcome::Nacked(p)] if p.msg.message_id == "id-3"));
         assert_eq!(f.len(), 1);
         assert_eq!(f.on_ack(0, true).len(), 1);
+    }
+
+    #[test]
+    fn holes_left_by_single_acks_are_skipped_and_dropped() {
+        let mut f = inflight(4);
+        assert_eq!(f.on_ack(2, false).len(), 1);
+        assert_eq!(f.on_ack(2, false).len(), 0, "a tag is answered once");
+        assert_eq!(f.on_nack(1, false).len(), 1);
+        assert_eq!((f.len(), f.queue.len()), (2, 2), "the front hole and the message before it are gone");
+        let out = f.on_ack(4, true);
+        assert_eq!(out.len(), 2);
+        assert!(f.is_empty() && f.queue.is_empty() && f.oldest_sent().is_none());
     }
 
     #[test]
