@@ -85,3 +85,40 @@ async fn a_black_holed_broker_trips_the_confirm_timeout_and_the_relay_recovers()
     relay.stop().await.unwrap();
     db.drop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_silent_while_nothing_is_in_flight_is_noticed_by_heartbeats() {
+    // GIVEN an idle relay with 2 s heartbeats and a confirm timeout far too long to notice anything
+    let db = TestDb::new().await;
+    let consumer = Consumer::start("#").await;
+    let proxy = Proxy::start(support::amqp_addr()).await;
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange)
+        .broker_through(proxy.addr)
+        .confirm_timeout(Duration::from_secs(120))
+        .heartbeat(Duration::from_secs(2))
+        .broker_connect_timeout(Duration::from_secs(2))
+        .shutdown_timeout(Duration::from_secs(5));
+    let relay = InProcess::start(&cfg).await;
+    let client = db.client().await;
+    let before = insert_events(&client, "wallet", &["a".into()], "Before").await;
+    consumer.wait_for_ids(&before, Duration::from_secs(20)).await;
+    let http = relay.http;
+    let reconnects_before = reconnects(http, "broker").await;
+
+    // WHEN the broker goes silent (no RST, no heartbeats) with nothing in flight
+    let silent_at = std::time::Instant::now();
+    proxy.set_mode(Mode::Blackhole);
+    // THEN two heartbeat intervals later the relay gives the connection up
+    support::wait_until(Duration::from_secs(15), "a heartbeat timeout counted as a broker reconnect", || async move {
+        reconnects(http, "broker").await > reconnects_before
+    })
+    .await;
+    let noticed = silent_at.elapsed();
+    assert!(noticed >= Duration::from_secs(3), "not before two intervals of silence: {noticed:?}");
+    // AND once the broker answers again, what was committed meanwhile arrives
+    let during = insert_events(&client, "wallet", &["a".into()], "During").await;
+    proxy.set_mode(Mode::Pass);
+    consumer.wait_for_ids(&during, Duration::from_secs(60)).await;
+    relay.stop().await.unwrap();
+    db.drop_all().await;
+}
