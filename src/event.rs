@@ -184,13 +184,19 @@ impl PgTimestamp {
 
     /// RFC 3339 with microseconds, UTC (`x-outbox-commit-time`).
     pub fn to_rfc3339(self) -> String {
+        let mut out = Vec::with_capacity(32);
+        self.write_rfc3339(&mut out);
+        String::from_utf8(out).unwrap_or_else(|_| String::from("invalid"))
+    }
+
+    /// Writes [`to_rfc3339`](Self::to_rfc3339)'s text into `out`.
+    pub fn write_rfc3339(self, out: &mut impl std::io::Write) {
         let micros = i128::from(PG_EPOCH_UNIX_SECS) * 1_000_000 + i128::from(self.0);
-        let nanos = micros * 1000;
-        match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-            Ok(t) => {
-                t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| String::from("invalid"))
-            }
-            Err(_) => String::from("invalid"),
+        let written = time::OffsetDateTime::from_unix_timestamp_nanos(micros * 1000)
+            .ok()
+            .and_then(|t| t.format_into(out, &time::format_description::well_known::Rfc3339).ok());
+        if written.is_none() {
+            let _ = out.write_all(b"invalid");
         }
     }
 }

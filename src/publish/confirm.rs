@@ -191,6 +191,12 @@ mod tests {
             content_type: "application/json".into(),
             timestamp: 0,
             headers: vec![],
+            outbox: crate::route::OutboxHeaders {
+                table: "public.outbox".into(),
+                lsn: None,
+                replay: false,
+                commit_time: crate::event::PgTimestamp(0),
+            },
             body: vec![],
         })
     }

@@ -473,16 +473,16 @@ impl Publisher {
                 self.tracker.confirm(p.txn);
             }
             OnUnroutable::DeadLetter => {
-                if m.exchange == dead_letter_exchange {
+                if *m.exchange == *dead_letter_exchange {
                     tracing::error!(message_id = %m.message_id, exchange = %m.exchange, "dead-letter exchange returned the message too; holding the position and retrying");
                     self.schedule_retry(p);
                     return;
                 }
                 let mut dead = (**m).clone();
-                dead.headers.push(("x-outbox-original-exchange".into(), HeaderValue::Str(m.exchange.clone())));
+                dead.headers.push(("x-outbox-original-exchange".into(), HeaderValue::Str(m.exchange.to_string())));
                 dead.headers.push(("x-outbox-original-routing-key".into(), HeaderValue::Str(m.routing_key.clone())));
                 dead.headers.push(("x-outbox-reason".into(), HeaderValue::Str(format!("{code} {text}"))));
-                dead.exchange = dead_letter_exchange;
+                dead.exchange = dead_letter_exchange.into();
                 tracing::warn!(message_id = %m.message_id, exchange = %m.exchange, routing_key = %m.routing_key, dead_letter_exchange = %dead.exchange, "unroutable message sent to the dead-letter exchange");
                 // attempts 0: republish_due counts the first send of the dead letter.
                 self.retries.push_back((Instant::now(), Pending::new(p.txn, Arc::new(dead), Instant::now(), 0)));

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::config::{RouteConfig, RouteMatch};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{Column, Datum, EventSource, OutboxEvent, SourcePosition};
+use crate::event::{Column, Datum, EventSource, Lsn, OutboxEvent, PgTimestamp, SourcePosition};
 
 /// Type OIDs with special handling.
 const BYTEA: u32 = 17;
@@ -67,22 +67,72 @@ impl HeaderValue {
 pub struct OutgoingMessage {
     /// Index of the route that rendered it (metrics label).
     pub route: usize,
-    /// Target exchange.
-    pub exchange: String,
+    /// Target exchange (shared with the route: not copied per message).
+    pub exchange: Arc<str>,
     /// Routing key (at most 255 bytes).
     pub routing_key: String,
     /// `message_id`: the event's id, what consumers deduplicate by.
     pub message_id: String,
     /// `type`.
     pub message_type: Option<String>,
-    /// `content_type`.
-    pub content_type: String,
+    /// `content_type` (shared with the route).
+    pub content_type: Arc<str>,
     /// `timestamp`: commit time, Unix seconds.
     pub timestamp: u64,
-    /// Headers, route headers first, then `headers_column`, then `x-outbox-*`.
+    /// Headers: the route's, then `headers_column`'s (then, for a dead
+    /// letter, the `x-outbox-original-*` ones); [`outbox`](Self::outbox)
+    /// follows them in the AMQP table.
     pub headers: Vec<(String, HeaderValue)>,
+    /// The relay's own `x-outbox-*` headers, kept typed and written straight
+    /// into the frame (no strings built per message).
+    pub outbox: OutboxHeaders,
     /// The body.
     pub body: Vec<u8>,
+}
+
+impl OutgoingMessage {
+    /// Every header as it goes out, in order (for tests and diagnostics; the
+    /// publisher encodes them without building this).
+    pub fn all_headers(&self) -> Vec<(String, HeaderValue)> {
+        let mut all = self.headers.clone();
+        all.extend(self.outbox.entries());
+        all
+    }
+
+    /// The value of header `name`, as it goes out.
+    pub fn header(&self, name: &str) -> Option<HeaderValue> {
+        self.all_headers().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+}
+
+/// The relay's own headers (SPEC "AMQP message"): `x-outbox-table`,
+/// `x-outbox-lsn` (replication), `x-outbox-replay` (replay) and
+/// `x-outbox-commit-time`, in that order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxHeaders {
+    /// `x-outbox-table`: `schema.table`, or `message:prefix`.
+    pub table: Arc<str>,
+    /// `x-outbox-lsn`, for events read from the WAL.
+    pub lsn: Option<Lsn>,
+    /// `x-outbox-replay = true`, for events the `replay` command publishes.
+    pub replay: bool,
+    /// `x-outbox-commit-time`, RFC 3339.
+    pub commit_time: PgTimestamp,
+}
+
+impl OutboxHeaders {
+    /// The headers as (name, value) pairs, in wire order.
+    pub fn entries(&self) -> Vec<(String, HeaderValue)> {
+        let mut e = vec![("x-outbox-table".to_owned(), HeaderValue::Str(self.table.to_string()))];
+        if let Some(lsn) = self.lsn {
+            e.push(("x-outbox-lsn".into(), HeaderValue::Str(lsn.to_string())));
+        }
+        if self.replay {
+            e.push(("x-outbox-replay".into(), HeaderValue::Bool(true)));
+        }
+        e.push(("x-outbox-commit-time".into(), HeaderValue::Str(self.commit_time.to_rfc3339())));
+        e
+    }
 }
 
 /// Route labels for metrics and logs: the configured names, in order
@@ -103,6 +153,9 @@ struct Route {
     /// `headers_column`, once checked against the table (a defaulted one is
     /// dropped when the table has no such column).
     headers_column: Option<String>,
+    /// The exchange and content type, shared by every message.
+    exchange: Arc<str>,
+    content_type: Arc<str>,
 }
 
 impl Router {
@@ -110,7 +163,15 @@ impl Router {
     /// each table route before rendering.
     pub fn new(routes: &[RouteConfig]) -> Self {
         Router {
-            routes: routes.iter().map(|r| Route { cfg: r.clone(), headers_column: r.headers_column.clone() }).collect(),
+            routes: routes
+                .iter()
+                .map(|r| Route {
+                    cfg: r.clone(),
+                    headers_column: r.headers_column.clone(),
+                    exchange: r.exchange.as_str().into(),
+                    content_type: r.content_type.as_str().into(),
+                })
+                .collect(),
         }
     }
 
@@ -329,7 +390,7 @@ impl Route {
                 self.cfg.content_type
             )));
         }
-        let mut headers: Vec<(String, HeaderValue)> = Vec::with_capacity(self.cfg.headers.len() + 4);
+        let mut headers: Vec<(String, HeaderValue)> = Vec::with_capacity(self.cfg.headers.len());
         for (k, tpl) in &self.cfg.headers {
             headers.push((k.clone(), HeaderValue::Str(render("headers", tpl)?)));
         }
@@ -344,31 +405,28 @@ impl Route {
                 }
             }
         }
-        let table = match &ev.source {
-            EventSource::Row { table, .. } => table.clone(),
-            EventSource::Message { prefix, .. } => format!("message:{prefix}"),
+        let table: Arc<str> = match &ev.source {
+            EventSource::Row { table, .. } => table.as_str().into(),
+            EventSource::Message { prefix, .. } => format!("message:{prefix}").into(),
         };
-        headers.push(("x-outbox-table".into(), HeaderValue::Str(table)));
         // Polling and replay have no LSN: their sequence numbers are not WAL
         // positions. A replayed message says so, as an AMQP boolean.
-        match ev.position {
-            SourcePosition::Wal(_) | SourcePosition::WalCommit(_) => {
-                let lsn = ev.position.header_lsn().map(|l| l.to_string()).unwrap_or_default();
-                headers.push(("x-outbox-lsn".into(), HeaderValue::Str(lsn)));
-            }
-            SourcePosition::Batch(_) => {}
-            SourcePosition::Replay(_) => headers.push(("x-outbox-replay".into(), HeaderValue::Bool(true))),
-        }
-        headers.push(("x-outbox-commit-time".into(), HeaderValue::Str(ev.commit_time.to_rfc3339())));
+        let outbox = OutboxHeaders {
+            table,
+            lsn: ev.position.header_lsn(),
+            replay: matches!(ev.position, SourcePosition::Replay(_)),
+            commit_time: ev.commit_time,
+        };
         Ok(OutgoingMessage {
             route: idx,
-            exchange: self.cfg.exchange.clone(),
+            exchange: Arc::clone(&self.exchange),
             routing_key,
             message_id,
             message_type,
-            content_type: self.cfg.content_type.clone(),
+            content_type: Arc::clone(&self.content_type),
             timestamp: ev.commit_time.unix_seconds().max(0) as u64,
             headers,
+            outbox,
             body,
         })
     }
@@ -510,8 +568,8 @@ mod tests {
         }
     }
 
-    fn header<'m>(m: &'m OutgoingMessage, name: &str) -> Option<&'m HeaderValue> {
-        m.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    fn header(m: &OutgoingMessage, name: &str) -> Option<HeaderValue> {
+        m.header(name)
     }
 
     #[test]
@@ -520,11 +578,11 @@ mod tests {
         let (router, columns) = outbox_router();
         let replayed = router.render(&event(&columns, SourcePosition::Replay(BatchSeq(3)))).unwrap().unwrap();
         assert_eq!(replayed.message_id, "e1", "the original id");
-        assert_eq!(header(&replayed, "x-outbox-replay"), Some(&HeaderValue::Bool(true)));
+        assert_eq!(header(&replayed, "x-outbox-replay"), Some(HeaderValue::Bool(true)));
         assert_eq!(header(&replayed, "x-outbox-lsn"), None);
         let streamed = router.render(&event(&columns, SourcePosition::Wal(EndLsn(Lsn(0x10))))).unwrap().unwrap();
         assert_eq!(header(&streamed, "x-outbox-replay"), None);
-        assert_eq!(header(&streamed, "x-outbox-lsn"), Some(&HeaderValue::Str("0/10".into())));
+        assert_eq!(header(&streamed, "x-outbox-lsn"), Some(HeaderValue::Str("0/10".into())));
         let polled = router.render(&event(&columns, SourcePosition::Batch(BatchSeq(1)))).unwrap().unwrap();
         assert_eq!((header(&polled, "x-outbox-replay"), header(&polled, "x-outbox-lsn")), (None, None));
     }

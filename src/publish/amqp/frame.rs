@@ -12,7 +12,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::route::{HeaderValue, OutgoingMessage};
+use crate::route::{HeaderValue, OutboxHeaders, OutgoingMessage};
 
 /// Frame types.
 pub const METHOD: u8 = 1;
@@ -169,15 +169,48 @@ pub fn long(buf: &mut BytesMut, s: &[u8]) {
 /// A field table. Names over 255 bytes are cut on a character boundary
 /// (the config rules refuse such names; a `headers_column` may carry them).
 pub fn table(buf: &mut BytesMut, entries: &[(String, HeaderValue)]) {
-    sized(buf, |b| {
-        for (name, value) in entries {
-            let mut end = name.len().min(255);
-            while !name.is_char_boundary(end) {
-                end -= 1;
-            }
-            short(b, &name[..end]);
-            field(b, value);
+    sized(buf, |b| self::entries(b, entries));
+}
+
+fn entries(b: &mut BytesMut, entries: &[(String, HeaderValue)]) {
+    for (name, value) in entries {
+        let mut end = name.len().min(255);
+        while !name.is_char_boundary(end) {
+            end -= 1;
         }
+        short(b, &name[..end]);
+        field(b, value);
+    }
+}
+
+/// The message's header table: its headers, then the relay's own, written
+/// straight from their typed values.
+fn message_headers(buf: &mut BytesMut, headers: &[(String, HeaderValue)], outbox: &OutboxHeaders) {
+    sized(buf, |b| {
+        entries(b, headers);
+        short(b, "x-outbox-table");
+        b.put_u8(b'S');
+        long(b, outbox.table.as_bytes());
+        if let Some(lsn) = outbox.lsn {
+            short(b, "x-outbox-lsn");
+            b.put_u8(b'S');
+            long_fmt(b, format_args!("{lsn}"));
+        }
+        if outbox.replay {
+            short(b, "x-outbox-replay");
+            b.put_u8(b't');
+            b.put_u8(1);
+        }
+        short(b, "x-outbox-commit-time");
+        b.put_u8(b'S');
+        sized(b, |b| outbox.commit_time.write_rfc3339(&mut b.writer()));
+    });
+}
+
+/// A long string from format arguments, without an intermediate String.
+fn long_fmt(buf: &mut BytesMut, args: std::fmt::Arguments<'_>) {
+    sized(buf, |b| {
+        let _ = std::fmt::Write::write_fmt(b, args);
     });
 }
 
@@ -294,7 +327,7 @@ fn publish_frames(buf: &mut BytesMut, channel: u16, msg: &OutgoingMessage, frame
         }
         b.put_u16(flags);
         short_checked(b, &msg.content_type, "content_type")?;
-        table(b, &msg.headers);
+        message_headers(b, &msg.headers, &msg.outbox);
         b.put_u8(2); // persistent
         short_checked(b, &msg.message_id, "message_id")?;
         b.put_u64(msg.timestamp);
@@ -533,6 +566,12 @@ mod tests {
                 ("a".into(), HeaderValue::Array(vec![HeaderValue::Bool(true), HeaderValue::Void])),
                 ("t".into(), HeaderValue::Table(vec![("d".into(), HeaderValue::Double(0.5))])),
             ],
+            outbox: OutboxHeaders {
+                table: "public.outbox".into(),
+                lsn: Some(crate::event::Lsn(0x1_0000_00AB)),
+                replay: false,
+                commit_time: crate::event::PgTimestamp(1_000_000),
+            },
             body: body.to_vec(),
         }
     }
@@ -592,6 +631,10 @@ mod tests {
             (inner.short().unwrap(), inner.u8().unwrap(), f64::from_bits(inner.u64().unwrap())),
             ("d".into(), b'd', 0.5)
         );
+        let mut text = || (t.short().unwrap(), t.u8().unwrap(), String::from_utf8(t.long().unwrap().to_vec()).unwrap());
+        assert_eq!(text(), ("x-outbox-table".into(), b'S', "public.outbox".into()));
+        assert_eq!(text(), ("x-outbox-lsn".into(), b'S', "1/AB".into()));
+        assert_eq!(text(), ("x-outbox-commit-time".into(), b'S', "2000-01-01T00:00:01Z".into()));
         assert!(t.rest.is_empty());
         assert_eq!(r.u8().unwrap(), 2);
         assert_eq!(r.short().unwrap(), "id-1");

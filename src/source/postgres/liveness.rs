@@ -11,9 +11,9 @@
 //! peer host or path that is gone; a silent but reachable server is found
 //! by the replication reader's own receive timeout
 //! ([`crate::source::replication`]) and, in polling mode, by the lock check
-//! ([`crate::source::polling::lock_lost`]). The broker connection's socket
-//! is made inside amqprs, which exposes no socket options: AMQP heartbeats
-//! (`broker.heartbeat`) and `confirm_timeout` cover that end.
+//! ([`crate::source::polling::lock_lost`]). The broker connection checks
+//! AMQP heartbeats itself (`broker.heartbeat`, [`crate::publish::amqp`]),
+//! and `confirm_timeout` covers a broker that stops confirming.
 
 use std::time::Duration;
 
