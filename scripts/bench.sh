@@ -54,7 +54,10 @@
 #    commit-to-consume p50 <= 2 ms, relay RSS (VmHWM) <= 16 MiB; duplicates 0. Reported
 #    without a target: walsender CPU, RabbitMQ's CPU per message under the relay beside
 #    the same under bench_broker (the relay's stream should cost the broker no more),
-#    p99, and the catch-up's peak RSS (shown against the same 16 MiB).
+#    p99, the catch-up's peak RSS (shown against the same 16 MiB), and "others' CPU": the
+#    whole machine's CPU besides RabbitMQ per message, in the relay's run (relay,
+#    walsender, bench_drain, ...) beside the ceiling's (bench_broker publishing and
+#    consuming): on two cores, CPU the broker cannot have.
 # 5. Cleanup (trap): every process this script started, by its pid (SIGTERM, bounded,
 #    then SIGKILL); slot and database `bench`; exchange and queue `bench.events`.
 #    PostgreSQL and RabbitMQ stay running (`scripts/services.sh down` stops them).
@@ -71,7 +74,9 @@
 # directory with relay.log, drain.out, broker-*.out, samples.txt (CPU and /metrics
 # every ~1 s), metrics.txt (the relay's /metrics at the end), fill.log.
 #
-# Other environment (optional): BENCH_PHASES (default "catchup steady shape"). Names used:
+# Other environment (optional): BENCH_PHASES (default "catchup steady shape"); BENCH_RELAY,
+# a relay binary to measure instead of this checkout's (an older build, for a before /
+# after comparison in the same window; the examples are still this checkout's). Names used:
 # database, slot and publication `bench`, exchange and queue `bench.events`.
 # Everything listens on and connects to 127.0.0.1 only.
 set -euo pipefail
@@ -180,7 +185,7 @@ start_services() {
 build() {
   say "Build (cargo build --release --bin outbox-relay --examples)"
   cargo build --release --bin outbox-relay --examples
-  RELAY="$TARGET_DIR/release/outbox-relay"
+  RELAY="${BENCH_RELAY:-$TARGET_DIR/release/outbox-relay}"
   BENCH_BROKER="$TARGET_DIR/release/examples/bench_broker"
   BENCH_DRAIN="$TARGET_DIR/release/examples/bench_drain"
   BENCH_WRITER="$TARGET_DIR/release/examples/bench_writer"
@@ -371,19 +376,22 @@ fill_backlog() {
 }
 
 # bench_broker with a consumer, $1 messages of $2 bytes, output $3, shape $4 (default
-# relay); sets CEILING to "RATE ELAPSED BEAM_US_PER_MSG"
+# relay); sets CEILING to "RATE ELAPSED BEAM_US_PER_MSG OTHERS_US_PER_MSG" (OTHERS: the
+# whole machine's CPU besides RabbitMQ: bench_broker publishing and consuming, ...)
 ceiling() {
-  local n=$1 size=$2 out=$3 shape=${4:-relay} b0 b1
+  local n=$1 size=$2 out=$3 shape=${4:-relay} b0 b1 m0 m1 _t
+  read -r m0 _t < <(machine_ticks)
   b0=$(cpu_ticks "$beam_pid")
   created_broker=1
   timeout $((PHASE_TIMEOUT + 30)) "$BENCH_BROKER" --url "$AMQP_URL" --exchange "$EXCHANGE" --queue "$QUEUE" \
     --count "$n" --body-size "$size" --window "$WINDOW" --shape "$shape" --consume --purge --timeout "$PHASE_TIMEOUT" >"$out" 2>&1 ||
     { show_tail "$out"; die "bench_broker failed"; }
   b1=$(cpu_ticks "$beam_pid")
+  read -r m1 _t < <(machine_ticks)
   local line
   line=$(grep '^bench_broker count=' "$out")
   [ "$(kv "$line" body_bytes)" = "$size" ] || log "bench_broker's body is $(kv "$line" body_bytes) bytes, not $size"
-  CEILING="$(kv "$line" msgs_per_s) $(kv "$line" elapsed_s) $(ticks_us $((b1 - b0)) "$n")"
+  CEILING="$(kv "$line" msgs_per_s) $(kv "$line" elapsed_s) $(ticks_us $((b1 - b0)) "$n") $(ticks_us $((m1 - m0 - b1 + b0)) "$n")"
 }
 
 # until bench_drain exits (checked every 0.05 s, so that the figures read after it are
@@ -457,11 +465,11 @@ catchup_cell() {
   ceiling "$CEILING_EVENTS" "$size" "$cd/broker-after.out"
   after=$CEILING
 
-  local secs rate c_before c_after ceil
+  local secs rate c_before c_after ceil beam_before beam_after others_before others_after
   secs=$(span "$t0" "$(kv "$line" last_unix_ns)")
   rate=$(calc "n / s" "n=$EVENTS" "s=$secs")
-  read -r c_before _ beam_before <<<"$before"
-  read -r c_after _ beam_after <<<"$after"
+  read -r c_before _ beam_before others_before <<<"$before"
+  read -r c_after _ beam_after others_after <<<"$after"
   ceil=$(calc "(a + b) / 2" "a=$c_before" "b=$c_after")
   record catchup "$cell" "$run" ceiling "$ceil"
   record catchup "$cell" "$run" ceiling_before "$c_before"
@@ -474,6 +482,11 @@ catchup_cell() {
   record catchup "$cell" "$run" wal_us "$(ticks_us "$wal_t" "$EVENTS")"
   record catchup "$cell" "$run" beam_relay_us "$(ticks_us $((b1 - b0)) "$EVENTS")"
   record catchup "$cell" "$run" beam_ceiling_us "$(calc "(a + b) / 2" "a=$beam_before" "b=$beam_after")"
+  # what everything but RabbitMQ cost the machine per message: the relay, the walsender,
+  # bench_drain, ... beside bench_broker publishing and consuming (CPU the broker could
+  # not have: on two cores it is what separates the relay's rate from the ceiling)
+  record catchup "$cell" "$run" others_relay_us "$(ticks_us $((m_busy1 - m_busy0 - b1 + b0)) "$EVENTS")"
+  record catchup "$cell" "$run" others_ceiling_us "$(calc "(a + b) / 2" "a=$others_before" "b=$others_after")"
   record catchup "$cell" "$run" hwm_mib "$(calc "k / 1024" "k=${hwm:-0}")"
   record catchup "$cell" "$run" duplicates "$(kv "$line" duplicates)"
   # the machine's CPU besides relay, walsender and RabbitMQ (bench_drain, this script,
@@ -571,7 +584,7 @@ shape_run() {
     mkdir -p "$d"
     for shape in relay no-headers plain; do
       ceiling "$CEILING_EVENTS" "$size" "$d/$shape.out" "$shape"
-      read -r rate elapsed beam <<<"$CEILING"
+      read -r rate elapsed beam _ <<<"$CEILING"
       record shape "$size/$shape" "$run" rate "$rate"
       record shape "$size/$shape" "$run" beam_us "$beam"
       log "shape $size B $shape: $rate msgs/s, RabbitMQ $beam µs/msg"
@@ -634,6 +647,7 @@ report() {
         c=$(calc 'sprintf("%.2fx", r / b)' "r=$(med catchup "$cell" beam_relay_us)" "b=$(med catchup "$cell" beam_ceiling_us)")
         row "$label" "RabbitMQ µs/msg: relay | alone" "$(show catchup "$cell" beam_relay_us 0) | $(show catchup "$cell" beam_ceiling_us 0)" "" \
           "reported (relay/alone $c)"
+        row "$label" "others' CPU, µs/msg: relay | alone" "$(show catchup "$cell" others_relay_us 0) | $(show catchup "$cell" others_ceiling_us 0)" "" "reported"
         row "$label" "relay peak RSS (VmHWM), MiB" "$(show catchup "$cell" hwm_mib 1)" "<= 16" "$(judge catchup "$cell" hwm_mib '<=' 16)"
         row "$label" "duplicates" "$(show catchup "$cell" duplicates 0)" "0" "$(judge catchup "$cell" duplicates '<=' 0)"
         row "$label" "  relay start -> first id, s" "$(show catchup "$cell" start_to_first_s 2)" "" ""
@@ -695,6 +709,7 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 REVISION="$(git -C "$REPO" log -1 --format=%h -- src Cargo.toml Cargo.lock 2>/dev/null || echo unknown)"
 git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || REVISION="$REVISION with uncommitted changes"
 REVISION="$REVISION (checkout $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown))"
+[ -z "${BENCH_RELAY:-}" ] || REVISION="BENCH_RELAY=$BENCH_RELAY (not this checkout's build)"
 PG_VERSION=$(psql_su -tA -c 'SHOW server_version')
 if [[ " $PHASES " == *" catchup "* ]]; then
   for ((run = 1; run <= RUNS; run++)); do

@@ -27,6 +27,8 @@
 
 pub mod frame;
 mod lowat;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
