@@ -209,8 +209,9 @@ pub enum Datum {
     /// An unchanged TOASTed value that the server did not send. Never occurs
     /// for an INSERT; kept so a decoder bug cannot pass for a NULL.
     UnchangedToast,
-    /// The value in PostgreSQL's text output format.
-    Text(Vec<u8>),
+    /// The value in PostgreSQL's text output format: for replication, a
+    /// slice of the frame it arrived in (no copy).
+    Text(bytes::Bytes),
 }
 
 /// Where an event came from: a table row or a logical decoding message.

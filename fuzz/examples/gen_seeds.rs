@@ -41,7 +41,7 @@ fn insert(relation_id: u32, values: Vec<Datum>) -> PgOutputMessage {
 }
 
 fn text(s: &str) -> Datum {
-    Datum::Text(s.as_bytes().to_vec())
+    Datum::Text(s.as_bytes().to_vec().into())
 }
 
 fn message(transactional: bool, lsn: u64, prefix: &str, content: &str) -> PgOutputMessage {

@@ -197,7 +197,7 @@ mod tests {
                 replay: false,
                 commit_time: crate::event::PgTimestamp(0),
             },
-            body: vec![],
+            body: bytes::Bytes::new(),
         })
     }
 

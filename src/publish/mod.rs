@@ -479,6 +479,7 @@ impl Publisher {
                     return;
                 }
                 let mut dead = (**m).clone();
+                dead.body = bytes::Bytes::copy_from_slice(&m.body); // see schedule_retry
                 dead.headers.push(("x-outbox-original-exchange".into(), HeaderValue::Str(m.exchange.to_string())));
                 dead.headers.push(("x-outbox-original-routing-key".into(), HeaderValue::Str(m.routing_key.clone())));
                 dead.headers.push(("x-outbox-reason".into(), HeaderValue::Str(format!("{code} {text}"))));
@@ -490,7 +491,15 @@ impl Publisher {
         }
     }
 
-    fn schedule_retry(&mut self, p: Pending) {
+    fn schedule_retry(&mut self, mut p: Pending) {
+        if p.attempts <= 1 {
+            // A body read from the WAL is a slice of the buffer it arrived
+            // in, shared with its neighbours; a message that may wait for
+            // a long time (an unroutable one under `block`) must not keep
+            // that whole buffer alive: it gets a copy of its own, once.
+            let copy = bytes::Bytes::copy_from_slice(&p.msg.body);
+            Arc::make_mut(&mut p.msg).body = copy;
+        }
         let exp = p.attempts.saturating_sub(1).min(6);
         let base = Duration::from_millis(500) * (1u32 << exp);
         let delay = base.min(Duration::from_secs(30)).mul_f64(0.8 + fastrand::f64() * 0.4);

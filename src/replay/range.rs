@@ -193,7 +193,7 @@ async fn start_row(sql: &Client, t: &PolledTable, keyset: &[KeyColumn], id: &str
         .map_err(|e| from_pg(ErrorKind::SourceQuery, format!("finding --from-id in {}.{}", t.schema, t.table), e))?;
     let Some(row) = row else { return Ok(None) };
     let values: Vec<Datum> = (0..keyset.len())
-        .map(|i| row.get::<_, Option<String>>(i).map_or(Datum::Null, |s| Datum::Text(s.into_bytes())))
+        .map(|i| row.get::<_, Option<String>>(i).map_or(Datum::Null, |s| Datum::Text(s.into_bytes().into())))
         .collect();
     let positions: Vec<usize> = (0..keyset.len()).collect();
     cursor(t, keyset, &values, &positions, id).map(Some)

@@ -86,8 +86,8 @@ pub struct OutgoingMessage {
     /// The relay's own `x-outbox-*` headers, kept typed and written straight
     /// into the frame (no strings built per message).
     pub outbox: OutboxHeaders,
-    /// The body.
-    pub body: Vec<u8>,
+    /// The body: for a row from the WAL, a slice of the frame it arrived in.
+    pub body: bytes::Bytes,
 }
 
 impl OutgoingMessage {
@@ -495,7 +495,7 @@ impl<'a> Fields<'a> {
 
     /// The body: the payload column (bytea decoded to raw bytes) or, for a
     /// message route without `payload`, the whole content.
-    fn payload(&self, column: Option<&str>) -> std::result::Result<Vec<u8>, String> {
+    fn payload(&self, column: Option<&str>) -> std::result::Result<bytes::Bytes, String> {
         match (self, column) {
             (Fields::Row { .. }, None) => Err("the route has no payload column".into()),
             (Fields::Row { columns, values, table }, Some(c)) => {
@@ -508,15 +508,15 @@ impl<'a> Fields<'a> {
                     Datum::UnchangedToast => {
                         Err(format!("payload column {c:?} was not sent by the server (unchanged TOAST)"))
                     }
-                    Datum::Text(b) if columns[i].type_oid == BYTEA => {
-                        decode_bytea_hex(b).ok_or_else(|| format!("payload column {c:?} is not in bytea hex format"))
-                    }
+                    Datum::Text(b) if columns[i].type_oid == BYTEA => decode_bytea_hex(b)
+                        .map(bytes::Bytes::from)
+                        .ok_or_else(|| format!("payload column {c:?} is not in bytea hex format")),
                     Datum::Text(b) => Ok(b.clone()),
                 }
             }
-            (Fields::Message { content, .. }, None) => Ok(content.to_vec()),
+            (Fields::Message { content, .. }, None) => Ok(bytes::Bytes::copy_from_slice(content)),
             (Fields::Message { .. }, Some(c)) => match self.get(c) {
-                Some(v) => Ok(v.into_owned().into_bytes()),
+                Some(v) => Ok(v.into_owned().into_bytes().into()),
                 None => Err(format!("payload field {c:?} is missing or null in the message's JSON content")),
             },
         }
@@ -559,7 +559,7 @@ mod tests {
     }
 
     fn event(columns: &Arc<Vec<Column>>, position: SourcePosition) -> OutboxEvent {
-        let values = ["e1", "Added", "{}"].iter().map(|v| Datum::Text(v.as_bytes().to_vec())).collect();
+        let values = ["e1", "Added", "{}"].iter().map(|v| Datum::Text(v.as_bytes().to_vec().into())).collect();
         OutboxEvent {
             source: EventSource::Row { table: "public.outbox".into(), columns: columns.clone(), values },
             position,

@@ -366,7 +366,7 @@ pub(crate) async fn read_rows(
             let key: String = r.get(0);
             let values = (1..r.len())
                 .map(|i| match r.get::<_, Option<String>>(i) {
-                    Some(s) => Datum::Text(s.into_bytes()),
+                    Some(s) => Datum::Text(s.into_bytes().into()),
                     None => Datum::Null,
                 })
                 .collect();

@@ -572,7 +572,7 @@ mod tests {
                 replay: false,
                 commit_time: crate::event::PgTimestamp(1_000_000),
             },
-            body: body.to_vec(),
+            body: body.to_vec().into(),
         }
     }
 

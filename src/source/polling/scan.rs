@@ -304,7 +304,7 @@ mod tests {
     }
 
     fn text(s: &str) -> Datum {
-        Datum::Text(s.as_bytes().to_vec())
+        Datum::Text(s.as_bytes().to_vec().into())
     }
 
     #[test]

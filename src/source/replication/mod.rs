@@ -246,7 +246,7 @@ impl Reader {
             Some(ReplicationMessage::XLogData { wal_start, wal_end, data, .. }) => {
                 self.shutdown.data();
                 self.server_wal_end = self.server_wal_end.max(wal_end);
-                let decoded = pgoutput::decode(&data).map_err(|e| {
+                let decoded = pgoutput::decode_shared(&data).map_err(|e| {
                     Error::with_source(
                         ErrorKind::SourceProtocol,
                         format!("decoding pgoutput message at WAL {wal_start}"),

@@ -238,10 +238,16 @@ impl std::error::Error for DecodeError {}
 /// The whole payload must be consumed; trailing bytes are an error, except
 /// for skipped messages whose bodies are not examined.
 pub fn decode(data: &[u8]) -> Result<PgOutputMessage, DecodeError> {
+    decode_shared(&bytes::Bytes::copy_from_slice(data))
+}
+
+/// [`decode`], with column values that are slices of `data` (no copy).
+pub fn decode_shared(shared: &bytes::Bytes) -> Result<PgOutputMessage, DecodeError> {
+    let data: &[u8] = shared;
     let Some(&tag) = data.first() else {
         return Err(DecodeError::Empty);
     };
-    let mut r = Reader { data, pos: 1, tag };
+    let mut r = Reader { data, shared, pos: 1, tag };
     let msg = match tag {
         b'B' => PgOutputMessage::Begin {
             final_lsn: Lsn(r.u64("final_lsn")?),
@@ -326,7 +332,9 @@ fn decode_tuple(r: &mut Reader<'_>) -> Result<Vec<Datum>, DecodeError> {
                     offset: len_offset,
                     value: len,
                 })?;
-                Datum::Text(r.take(len, "tuple value")?.to_vec())
+                let start = r.pos;
+                r.take(len, "tuple value")?;
+                Datum::Text(r.shared.slice(start..start + len))
             }
             b'b' => {
                 return Err(DecodeError::UnexpectedByte {
@@ -354,6 +362,8 @@ fn decode_tuple(r: &mut Reader<'_>) -> Result<Vec<Datum>, DecodeError> {
 /// A cursor over one message that turns short reads into [`DecodeError`]s.
 struct Reader<'a> {
     data: &'a [u8],
+    /// The same bytes, to slice column values from.
+    shared: &'a bytes::Bytes,
     pos: usize,
     tag: u8,
 }
@@ -549,7 +559,12 @@ mod tests {
             }),
             PgOutputMessage::Insert {
                 relation_id: 16_384,
-                values: vec![Datum::Text(b"42".to_vec()), Datum::Null, Datum::UnchangedToast, Datum::Text(vec![])],
+                values: vec![
+                    Datum::Text(b"42".to_vec().into()),
+                    Datum::Null,
+                    Datum::UnchangedToast,
+                    Datum::Text(bytes::Bytes::new()),
+                ],
             },
             PgOutputMessage::Message {
                 transactional: true,
@@ -610,7 +625,7 @@ mod tests {
             decode(&b).unwrap(),
             PgOutputMessage::Insert {
                 relation_id: 7,
-                values: vec![Datum::Null, Datum::UnchangedToast, Datum::Text(b"hi".to_vec())]
+                values: vec![Datum::Null, Datum::UnchangedToast, Datum::Text(b"hi".to_vec().into())]
             }
         );
     }
@@ -732,7 +747,7 @@ mod tests {
         prop_oneof![
             Just(Datum::Null),
             Just(Datum::UnchangedToast),
-            proptest::collection::vec(any::<u8>(), 0..32).prop_map(Datum::Text),
+            proptest::collection::vec(any::<u8>(), 0..32).prop_map(|v| Datum::Text(v.into())),
         ]
     }
 

@@ -397,7 +397,7 @@ mod tests {
     fn insert(relation_id: u32, texts: &[&str]) -> PgOutputMessage {
         PgOutputMessage::Insert {
             relation_id,
-            values: texts.iter().map(|t| Datum::Text(t.as_bytes().to_vec())).collect(),
+            values: texts.iter().map(|t| Datum::Text(t.as_bytes().to_vec().into())).collect(),
         }
     }
 
@@ -439,13 +439,13 @@ mod tests {
             EventSource::Row { table, columns, values } => {
                 assert_eq!(table, "public.outbox");
                 assert_eq!(columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["id", "body"]);
-                assert_eq!(values, &vec![Datum::Text(b"1".to_vec()), Datum::Text(b"a".to_vec())]);
+                assert_eq!(values, &vec![Datum::Text(b"1".to_vec().into()), Datum::Text(b"a".to_vec().into())]);
             }
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(tx.events[2].source, EventSource::Message { prefix: "px".into(), content: b"c".to_vec() });
         assert!(
-            matches!(&tx.events[3].source, EventSource::Row { values, .. } if values[0] == Datum::Text(b"3".to_vec()))
+            matches!(&tx.events[3].source, EventSource::Row { values, .. } if values[0] == Datum::Text(b"3".to_vec().into()))
         );
     }
 
@@ -605,7 +605,7 @@ mod tests {
         a.push(begin(0x500)).unwrap();
         let mut parts = Vec::new();
         for i in 0..(2 * PART_EVENTS + 3) {
-            let values = vec![Datum::Text(i.to_string().into_bytes())];
+            let values = vec![Datum::Text(i.to_string().into_bytes().into())];
             if let Some(part) = a.push(PgOutputMessage::Insert { relation_id: 1, values }).unwrap() {
                 parts.push(part);
             }
@@ -627,7 +627,7 @@ mod tests {
         let mut a = assembler();
         a.push(relation(1, "outbox", &["payload"])).unwrap();
         a.push(begin(0x500)).unwrap();
-        let big = vec![Datum::Text(vec![b'x'; PART_BYTES])];
+        let big = vec![Datum::Text(vec![b'x'; PART_BYTES].into())];
         let part = a.push(PgOutputMessage::Insert { relation_id: 1, values: big }).unwrap();
         assert_eq!(part.map(|p| p.events.len()), Some(1), "one row of PART_BYTES is a part of its own");
     }
