@@ -115,7 +115,11 @@ pub async fn run(config: &Config, handles: &Handles, stop: &CancellationToken) -
     let publisher = Publisher::new(
         channel,
         Arc::new(router),
-        PublisherSettings::from_config(&config.broker),
+        PublisherSettings {
+            // Polling waits for each batch's confirms before the next batch.
+            batch_confirms: matches!(source, ReadySource::Replication(_)),
+            ..PublisherSettings::from_config(&config.broker)
+        },
         progress_tx,
         handles.metrics.clone(),
     );

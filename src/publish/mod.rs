@@ -54,6 +54,12 @@ pub struct PublisherSettings {
     pub max_in_flight_bytes: usize,
     /// Longest wait for a confirm before the connection is declared dead.
     pub confirm_timeout: Duration,
+    /// Whether confirms may wait up to [`CONFIRM_BATCH`] to be read
+    /// together while the window is nearly empty: right for a source that
+    /// keeps reading while its events are in flight (replication), wrong
+    /// for one that waits for each batch's confirms before the next
+    /// (polling, replay), where every batch would wait for the timer.
+    pub batch_confirms: bool,
 }
 
 impl PublisherSettings {
@@ -64,6 +70,7 @@ impl PublisherSettings {
             max_in_flight: broker.max_in_flight,
             max_in_flight_bytes: broker.max_in_flight_bytes,
             confirm_timeout: broker.confirm_timeout,
+            batch_confirms: true,
         }
     }
 }
@@ -316,6 +323,7 @@ impl Publisher {
     fn batch_confirms(&mut self, steady: bool) -> Option<Instant> {
         let held = self.inflight.len();
         let can_wait = steady
+            && self.settings.batch_confirms
             && !self.blocked
             && self.retries.is_empty()
             && held > 0

@@ -51,7 +51,14 @@ impl Link {
         let (txns, rx) = mpsc::channel(1);
         let (progress_tx, progress) = watch::channel(Progress::default());
         let metrics = Metrics::new(route_names(&config.routes));
-        let publisher = Publisher::new(channel, router, PublisherSettings::from_config(b), progress_tx, metrics);
+        let publisher = Publisher::new(
+            channel,
+            router,
+            // Each group waits for its confirms before the next.
+            PublisherSettings { batch_confirms: false, ..PublisherSettings::from_config(b) },
+            progress_tx,
+            metrics,
+        );
         let page = config.source.batch_size.max(1) as usize;
         Ok(Link {
             txns,
