@@ -82,3 +82,16 @@ outbox_ddl() {
   "$1" setup --config "$2" --print-sql | awk '/^CREATE TABLE/ { on = 1 } on && /^$/ { exit } on { print }' >"$3"
   grep -q 'CREATE INDEX' "$3" || die "could not get the default outbox table and index from 'outbox-relay setup --print-sql'"
 }
+# the slot first (a database with a logical slot cannot be dropped); the walsender of a
+# relay that just exited may take a moment to release it. Uses the sourcing script's
+# psql_su (superuser psql), SLOT and DB.
+drop_slot_and_db() {
+  local deadline=$((SECONDS + 15))
+  until psql_su -tA -c "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE slot_name = '$SLOT'" >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      psql_su -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '$SLOT'" || return 1
+    fi
+    sleep 0.5
+  done
+  psql_su -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
+}

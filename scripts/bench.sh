@@ -250,18 +250,6 @@ END $$;
 EOF
 }
 
-# the slot first (a database with a logical slot cannot be dropped); the walsender of a
-# relay that just exited may take a moment to release it
-drop_slot_and_db() {
-  local deadline=$((SECONDS + 15))
-  until psql_su -tA -c "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots WHERE slot_name = '$SLOT'" >/dev/null 2>&1; do
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      psql_su -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '$SLOT'" || return 1
-    fi
-    sleep 0.5
-  done
-  psql_su -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
-}
 
 # a fresh database with the outbox table, the bench functions, slot and publication
 fresh_db() {

@@ -11,9 +11,13 @@
 //! nothing is in flight and no transaction is half received it is the last
 //! keepalive `wal_end` instead, so a quiet outbox beside busy unrelated tables
 //! never makes the slot retain WAL (see [`crate::ack::position`]). A new
-//! position is sent within [`FEEDBACK_INTERVAL`] of its confirm, and a status
-//! update goes out at least every `status_interval` and at once when the
-//! server asks.
+//! position is sent as soon as the reader sees it, but status updates are at
+//! least [`FEEDBACK_INTERVAL`] apart (so at most 100 a second, and at a
+//! steady trickle they go out in the wake-up that read the confirms, not in
+//! one of their own); a status update also goes out at least every
+//! `status_interval` and at once when the server asks. How much a crash
+//! replays is what was confirmed but not yet reported: the window plus a
+//! few milliseconds of events.
 //!
 //! # A silent server
 //!
@@ -84,8 +88,11 @@ use protocol::ReplicationMessage;
 pub use start::{prepare, start, Prepared, Ready, StartContext};
 use transaction::TransactionAssembler;
 
-/// Longest delay between a confirm and the status update that reports it.
-pub const FEEDBACK_INTERVAL: Duration = Duration::from_millis(100);
+/// Shortest gap between two status updates, and so the longest delay between
+/// reading a confirm and reporting it.
+pub const FEEDBACK_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the loop proves to the watchdog that it turns.
+const HEALTH_BEAT: Duration = Duration::from_millis(100);
 /// Status updates while a stop drains the publisher's confirms.
 const DRAIN_STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -125,6 +132,8 @@ struct Reader {
     /// The `wal_end` of a shutdown ping-pong seen, checked once the
     /// position is refreshed.
     stopping_at: Option<Lsn>,
+    /// When the last status update went out.
+    last_status: Instant,
 }
 
 /// Streams from a started replication connection until a stop, then reports
@@ -161,11 +170,12 @@ pub async fn stream(ready: Ready, link: SourceLink, timing: Timing, metrics: Arc
         timer: ReceiveTimer::new(timing.receive_timeout, Instant::now()),
         shutdown: ShutdownWatch::default(),
         stopping_at: None,
+        last_status: Instant::now(),
     };
     let mut status = tokio::time::interval(timing.status_interval);
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut feedback = tokio::time::interval(FEEDBACK_INTERVAL);
-    feedback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beat = tokio::time::interval(HEALTH_BEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let outcome: Result<()> = loop {
         tokio::select! {
@@ -196,13 +206,10 @@ pub async fn stream(ready: Ready, link: SourceLink, timing: Timing, metrics: Arc
             res = progress.changed() => if res.is_err() {
                 break Err(publisher_gone());
             },
-            // PRIORITY 4: report a new position promptly.
-            _ = feedback.tick() => {
-                r.health.beat();
-                if r.position.unsent() {
-                    if let Err(e) = r.send_status(false).await { break Err(e); }
-                }
-            }
+            // PRIORITY 4: a new position waits for the gap between status
+            // updates to pass (it is sent after the select); and the watchdog's beat.
+            _ = tokio::time::sleep_until(r.last_status + FEEDBACK_INTERVAL), if r.position.unsent() => {}
+            _ = beat.tick() => r.health.beat(),
             // PRIORITY 5: the regular status update.
             _ = status.tick() => if let Err(e) = r.send_status(false).await { break Err(e); },
             // PRIORITY 6: read from the server, unless a transaction is waiting for room.
@@ -215,6 +222,11 @@ pub async fn stream(ready: Ready, link: SourceLink, timing: Timing, metrics: Arc
             }
         }
         r.refresh_position(&progress);
+        if r.position.unsent() && r.last_status.elapsed() >= FEEDBACK_INTERVAL {
+            if let Err(e) = r.send_status(false).await {
+                break Err(e);
+            }
+        }
         if let Err(e) = r.check_shutdown().await {
             break Err(e);
         }
@@ -342,6 +354,7 @@ impl Reader {
         let flush = self.position.current().0;
         self.conn.send_status(flush, reply).await?;
         self.position.mark_sent();
+        self.last_status = Instant::now();
         self.metrics.set_confirmed_lsn(flush.0);
         self.metrics.set_replication_lag_bytes(self.server_wal_end.0.saturating_sub(flush.0));
         tracing::trace!(%flush, "status update sent");
