@@ -117,6 +117,9 @@ const CHANNEL: u16 = 1;
 const FRAME_MAX: u32 = 131_072;
 /// Free space kept in the read buffer before each read.
 const READ_CHUNK: usize = 64 * 1024;
+/// An empty write buffer larger than this (after a big message or a big
+/// window) is given back, so that one large payload does not stay resident.
+const KEEP_WRITE_BUFFER: usize = 1024 * 1024;
 
 /// A basic.return whose content has not all arrived.
 #[derive(Debug)]
@@ -135,6 +138,8 @@ pub struct Connection {
     wbuf: BytesMut,
     /// Bytes written since the last flush (TLS buffers inside).
     unflushed: bool,
+    /// The write buffer grew past [`KEEP_WRITE_BUFFER`]: replace it once empty.
+    wbuf_grown: bool,
     frame_max: usize,
     heartbeat: Duration,
     last_read: Instant,
@@ -185,6 +190,7 @@ impl Connection {
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: BytesMut::with_capacity(READ_CHUNK),
             unflushed: false,
+            wbuf_grown: false,
             frame_max: FRAME_MAX as usize,
             heartbeat: Duration::ZERO,
             last_read: now,
@@ -315,6 +321,7 @@ impl Connection {
                 format!("event {} cannot be published: its {e}", msg.message_id.chars().take(64).collect::<String>()),
             )
         })?;
+        self.wbuf_grown |= self.wbuf.capacity() > KEEP_WRITE_BUFFER;
         let tag = self.next_tag;
         self.next_tag += 1;
         Ok(tag)
@@ -330,6 +337,11 @@ impl Connection {
     /// sends something that is not AMQP.
     pub async fn io(&mut self) -> Result<()> {
         let n = poll_fn(|cx| self.poll_io(cx)).await.map_err(|e| self.io_error(&e))?;
+        if self.wbuf_grown && self.wbuf.is_empty() {
+            // (an emptied BytesMut keeps its whole allocation for reuse)
+            self.wbuf = BytesMut::with_capacity(READ_CHUNK);
+            self.wbuf_grown = false;
+        }
         if n == 0 {
             self.connection_open = false;
             return Err(self.error("the broker closed the connection (end of stream)".into()));

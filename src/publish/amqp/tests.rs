@@ -255,3 +255,32 @@ async fn heartbeats_go_out_when_quiet_and_a_silent_broker_is_dead() {
     let e = c.tick(t0 + Duration::from_secs(61)).unwrap_err();
     assert!(e.to_string().contains("two heartbeat intervals"), "{e}");
 }
+
+#[tokio::test]
+async fn the_write_buffer_of_a_big_message_is_given_back() {
+    let (client, mut broker) = tokio::io::duplex(8 << 20);
+    let login = login();
+    let (conn, ()) =
+        tokio::join!(Connection::open(Box::new(client), None, &login, "test:5672"), handshake(&mut broker, 131_072));
+    let mut c = conn.unwrap();
+    c.publish(&message(3 << 20)).unwrap();
+    assert!(c.wbuf.capacity() > super::KEEP_WRITE_BUFFER && c.wbuf_grown);
+    // the broker reads the message and acks it; the read that brings the ack ends io()
+    let ack = method(1, id::BASIC_ACK, |b| {
+        b.put_u64(1);
+        b.put_u8(0);
+    });
+    let broker_side = async {
+        expect_method(&mut broker, id::BASIC_PUBLISH).await;
+        let mut got = 0;
+        let (_, _, _header) = read_frame(&mut broker).await;
+        while got < 3 << 20 {
+            got += read_frame(&mut broker).await.2.len();
+        }
+        broker.write_all(&ack).await.unwrap();
+    };
+    let (events, ()) = tokio::join!(events(&mut c, 1), broker_side);
+    assert_eq!(events, [BrokerEvent::Ack { tag: 1, multiple: false }]);
+    assert!(!c.wbuf_grown, "the big buffer was replaced");
+    assert!(c.wbuf.is_empty() && c.wbuf.capacity() <= super::KEEP_WRITE_BUFFER, "{}", c.wbuf.capacity());
+}
