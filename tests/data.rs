@@ -1,4 +1,4 @@
-//! Bad rows: a clear stop, never a skip; logical messages routed by prefix.
+//! Bad rows: a clear stop, never a skip; logical messages routed by prefix; the relay's own headers per route.
 
 use std::time::Duration;
 
@@ -110,6 +110,31 @@ async fn logical_decoding_messages_are_routed_by_prefix() {
     assert_eq!(m.routing_key, "msg.wallet.FraudDetected");
     assert_eq!(m.header("x-outbox-table").as_deref(), Some("message:wallet"));
     assert_eq!(String::from_utf8(m.body).unwrap(), content);
+    relay.stop().await.unwrap();
+    db.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_outbox_headers_off_sends_none_of_them_and_one_with_them_on_does() {
+    // GIVEN two routes for the same table, one per aggregate type, one without the x-outbox-* headers
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let consumer = Consumer::start("#").await;
+    let cfg = TestConfig::new(&db.url)
+        .route(Route::outbox(&consumer.exchange).name("lean").when("aggregate_type", "lean").outbox_headers(false))
+        .route(Route::outbox(&consumer.exchange).name("full").when("aggregate_type", "full"));
+    let relay = InProcess::start(&cfg).await;
+    // WHEN an event of each commits
+    let lean = insert_events(&client, "lean", &["a".into()], "E").await;
+    let full = insert_events(&client, "full", &["a".into()], "E").await;
+    consumer.wait_for_ids(&[lean[0].clone(), full[0].clone()], Duration::from_secs(20)).await;
+    // THEN the lean one has no x-outbox-* header, the other all three
+    let got = consumer.received();
+    let of = |id: &str| got.iter().find(|m| m.message_id == id).unwrap();
+    for h in ["x-outbox-table", "x-outbox-lsn", "x-outbox-commit-time"] {
+        assert_eq!(of(&lean[0]).header(h), None, "{h}");
+        assert!(of(&full[0]).header(h).is_some(), "{h}");
+    }
     relay.stop().await.unwrap();
     db.drop_all().await;
 }

@@ -233,6 +233,10 @@ pub struct RouteConfig {
     /// True when `headers_column` was written in the file. When false the runtime drops a
     /// default `headers_column` the table lacks instead of failing.
     pub headers_column_explicit: bool,
+    /// Whether messages carry the relay's own `x-outbox-table`, `x-outbox-lsn`
+    /// and `x-outbox-commit-time` headers (default true). `x-outbox-replay`
+    /// marks a replayed message either way.
+    pub outbox_headers: bool,
     /// Filter: every `(column, value)` pair must equal the row's text value for the route
     /// to match. Empty matches every event. In file order.
     pub when: Vec<(String, String)>,

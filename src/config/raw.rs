@@ -87,6 +87,7 @@ pub(super) struct RawRoute {
     pub content_type: Option<String>,
     pub headers: Option<OrderedTable>,
     pub headers_column: Option<String>,
+    pub outbox_headers: Option<bool>,
     pub when: Option<OrderedTable>,
     pub on_unroutable: Option<String>,
     pub dead_letter_exchange: Option<String>,

@@ -339,6 +339,7 @@ impl Validator<'_> {
             headers,
             headers_column,
             headers_column_explicit,
+            outbox_headers: r.outbox_headers.unwrap_or(true),
             when,
         }
     }
@@ -926,6 +927,13 @@ level = "info"
         );
         let config = ok(&route("[[routes]]\nname = \"n\"\nexchange = \"x\"\nheaders_column = \"headers\""));
         assert!(config.routes[1].headers_column_explicit);
+        assert!(config.routes[1].outbox_headers, "on by default");
+        let config = ok(&route("[[routes]]\nname = \"n\"\nexchange = \"x\"\noutbox_headers = false"));
+        assert!(!config.routes[1].outbox_headers);
+        assert_eq!(
+            keys(&route("[[routes]]\nname = \"n\"\nexchange = \"x\"\noutbox_headers = \"no\"")),
+            ["routes[1].outbox_headers"]
+        );
     }
 
     #[test]

@@ -192,6 +192,7 @@ mod tests {
             timestamp: 0,
             headers: vec![],
             outbox: crate::route::OutboxHeaders {
+                all: true,
                 table: "public.outbox".into(),
                 lsn: None,
                 replay: false,

@@ -107,9 +107,12 @@ impl OutgoingMessage {
 
 /// The relay's own headers (SPEC "AMQP message"): `x-outbox-table`,
 /// `x-outbox-lsn` (replication), `x-outbox-replay` (replay) and
-/// `x-outbox-commit-time`, in that order.
+/// `x-outbox-commit-time`, in that order. A route with `outbox_headers =
+/// false` sends only `x-outbox-replay`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutboxHeaders {
+    /// The route's `outbox_headers`: table, LSN and commit time are sent.
+    pub all: bool,
     /// `x-outbox-table`: `schema.table`, or `message:prefix`.
     pub table: Arc<str>,
     /// `x-outbox-lsn`, for events read from the WAL.
@@ -123,14 +126,19 @@ pub struct OutboxHeaders {
 impl OutboxHeaders {
     /// The headers as (name, value) pairs, in wire order.
     pub fn entries(&self) -> Vec<(String, HeaderValue)> {
-        let mut e = vec![("x-outbox-table".to_owned(), HeaderValue::Str(self.table.to_string()))];
-        if let Some(lsn) = self.lsn {
+        let mut e = Vec::new();
+        if self.all {
+            e.push(("x-outbox-table".to_owned(), HeaderValue::Str(self.table.to_string())));
+        }
+        if let Some(lsn) = self.lsn.filter(|_| self.all) {
             e.push(("x-outbox-lsn".into(), HeaderValue::Str(lsn.to_string())));
         }
         if self.replay {
             e.push(("x-outbox-replay".into(), HeaderValue::Bool(true)));
         }
-        e.push(("x-outbox-commit-time".into(), HeaderValue::Str(self.commit_time.to_rfc3339())));
+        if self.all {
+            e.push(("x-outbox-commit-time".into(), HeaderValue::Str(self.commit_time.to_rfc3339())));
+        }
         e
     }
 }
@@ -412,6 +420,7 @@ impl Route {
         // Polling and replay have no LSN: their sequence numbers are not WAL
         // positions. A replayed message says so, as an AMQP boolean.
         let outbox = OutboxHeaders {
+            all: self.cfg.outbox_headers,
             table,
             lsn: ev.position.header_lsn(),
             replay: matches!(ev.position, SourcePosition::Replay(_)),
@@ -544,8 +553,16 @@ mod tests {
 
     /// A router over the default outbox table, from a real config text.
     fn outbox_router() -> (Router, Arc<Vec<Column>>) {
-        let text = "[source]\nurl = \"postgres://u@127.0.0.1/db\"\n[broker]\nurl = \"amqp://127.0.0.1/%2f\"\n\
-                    [[routes]]\ntable = \"public.outbox\"\nexchange = \"x\"\nrouting_key = \"{event_type}\"\n";
+        outbox_router_with("")
+    }
+
+    /// The outbox route with `extra` route keys.
+    fn outbox_router_with(extra: &str) -> (Router, Arc<Vec<Column>>) {
+        let text = format!(
+            "[source]\nurl = \"postgres://u@127.0.0.1/db\"\n[broker]\nurl = \"amqp://127.0.0.1/%2f\"\n\
+             [[routes]]\ntable = \"public.outbox\"\nexchange = \"x\"\nrouting_key = \"{{event_type}}\"\n{extra}"
+        );
+        let text = text.as_str();
         let cfg = crate::config::from_str(text, std::path::Path::new("t.toml"), &|_| None).expect("valid config");
         let columns: Arc<Vec<Column>> = Arc::new(
             [("id", 2950), ("event_type", 25), ("payload", JSONB)]
@@ -570,6 +587,20 @@ mod tests {
 
     fn header(m: &OutgoingMessage, name: &str) -> Option<HeaderValue> {
         m.header(name)
+    }
+
+    #[test]
+    fn outbox_headers_false_drops_the_relays_headers_but_still_marks_a_replay() {
+        use crate::event::{BatchSeq, EndLsn, Lsn};
+        let (router, columns) = outbox_router_with("outbox_headers = false\n");
+        let streamed = router.render(&event(&columns, SourcePosition::Wal(EndLsn(Lsn(0x10))))).unwrap().unwrap();
+        assert_eq!(streamed.all_headers(), Vec::new(), "no x-outbox-* headers");
+        let replayed = router.render(&event(&columns, SourcePosition::Replay(BatchSeq(3)))).unwrap().unwrap();
+        assert_eq!(replayed.all_headers(), vec![("x-outbox-replay".to_owned(), HeaderValue::Bool(true))]);
+        let (router, _) = outbox_router();
+        let streamed = router.render(&event(&columns, SourcePosition::Wal(EndLsn(Lsn(0x10))))).unwrap().unwrap();
+        let names: Vec<String> = streamed.all_headers().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(names, ["x-outbox-table", "x-outbox-lsn", "x-outbox-commit-time"], "on by default");
     }
 
     #[test]

@@ -153,6 +153,12 @@ impl Route {
         self
     }
 
+    /// `outbox_headers`: whether messages carry the relay's `x-outbox-*` headers.
+    pub fn outbox_headers(mut self, on: bool) -> Route {
+        self.table.set("outbox_headers", on.to_string());
+        self
+    }
+
     /// This route's own `on_unroutable` (and `dead_letter_exchange`).
     pub fn on_unroutable(mut self, policy: Unroutable) -> Route {
         policy.apply(&mut self.table);

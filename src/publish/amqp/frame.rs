@@ -188,10 +188,12 @@ fn entries(b: &mut BytesMut, entries: &[(String, HeaderValue)]) {
 fn message_headers(buf: &mut BytesMut, headers: &[(String, HeaderValue)], outbox: &OutboxHeaders) {
     sized(buf, |b| {
         entries(b, headers);
-        short(b, "x-outbox-table");
-        b.put_u8(b'S');
-        long(b, outbox.table.as_bytes());
-        if let Some(lsn) = outbox.lsn {
+        if outbox.all {
+            short(b, "x-outbox-table");
+            b.put_u8(b'S');
+            long(b, outbox.table.as_bytes());
+        }
+        if let Some(lsn) = outbox.lsn.filter(|_| outbox.all) {
             short(b, "x-outbox-lsn");
             b.put_u8(b'S');
             long_fmt(b, format_args!("{lsn}"));
@@ -201,9 +203,11 @@ fn message_headers(buf: &mut BytesMut, headers: &[(String, HeaderValue)], outbox
             b.put_u8(b't');
             b.put_u8(1);
         }
-        short(b, "x-outbox-commit-time");
-        b.put_u8(b'S');
-        sized(b, |b| outbox.commit_time.write_rfc3339(&mut b.writer()));
+        if outbox.all {
+            short(b, "x-outbox-commit-time");
+            b.put_u8(b'S');
+            sized(b, |b| outbox.commit_time.write_rfc3339(&mut b.writer()));
+        }
     });
 }
 
@@ -567,6 +571,7 @@ mod tests {
                 ("t".into(), HeaderValue::Table(vec![("d".into(), HeaderValue::Double(0.5))])),
             ],
             outbox: OutboxHeaders {
+                all: true,
                 table: "public.outbox".into(),
                 lsn: Some(crate::event::Lsn(0x1_0000_00AB)),
                 replay: false,
@@ -642,6 +647,23 @@ mod tests {
         assert_eq!(r.short().unwrap(), "T");
         assert_eq!(r.short().unwrap(), "outbox-relay");
         assert!(r.rest.is_empty());
+    }
+
+    #[test]
+    fn without_outbox_headers_the_table_holds_only_the_messages_own() {
+        let mut m = message(b"{}");
+        m.outbox.all = false;
+        m.headers.truncate(1);
+        let mut buf = BytesMut::new();
+        publish(&mut buf, 1, &m, 4096).unwrap();
+        let f = frames(buf, 4096);
+        let Frame::Header { payload, .. } = &f[1] else { panic!() };
+        let mut r = Reader::new(payload);
+        r.take(14).unwrap(); // class, weight, size, flags
+        r.short().unwrap(); // content type
+        let mut t = Reader::new(r.long().unwrap());
+        assert_eq!((t.short().unwrap(), t.u8().unwrap(), t.long().unwrap()), ("s".into(), b'S', &b"v"[..]));
+        assert!(t.rest.is_empty());
     }
 
     #[test]

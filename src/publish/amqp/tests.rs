@@ -103,6 +103,7 @@ fn message(body_len: usize) -> OutgoingMessage {
         timestamp: 1,
         headers: vec![],
         outbox: OutboxHeaders {
+            all: true,
             table: "public.outbox".into(),
             lsn: Some(Lsn(16)),
             replay: false,
