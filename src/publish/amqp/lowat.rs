@@ -72,3 +72,38 @@ fn set_rcvlowat(fd: RawFd, bytes: libc::c_int) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::LowWater;
+
+    /// What the publisher relies on: with the mark raised a few bytes do not
+    /// make the socket readable; lowering it makes them readable at once.
+    #[tokio::test]
+    async fn a_raised_mark_holds_a_few_bytes_back_until_it_is_lowered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(listener.local_addr().unwrap()), listener.accept());
+        let (client, (mut broker, _)) = (client.unwrap(), accepted.unwrap());
+        let mut mark = LowWater::new(client.as_raw_fd());
+        mark.set(true);
+        broker.write_all(&[0xCE; 21]).await.unwrap(); // one ack frame's worth
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), client.readable()).await.is_err(),
+            "21 bytes under a raised mark must not wake the reader"
+        );
+        mark.set(false);
+        tokio::time::timeout(Duration::from_secs(5), client.readable())
+            .await
+            .expect("readable once the mark is lowered")
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(client.try_read(&mut buf).unwrap(), 21);
+        assert!(!mark.broken);
+    }
+}
