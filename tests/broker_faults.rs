@@ -1,7 +1,8 @@
-//! Broker faults through a proxy: cuts, black holes.
+//! Broker faults: cuts and black holes through a proxy, a memory alarm on a private node.
 
 use std::time::Duration;
 
+use crate::support::cluster::RabbitNode;
 use crate::support::config::TestConfig;
 use crate::support::consumer::{check_delivery, Consumer};
 use crate::support::http::{metric, scrape};
@@ -119,6 +120,50 @@ async fn a_broker_silent_while_nothing_is_in_flight_is_noticed_by_heartbeats() {
     let during = insert_events(&client, "wallet", &["a".into()], "During").await;
     proxy.set_mode(Mode::Pass);
     consumer.wait_for_ids(&during, Duration::from_secs(60)).await;
+    relay.stop().await.unwrap();
+    db.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_alarm_pauses_publishing_without_a_reconnect_and_nothing_is_lost() {
+    // GIVEN a private RabbitMQ node, a relay on it with a 2 s confirm timeout, and one event delivered
+    let rabbit = RabbitNode::start().await;
+    let (exchange, queue) = Consumer::declare_durable(&rabbit.amqp_url(), "#").await;
+    let consumer = Consumer::consume_existing(&rabbit.amqp_url(), &exchange, &queue).await;
+    let db = TestDb::new().await;
+    let cfg = TestConfig::outbox(&db.url, &exchange)
+        .broker_url(&rabbit.amqp_url())
+        .confirm_timeout(Duration::from_secs(2))
+        .shutdown_timeout(Duration::from_secs(5));
+    let relay = InProcess::start(&cfg).await;
+    let client = db.client().await;
+    let before = insert_events(&client, "wallet", &["a".into()], "Before").await;
+    consumer.wait_for_ids(&before, Duration::from_secs(20)).await;
+    let http = relay.http;
+    let reconnects_before = reconnects(http, "broker").await;
+
+    // WHEN a memory alarm blocks every publisher (connection.blocked) while events commit
+    rabbit.ctl(&["set_vm_memory_high_watermark", "0"]).await;
+    let during = insert_events(&client, "wallet", &["a".into(), "b".into()], "During").await;
+    // THEN for more than twice the confirm timeout nothing of them arrives and the relay keeps its
+    // connection: a block is the broker's flow control, not a dead connection
+    let held_until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < held_until {
+        assert!(
+            consumer.received().iter().all(|m| !during.contains(&m.message_id)),
+            "published through a memory alarm"
+        );
+        assert_eq!(reconnects(http, "broker").await, reconnects_before, "a block is not a failure");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // AND once the alarm clears, everything arrives in order, still on the same connection
+    rabbit.ctl(&["set_vm_memory_high_watermark", "0.4"]).await;
+    consumer.wait_for_ids(&during, Duration::from_secs(60)).await;
+    let mut expected = vec![("a".to_owned(), before[0].clone())];
+    expected.push(("a".into(), during[0].clone()));
+    expected.push(("b".into(), during[1].clone()));
+    check_delivery(&expected, &consumer.received());
+    assert_eq!(reconnects(http, "broker").await, reconnects_before);
     relay.stop().await.unwrap();
     db.drop_all().await;
 }
