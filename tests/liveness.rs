@@ -184,7 +184,11 @@ async fn a_position_held_by_unroutable_messages_does_not_hold_up_a_fast_shutdown
     pg.start_again().await;
     let consumer = consumer.bind_queue("#").await;
     consumer.wait_for_ids(&ids, Duration::from_secs(60)).await;
-    assert!(relay.streaming());
+    support::wait_until(Duration::from_secs(30), "streaming", || {
+        let s = relay.streaming();
+        async move { s }
+    })
+    .await;
     relay.stop().await.expect("clean stop");
 }
 
