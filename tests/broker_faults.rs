@@ -14,6 +14,36 @@ async fn reconnects(http: std::net::SocketAddr, target: &str) -> f64 {
     metric(&scrape(http).await, "outbox_relay_reconnects_total", &format!("target=\"{target}\"")).unwrap_or(0.0)
 }
 
+/// A relay whose broker connection goes through a proxy, with one event
+/// ("Before") already delivered.
+struct Proxied {
+    db: TestDb,
+    consumer: Consumer,
+    proxy: Proxy,
+    relay: InProcess,
+    client: tokio_postgres::Client,
+    before: Vec<String>,
+}
+
+impl Proxied {
+    async fn start(confirm_timeout: Duration, heartbeat: Duration) -> Proxied {
+        let db = TestDb::new().await;
+        let consumer = Consumer::start("#").await;
+        let proxy = Proxy::start(support::amqp_addr()).await;
+        let cfg = TestConfig::outbox(&db.url, &consumer.exchange)
+            .broker_through(proxy.addr)
+            .confirm_timeout(confirm_timeout)
+            .heartbeat(heartbeat)
+            .broker_connect_timeout(Duration::from_secs(2))
+            .shutdown_timeout(Duration::from_secs(5));
+        let relay = InProcess::start(&cfg).await;
+        let client = db.client().await;
+        let before = insert_events(&client, "wallet", &["a".into()], "Before").await;
+        consumer.wait_for_ids(&before, Duration::from_secs(20)).await;
+        Proxied { db, consumer, proxy, relay, client, before }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cutting_the_broker_connection_five_times_during_20k_events_loses_nothing() {
     // GIVEN a relay whose broker connection runs through a proxy, and a writer of 20,000 events
@@ -52,19 +82,8 @@ async fn cutting_the_broker_connection_five_times_during_20k_events_loses_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_broker_trips_the_confirm_timeout_and_the_relay_recovers() {
     // GIVEN a relay with a 2 s confirm timeout behind a proxy (heartbeats too slow to notice first)
-    let db = TestDb::new().await;
-    let consumer = Consumer::start("#").await;
-    let proxy = Proxy::start(support::amqp_addr()).await;
-    let cfg = TestConfig::outbox(&db.url, &consumer.exchange)
-        .broker_through(proxy.addr)
-        .confirm_timeout(Duration::from_secs(2))
-        .heartbeat(Duration::from_secs(60))
-        .broker_connect_timeout(Duration::from_secs(2))
-        .shutdown_timeout(Duration::from_secs(5));
-    let relay = InProcess::start(&cfg).await;
-    let client = db.client().await;
-    let before = insert_events(&client, "wallet", &["a".into()], "Before").await;
-    consumer.wait_for_ids(&before, Duration::from_secs(20)).await;
+    let Proxied { db, consumer, proxy, relay, client, before } =
+        Proxied::start(Duration::from_secs(2), Duration::from_secs(60)).await;
 
     // WHEN the broker goes silent (no RST) while events commit
     proxy.set_mode(Mode::Blackhole);
@@ -90,19 +109,8 @@ async fn a_black_holed_broker_trips_the_confirm_timeout_and_the_relay_recovers()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_silent_while_nothing_is_in_flight_is_noticed_by_heartbeats() {
     // GIVEN an idle relay with 2 s heartbeats and a confirm timeout far too long to notice anything
-    let db = TestDb::new().await;
-    let consumer = Consumer::start("#").await;
-    let proxy = Proxy::start(support::amqp_addr()).await;
-    let cfg = TestConfig::outbox(&db.url, &consumer.exchange)
-        .broker_through(proxy.addr)
-        .confirm_timeout(Duration::from_secs(120))
-        .heartbeat(Duration::from_secs(2))
-        .broker_connect_timeout(Duration::from_secs(2))
-        .shutdown_timeout(Duration::from_secs(5));
-    let relay = InProcess::start(&cfg).await;
-    let client = db.client().await;
-    let before = insert_events(&client, "wallet", &["a".into()], "Before").await;
-    consumer.wait_for_ids(&before, Duration::from_secs(20)).await;
+    let Proxied { db, consumer, proxy, relay, client, .. } =
+        Proxied::start(Duration::from_secs(120), Duration::from_secs(2)).await;
     let http = relay.http;
     let reconnects_before = reconnects(http, "broker").await;
 

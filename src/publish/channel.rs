@@ -11,9 +11,7 @@
 //! our own correlation of returns and confirms ([`super::confirm`]) and can
 //! prove it.
 
-use std::time::Duration;
-
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::secret::redact_url;
 use crate::error::{Error, ErrorKind, Result};

@@ -76,8 +76,8 @@ impl PublisherSettings {
 }
 
 /// Longest wait before reading confirms that were left to arrive in a
-/// batch (while the window is nearly empty): a fifth of the interval at
-/// which a new position is reported to PostgreSQL.
+/// batch (while the window is nearly empty): what a confirm at a trickle of
+/// events may add to the delay before its position reaches PostgreSQL.
 const CONFIRM_BATCH: Duration = Duration::from_millis(20);
 
 /// Repeated returns or nacks are logged at most once per this interval (per
@@ -271,6 +271,9 @@ impl Publisher {
                     }
                 }
             }
+            // Once per turn, however many messages and confirms it moved.
+            self.metrics.set_in_flight(self.inflight.len());
+            self.report_progress();
         }
     }
 
@@ -296,7 +299,6 @@ impl Publisher {
             self.open_txn = Some(id);
         }
         self.current = Some(Current { txn: id, messages });
-        self.report_progress();
         Ok(())
     }
 
@@ -358,7 +360,6 @@ impl Publisher {
         let tag = self.channel.publish(&p.msg)?;
         p.sent_at = Instant::now();
         self.inflight.insert(tag, p);
-        self.metrics.set_in_flight(self.inflight.len());
         Ok(())
     }
 
@@ -372,14 +373,12 @@ impl Publisher {
         Ok(())
     }
 
-    /// Handles everything the broker said since the last read, then reports
-    /// the progress once.
+    /// Handles everything the broker said since the last read (the turn
+    /// reports the progress once, at its end).
     fn on_events(&mut self) -> Result<()> {
         while let Some(ev) = self.channel.next_event() {
             self.on_event(ev)?;
         }
-        self.metrics.set_in_flight(self.inflight.len());
-        self.report_progress();
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! basic.ack a fraction of a millisecond later, and each ack would wake the
 //! relay's thread (a context switch, the largest cost per event at 1,000
 //! events/s). Nothing needs an ack at once while the window is nearly empty:
-//! the position is reported at most every 100 ms anyway. So while the
+//! reading it 20 ms later only delays the position by as much. So while the
 //! publisher says it can wait, the socket's receive low-water mark is raised
 //! and the kernel wakes nobody for a few acks; when the publisher wants them
 //! (its short timer, a filling window, a stop) the mark goes back to one

@@ -94,8 +94,8 @@ pub enum BrokerEvent {
     Unblocked,
 }
 
-/// Who connects, and as what.
-#[derive(Debug, Clone, Copy)]
+/// Who connects, and as what (its `Debug` leaves the password out).
+#[derive(Clone, Copy)]
 pub struct Login<'a> {
     /// User (ignored with `external`).
     pub user: &'a str,
@@ -109,6 +109,19 @@ pub struct Login<'a> {
     pub name: &'a str,
     /// Requested heartbeat in seconds (0 disables).
     pub heartbeat: u16,
+}
+
+impl std::fmt::Debug for Login<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .field("password", &"***")
+            .field("vhost", &self.vhost)
+            .field("external", &self.external)
+            .field("name", &self.name)
+            .field("heartbeat", &self.heartbeat)
+            .finish()
+    }
 }
 
 /// The one channel the relay publishes on.
