@@ -2,6 +2,8 @@
 //! they start, authenticate as configured, and come back after a restart;
 //! a standby streams and takes over, and an inactive slot can be lost
 //! (`support::failover`).
+//! The shared three-node RabbitMQ cluster forms and replicates a quorum
+//! queue (`support::rabbit_cluster`).
 //! They need no shared services; run them alone with
 //! `cargo test --test integration support_smoke`.
 
@@ -13,6 +15,7 @@ use tokio_postgres::NoTls;
 
 use crate::support::cluster::{PgAuth, PgCluster, PgOptions, RabbitNode};
 use crate::support::failover::slot_wal_status;
+use crate::support::rabbit_cluster::{self, declare_quorum};
 use crate::support::{self, wait_until};
 
 /// Connects with `url`, returning the error instead of panicking.
@@ -241,4 +244,26 @@ async fn private_rabbit_node_survives_process_restart_and_kill() {
             .unwrap_or_else(|e| panic!("durable queue after {how}: {e}"));
         conn.close().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_rabbit_cluster_has_three_running_nodes_and_a_quorum_queue_on_all_three() {
+    // GIVEN the shared three-node cluster
+    let cluster = rabbit_cluster::shared().await;
+    let mut all: Vec<String> = cluster.nodes().iter().map(|n| n.node_name().to_owned()).collect();
+    all.sort();
+    assert_eq!(all.iter().collect::<std::collections::HashSet<_>>().len(), 3, "three node names");
+
+    // THEN every node sees the same three nodes running
+    for i in 0..3 {
+        let seen = cluster.running_nodes(i).await.unwrap_or_else(|e| panic!("node {}: {e}", i + 1));
+        assert_eq!(seen, all, "running nodes as node {} sees them", i + 1);
+    }
+
+    // WHEN a quorum queue is declared through node 1
+    let (_exchange, queue) = declare_quorum(&cluster.node(0).amqp_url(), "#").await;
+
+    // THEN node 3 lists it as a quorum queue with a member on each of the three nodes
+    assert_eq!(cluster.quorum_members(2, &queue).await, all);
+    cluster.delete_queue(&queue).await;
 }

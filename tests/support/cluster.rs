@@ -178,10 +178,21 @@ fn log_header(log: &Path, what: &str, cmd: &std::process::Command) -> fs::File {
 /// `timeout`. Output goes to a file, never a pipe: a daemon the command
 /// leaves behind (`pg_ctl start`) would otherwise hold the pipe open.
 pub(crate) async fn run(what: &str, cmd: std::process::Command, log: &Path, timeout: Duration) -> Result<(), String> {
+    run_with_stdout(what, cmd, log, None, timeout).await
+}
+
+/// [`run`], with stdout going to `stdout` when given (stderr still to `log`).
+async fn run_with_stdout(
+    what: &str,
+    cmd: std::process::Command,
+    log: &Path,
+    stdout: Option<fs::File>,
+    timeout: Duration,
+) -> Result<(), String> {
     let started = Instant::now();
     let f = log_header(log, what, &cmd);
     let mut cmd = tokio::process::Command::from(cmd);
-    cmd.stdout(f.try_clone().expect("dup log")).stderr(f).kill_on_drop(true);
+    cmd.stdout(stdout.unwrap_or_else(|| f.try_clone().expect("dup log"))).stderr(f).kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| format!("{what}: cannot spawn: {e}"))?;
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) if status.success() => Ok(()),
@@ -698,6 +709,8 @@ pub struct RabbitNode {
     port: u16,
     dist_port: u16,
     tls_port: Option<u16>,
+    /// The Erlang cookie shared with other nodes (a cluster); None: a random one of its own.
+    cookie: Option<String>,
     /// The `rabbitmq-server` script we spawned (None while the process is stopped).
     server: Mutex<Option<std::process::Child>>,
 }
@@ -706,16 +719,22 @@ impl RabbitNode {
     /// Starts a node with a plain AMQP listener and waits until it has booted
     /// (`rabbitmqctl await_startup`) and accepts connections, at most 120 s.
     pub async fn start() -> RabbitNode {
-        RabbitNode::start_inner(None).await
+        RabbitNode::start_inner(None, None).await
+    }
+
+    /// [`start`](Self::start) with the Erlang cookie `cookie`, so that nodes
+    /// started with the same one can form a cluster (see `support::rabbit_cluster`).
+    pub async fn start_with_cookie(cookie: &str) -> RabbitNode {
+        RabbitNode::start_inner(None, Some(cookie.to_owned())).await
     }
 
     /// [`start`](Self::start) with an extra AMQPS listener (`listeners.ssl.default`)
     /// serving `tls` (no client certificates required); see [`amqps_url`](Self::amqps_url).
     pub async fn start_with_tls(tls: TlsFiles) -> RabbitNode {
-        RabbitNode::start_inner(Some(tls)).await
+        RabbitNode::start_inner(Some(tls), None).await
     }
 
-    async fn start_inner(tls: Option<TlsFiles>) -> RabbitNode {
+    async fn start_inner(tls: Option<TlsFiles>, cookie: Option<String>) -> RabbitNode {
         sweep_stale();
         let t0 = Instant::now();
         let dir = instance_dir("outbox-t-rmq-");
@@ -725,6 +744,7 @@ impl RabbitNode {
             port: 0,
             dist_port: 0,
             tls_port: None,
+            cookie,
             server: Mutex::new(None),
             dir,
         };
@@ -874,6 +894,29 @@ impl RabbitNode {
         }
     }
 
+    /// `rabbitmqctl -n NODE ARGS` (bounded), returning what it printed on
+    /// stdout (e.g. with `--formatter json`), or why it failed. Stdout goes
+    /// through a file, like everything [`run`] starts, and is copied to
+    /// `commands.log` too.
+    pub async fn try_ctl_stdout(&self, args: &[&str]) -> Result<String, String> {
+        let what = format!("rabbitmqctl {}", args.join(" "));
+        let out_path = self.dir.path().join(format!("{}.out", super::random_name("ctl-")));
+        let out = fs::File::create(&out_path).unwrap_or_else(|e| panic!("create {}: {e}", out_path.display()));
+        let log = self.dir.path().join("commands.log");
+        let r = run_with_stdout(&what, self.ctl_command(args), &log, Some(out), RABBITMQCTL).await;
+        let text = fs::read_to_string(&out_path).unwrap_or_default();
+        let _ = fs::remove_file(&out_path);
+        if let Ok(mut f) = fs::OpenOptions::new().append(true).open(&log) {
+            let _ = write!(f, "{text}");
+        }
+        r.map(|()| text)
+    }
+
+    /// Whether the node's process is running (started, and not stopped or exited since).
+    pub fn is_running(&self) -> bool {
+        self.server_running()
+    }
+
     /// The last lines of the node's log, of its startup output and of the commands run.
     pub fn log_tail(&self) -> String {
         let node_log = self.dir.path().join("log").join(format!("{}.log", self.node));
@@ -922,7 +965,7 @@ impl RabbitNode {
         }
         let cookie = d.join("home/.erlang.cookie");
         if !cookie.exists() {
-            let c: String = (0..32).map(|_| fastrand::uppercase()).collect();
+            let c = self.cookie.clone().unwrap_or_else(|| (0..32).map(|_| fastrand::uppercase()).collect());
             fs::write(&cookie, c).expect("write cookie");
             fs::set_permissions(&cookie, std::os::unix::fs::PermissionsExt::from_mode(0o400)).expect("chmod cookie");
         }
@@ -1129,6 +1172,47 @@ ssl_options.fail_if_no_peer_cert = false
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Stops `nodes` by PID, all at once, for an `atexit` handler (no runtime,
+/// no CLI): SIGTERM to each VM (a graceful stop), at most `grace` for them
+/// to exit, then SIGKILL to whatever is left, at most 10 s more; then their
+/// dirs are deleted (a node held in a static is never dropped).
+pub(crate) fn halt_blocking(nodes: &[&RabbitNode], grace: Duration) {
+    let signal_all = |pids: &[u32], sig: i32| {
+        for &pid in pids {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill(2) with a PID that own_pids checked is one of ours.
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+    };
+    let pids: Vec<u32> = nodes.iter().flat_map(|n| n.own_pids()).collect();
+    signal_all(&pids, libc::SIGTERM);
+    let gone = |limit: Duration| {
+        let deadline = Instant::now() + limit;
+        loop {
+            // (the script, our child, counts as gone once it is a zombie)
+            if !pids.iter().any(|&p| pid_running(p)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    if !gone(grace) {
+        let left: Vec<u32> = pids.iter().copied().filter(|&p| pid_running(p)).collect();
+        eprintln!("[cluster] RabbitMQ processes {left:?} still running {grace:?} after SIGTERM; SIGKILL");
+        signal_all(&left, libc::SIGKILL);
+        if !gone(Duration::from_secs(10)) {
+            eprintln!("[cluster] RabbitMQ processes {left:?} survived SIGKILL");
+        }
+    }
+    for n in nodes {
+        let _ = fs::remove_dir_all(n.dir());
     }
 }
 

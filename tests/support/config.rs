@@ -309,6 +309,13 @@ impl TestConfig {
         self
     }
 
+    /// `broker.url` as a list (a TOML array): the nodes of a cluster, tried in turn.
+    pub fn broker_urls(mut self, urls: &[String]) -> TestConfig {
+        let list = toml::Value::Array(urls.iter().map(|u| toml::Value::String(u.clone())).collect());
+        self.broker.set("url", list.to_string());
+        self
+    }
+
     /// `broker.url`: the shared broker's URL, host and port replaced by
     /// `addr` (a [`Proxy`](super::proxy::Proxy) in front of it).
     pub fn broker_through(self, addr: SocketAddr) -> TestConfig {

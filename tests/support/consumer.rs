@@ -48,7 +48,8 @@ pub struct Consumer {
     channel: Channel,
 }
 
-fn url_args(url: &str) -> OpenConnectionArguments {
+/// Connection arguments for an `amqp://user:pass@host:port/%2f` URL (vhost `/`).
+pub fn url_args(url: &str) -> OpenConnectionArguments {
     let u = url::Url::parse(url).expect("amqp url");
     OpenConnectionArguments::new(
         u.host_str().unwrap(),

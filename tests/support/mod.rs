@@ -13,6 +13,7 @@ pub mod failover;
 pub mod http;
 pub mod pki;
 pub mod proxy;
+pub mod rabbit_cluster;
 pub mod relay;
 
 use std::future::Future;
