@@ -309,10 +309,10 @@ impl TestConfig {
         self
     }
 
-    /// `broker.url` as a list (a TOML array): the nodes of a cluster, tried in turn.
+    /// `broker.url` as a list of nodes, tried in this order.
     pub fn broker_urls(mut self, urls: &[String]) -> TestConfig {
-        let list = toml::Value::Array(urls.iter().map(|u| toml::Value::String(u.clone())).collect());
-        self.broker.set("url", list.to_string());
+        let items: Vec<String> = urls.iter().map(|u| string(u)).collect();
+        self.broker.set("url", format!("[{}]", items.join(", ")));
         self
     }
 
