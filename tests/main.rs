@@ -15,6 +15,8 @@ mod data;
 mod broker_faults;
 // A list of broker nodes: a dead node skipped, failover on a cut, the node named, check per node.
 mod broker_nodes;
+// Broker failover on a three-node RabbitMQ cluster: a node stopped, a connection cut, the whole cluster stopped.
+mod broker_cluster;
 // on_unroutable policies: block, dead_letter, drop.
 mod policies;
 // PostgreSQL faults: walsender terminated, server restarted.
