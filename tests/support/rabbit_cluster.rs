@@ -170,18 +170,20 @@ impl RabbitCluster {
     /// the whole cluster stopped waits for its peers while it loads its
     /// tables); returns once all three are running and clustered.
     pub async fn start_all(&self) {
-        let t0 = Instant::now();
         self.start_stopped().await;
-        println!("[cluster] all three nodes running again in {:?}", t0.elapsed());
     }
 
     async fn start_stopped(&self) {
         if self.nodes.iter().all(RabbitNode::is_running) {
             return;
         }
+        let t0 = Instant::now();
+        let stopped: Vec<String> =
+            (0..3).filter(|&i| !self.nodes[i].is_running()).map(|i| (i + 1).to_string()).collect();
         let [a, b, c] = &self.nodes;
         tokio::join!(start_if_stopped(a), start_if_stopped(b), start_if_stopped(c));
         self.wait_all_running(0).await;
+        println!("[cluster] node(s) {} started again, all three running in {:?}", stopped.join(", "), t0.elapsed());
     }
 
     /// The nodes node `i` sees running (`cluster_status`), or why it cannot say.
@@ -194,28 +196,30 @@ impl RabbitCluster {
         Ok(names)
     }
 
-    /// Waits until node `i` sees all three nodes running.
+    /// Waits until node `i` sees all three nodes running, at most two minutes.
+    ///
+    /// # Panics
+    ///
+    /// On timeout, with what it last saw and the tail of its log.
     pub async fn wait_all_running(&self, i: usize) {
         let mut want: Vec<String> = self.nodes.iter().map(|n| n.node_name().to_owned()).collect();
         want.sort();
-        let want = &want;
-        let last = std::sync::Mutex::new(String::new());
-        let last = &last;
-        let what = format!("node {} to see all three nodes running", i + 1);
-        super::wait_until(SETTLE, &what, || async move {
-            match self.running_nodes(i).await {
-                Ok(seen) if seen == *want => true,
-                Ok(seen) => {
-                    *last.lock().unwrap() = format!("{seen:?}");
-                    false
-                }
-                Err(e) => {
-                    *last.lock().unwrap() = e;
-                    false
-                }
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let last = match self.running_nodes(i).await {
+                Ok(seen) if seen == want => return,
+                Ok(seen) => format!("{seen:?}"),
+                Err(e) => e,
+            };
+            if Instant::now() > deadline {
+                panic!(
+                    "node {} did not see all three nodes running within {SETTLE:?}; last: {last}\n{}",
+                    i + 1,
+                    self.nodes[i].log_tail()
+                );
             }
-        })
-        .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// The members of quorum queue `queue` (node names, sorted), as node `i` lists them.
