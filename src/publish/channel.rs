@@ -228,6 +228,11 @@ impl BrokerChannel {
         Ok(BrokerChannel { conn, endpoint })
     }
 
+    /// The node, as `host:port`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     /// Whether both the connection and the channel are still open.
     pub fn is_open(&self) -> bool {
         self.conn.is_open()

@@ -409,13 +409,16 @@ impl Publisher {
                     return Err(Error::new(ErrorKind::Data, format!(
                         "{culprit}is larger than the broker accepts ({code} {text}): raise RabbitMQ's max_message_size, or keep such payloads out of the outbox")));
                 }
+                let endpoint = self.channel.endpoint();
                 return Err(Error::new(
                     ErrorKind::BrokerChannel,
-                    format!("the broker closed the channel: {code} {text}"),
+                    format!("RabbitMQ at {endpoint} closed the channel: {code} {text}"),
                 ));
             }
             BrokerEvent::ConnectionLost { reason } => {
-                return Err(Error::new(ErrorKind::BrokerConnection, format!("lost the broker connection: {reason}")));
+                let endpoint = self.channel.endpoint();
+                let message = format!("lost the connection to RabbitMQ at {endpoint}: {reason}");
+                return Err(Error::new(ErrorKind::BrokerConnection, message));
             }
             BrokerEvent::Blocked(reason) => {
                 tracing::warn!(%reason, "broker blocked publishing (resource alarm); waiting");
