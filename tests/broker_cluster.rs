@@ -153,6 +153,24 @@ impl Run {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_connected_node_mid_stream_moves_the_relay_to_another_node_and_loses_nothing() {
+    fault_on_the_connected_node(Fault::Stop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_connected_node_mid_stream_moves_the_relay_to_another_node_and_loses_nothing() {
+    fault_on_the_connected_node(Fault::Kill).await;
+}
+
+/// How the connected node goes away.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// `rabbitmqctl stop`: clients get `connection.close` (CONNECTION_FORCED).
+    Stop,
+    /// SIGKILL of the VM: sockets close with no AMQP goodbye.
+    Kill,
+}
+
+async fn fault_on_the_connected_node(fault: Fault) {
     // GIVEN a relay listing the cluster's three nodes, publishing to a quorum queue while events commit
     let cluster = rabbit_cluster::shared().await;
     let run = Run::start(&cluster, &cluster.urls()).await;
@@ -161,9 +179,15 @@ async fn stopping_the_connected_node_mid_stream_moves_the_relay_to_another_node_
     let i = cluster.index_of_addr(&from).unwrap_or_else(|| panic!("connected to {from}, not a cluster node"));
     run.progress(1000, Duration::from_secs(30)).await;
 
-    // WHEN the node it is connected to stops mid-stream
+    // WHEN the node it is connected to stops (or is killed) mid-stream
     let t0 = Instant::now();
-    let ((), to) = tokio::join!(cluster.stop_member(i), async {
+    let go_away = async {
+        match fault {
+            Fault::Stop => cluster.stop_member(i).await,
+            Fault::Kill => cluster.kill_member(i).await,
+        }
+    };
+    let ((), to) = tokio::join!(go_away, async {
         let to = wait_connected_elsewhere(http, Some(&from), Duration::from_secs(60)).await;
         (to, t0.elapsed())
     });
@@ -173,16 +197,16 @@ async fn stopping_the_connected_node_mid_stream_moves_the_relay_to_another_node_
     let j = cluster.index_of_addr(&to).unwrap_or_else(|| panic!("moved to {to}, not a cluster node"));
     assert_ne!(i, j);
     run.progress(500, Duration::from_secs(30)).await;
-    println!("failover from node {} ({from}) to node {} ({to}) in {moved_in:?} after `rabbitmqctl stop`", i + 1, j + 1);
+    println!("failover from node {} ({from}) to node {} ({to}) in {moved_in:?} after {fault:?}", i + 1, j + 1);
 
-    // AND WHEN the stopped node starts again (and rejoins), still mid-stream
+    // AND WHEN the node starts again (and rejoins), still mid-stream
     cluster.start_member(i).await;
     run.progress(200, Duration::from_secs(30)).await;
 
     // THEN every event is in the quorum queue, first deliveries in commit order, duplicates
     // within one fault's window
     let (events, dups) = run.finish(&cluster).await;
-    println!("stop of the connected node: failover in {moved_in:?}, {dups} duplicates of {events}");
+    println!("{fault:?} of the connected node: failover in {moved_in:?}, {dups} duplicates of {events}");
     assert!(dups <= PER_FAULT, "{dups} duplicates for one fault (window {WINDOW}, transactions up to {LARGEST_TXN})");
 }
 

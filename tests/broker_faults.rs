@@ -175,3 +175,67 @@ async fn a_memory_alarm_pauses_publishing_without_a_reconnect_and_nothing_is_los
     relay.stop().await.unwrap();
     db.drop_all().await;
 }
+
+/// Declares, beside the consumer's queue, a queue bound to `exchange` that
+/// refuses every message (`x-max-length = 0`, `x-overflow = reject-publish`),
+/// so every publish is nacked; returns the open connection's channel to delete it.
+async fn a_queue_that_nacks_everything(exchange: &str) -> (amqprs::connection::Connection, String) {
+    use amqprs::channel::{QueueBindArguments, QueueDeclareArguments};
+    use amqprs::{FieldTable, FieldValue};
+    let conn = amqprs::connection::Connection::open(&crate::support::consumer::url_args(&support::amqp_url()))
+        .await
+        .expect("connection");
+    let ch = conn.open_channel(None).await.expect("channel");
+    let queue = support::random_name("q.full.");
+    let mut args = FieldTable::new();
+    args.insert("x-max-length".try_into().unwrap(), FieldValue::l(0));
+    args.insert("x-overflow".try_into().unwrap(), FieldValue::from("reject-publish"));
+    ch.queue_declare(QueueDeclareArguments::new(&queue).auto_delete(false).arguments(args).finish())
+        .await
+        .expect("declare the full queue");
+    ch.queue_bind(QueueBindArguments::new(&queue, exchange, "#")).await.expect("bind the full queue");
+    (conn, queue)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_nacked_four_times_in_a_row_reopens_the_connection_and_nothing_is_lost() {
+    // GIVEN a relay, and beside the consumer's queue one that refuses every message
+    let db = TestDb::new().await;
+    let consumer = Consumer::start("#").await;
+    let cfg = TestConfig::outbox(&db.url, &consumer.exchange);
+    let relay = InProcess::start(&cfg).await;
+    let http = relay.http;
+    let (conn, full) = a_queue_that_nacks_everything(&consumer.exchange).await;
+
+    // WHEN events commit: every publish of them is nacked
+    let client = db.client().await;
+    let ids = insert_events(&client, "wallet", &["a".into(), "a".into(), "b".into()], "Nacked").await;
+    let committed = db.current_wal().await;
+
+    // THEN after four nacks of the same message the relay reopens its connection
+    // (RabbitMQ can keep nacking on one channel; a new one is a fresh start)
+    support::wait_until(Duration::from_secs(30), "a reconnect after repeated nacks", || async move {
+        reconnects(http, "broker").await >= 1.0
+    })
+    .await;
+    let nacks = metric(&scrape(http).await, "outbox_relay_publish_nacks_total", "").unwrap_or(0.0);
+    assert!(nacks >= 4.0, "{nacks} nacks before the reconnect");
+    let held = db.confirmed_flush().await.unwrap_or(0);
+    assert!(held < committed, "the slot moved past nacked events");
+    // AND once the queue takes messages again (deleted here), the slot moves past the events,
+    // which arrived in order
+    let ch = conn.open_channel(None).await.expect("channel");
+    ch.queue_delete(amqprs::channel::QueueDeleteArguments::new(&full)).await.expect("delete the full queue");
+    // (the consumer's own queue got a copy of every nacked publish, so the slot tells)
+    db.wait_confirmed_past(committed, Duration::from_secs(60)).await;
+    consumer.wait_for_ids(&ids, Duration::from_secs(60)).await;
+    let expected: Vec<(String, String)> =
+        ["a", "a", "b"].iter().map(|a| a.to_string()).zip(ids.iter().cloned()).collect();
+    let dups = check_delivery(&expected, &consumer.received());
+    println!(
+        "nacked x{nacks} before a reconnect; {dups} duplicates (copies the consumer's queue got per nacked publish)"
+    );
+    let _ = conn.close().await;
+    relay.stop().await.unwrap();
+    db.drop_all().await;
+}

@@ -28,6 +28,8 @@ pub struct Pending {
     pub sent_at: Instant,
     /// How many times it has been published.
     pub attempts: u32,
+    /// How many of those were nacked in a row (a return resets it).
+    pub nacks: u32,
     /// Set by a basic.return: (reply code, reply text).
     returned: Option<(u16, String)>,
 }
@@ -35,7 +37,7 @@ pub struct Pending {
 impl Pending {
     /// A message just published for the `attempts`-th time.
     pub fn new(txn: TxnId, msg: Arc<OutgoingMessage>, sent_at: Instant, attempts: u32) -> Self {
-        Pending { txn, msg, sent_at, attempts, returned: None }
+        Pending { txn, msg, sent_at, attempts, nacks: 0, returned: None }
     }
 }
 

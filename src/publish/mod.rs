@@ -81,6 +81,15 @@ impl PublisherSettings {
 /// events may add to the delay before its position reaches PostgreSQL.
 const CONFIRM_BATCH: Duration = Duration::from_millis(20);
 
+/// A message nacked this many times in a row ends the connection (the
+/// session restarts on the next node of `broker.url`, from the slot's
+/// confirmed position). RabbitMQ 3.10 was seen to nack every publish on a
+/// channel that first published to a quorum queue while its leader was being
+/// elected (its leader's node killed), for as long as the channel lived; a
+/// new channel was fine. With the republish backoff this is about 3.5 s of
+/// nacks. A queue that stays full under `x-overflow = reject-publish` then
+/// costs a reconnect per round of the supervisor's backoff, not a stuck relay.
+const NACKS_BEFORE_RECONNECT: u32 = 4;
 /// Repeated returns or nacks are logged at most once per this interval (per
 /// route), with a count, not once per attempt.
 const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -447,15 +456,22 @@ impl Publisher {
                 self.release(&p);
                 self.tracker.confirm(p.txn);
             }
-            Outcome::Nacked(p) => {
+            Outcome::Nacked(mut p) => {
                 self.metrics.nack();
+                p.nacks += 1;
+                if p.nacks >= NACKS_BEFORE_RECONNECT {
+                    return Err(Error::new(ErrorKind::BrokerChannel, format!(
+                        "RabbitMQ at {} nacked message {} {} times in a row; reopening the connection (after a quorum queue's leader moved, a channel can refuse every publish until it is reopened; a queue full under x-overflow = reject-publish nacks too)",
+                        self.channel.endpoint(), p.msg.message_id, p.nacks)));
+                }
                 if let Some(nacks) = self.nack_log.hit(Instant::now()) {
                     tracing::warn!(message_id = %p.msg.message_id, exchange = %p.msg.exchange, attempts = p.attempts, nacks,
                         "broker nacked messages; republishing each after a backoff (the position waits for them); repeats are counted, logged every 10 s");
                 }
                 self.schedule_retry(p);
             }
-            Outcome::Returned { pending: p, reply_code, reply_text } => {
+            Outcome::Returned { pending: mut p, reply_code, reply_text } => {
+                p.nacks = 0;
                 self.metrics.event_unroutable(p.msg.route);
                 self.on_returned(p, reply_code, reply_text);
             }

@@ -1152,7 +1152,7 @@ ssl_options.fail_if_no_peer_cert = false
     /// SIGKILL to the VM and the script; returns once both are gone (the
     /// script, our child, reaped; the VM no longer running, so its sockets
     /// are closed).
-    async fn kill_process(&self) {
+    pub async fn kill_process(&self) {
         let pids = self.own_pids();
         for &pid in &pids {
             send_signal(pid, "KILL");

@@ -151,6 +151,14 @@ impl RabbitCluster {
     /// Starts member `i` again after [`stop_member`](Self::stop_member), with
     /// its node name and data (so it rejoins by itself); returns once the
     /// cluster has all three running again.
+    /// SIGKILL to member `i`'s VM: its sockets close without an AMQP
+    /// `connection.close`, and its Raft members stop mid-write. Start it
+    /// again with [`start_member`](Self::start_member).
+    pub async fn kill_member(&self, i: usize) {
+        self.nodes[i].kill_process().await;
+        println!("[cluster] node {} ({}) killed (SIGKILL)", i + 1, self.nodes[i].addr());
+    }
+
     pub async fn start_member(&self, i: usize) {
         let t0 = Instant::now();
         self.nodes[i].start_process().await;
