@@ -311,10 +311,22 @@ fill_backlog() {
   psql_su -c CHECKPOINT
 }
 
+# purge the queue (a consumer of a quorum queue that goes away leaves the deliveries
+# whose auto-ack had not been applied yet back in the queue: a few hundred at most);
+# $1 names the step in the run log
+empty_queue() {
+  local out
+  out=$(broker --count 0 --purge 2>&1) || { printf '%s\n' "$out" >&2; die "could not purge $QUEUE"; }
+  local n
+  n=$(sed -n 's/^bench_broker purged=\([0-9]*\).*/\1/p' <<<"$out")
+  [ "${n:-0}" = 0 ] || printf '  purged %s message(s) left in %s before %s\n' "$n" "$QUEUE" "$1" >>"$RUNLOG"
+}
+
 # the cluster's ceiling: bench_broker, CEILING_EVENTS messages, consumer attached; output
 # $1; sets CEILING to "RATE BEAM_US_PER_MSG OTHERS_US_PER_MSG"
 ceiling() {
   local out=$1 b0 b1 m0 m1 _t line
+  empty_queue "the ceiling ($(basename "$out" .out))"
   read -r m0 _t < <(machine_ticks)
   read -r b0 _t <<<"$(beam_ticks)"
   broker --count "$CEILING_EVENTS" --body-size "$SIZE" --window "$WINDOW" --consume --purge >"$out" 2>&1 ||
@@ -324,6 +336,7 @@ ceiling() {
   line=$(grep '^bench_broker count=' "$out")
   [ "$(kv "$line" body_bytes)" = "$SIZE" ] || log "bench_broker's body is $(kv "$line" body_bytes) bytes, not $SIZE"
   [ "$(kv "$line" nacked) $(kv "$line" returned)" = "0 0" ] || log "WARNING: bench_broker: $(kv "$line" nacked) nacked, $(kv "$line" returned) returned"
+  [ "$(kv "$line" queue_depth_before)" = 0 ] || log "WARNING: $QUEUE held $(kv "$line" queue_depth_before) messages when bench_broker started"
   CEILING="$(kv "$line" msgs_per_s) $(ticks_us $((b1 - b0)) "$CEILING_EVENTS") $(ticks_us $((m1 - m0 - b1 + b0)) "$CEILING_EVENTS")"
 }
 
@@ -391,6 +404,7 @@ run_once() {
   before=$CEILING
   log "ceiling before: ${before%% *} msgs/s; the relay"
 
+  empty_queue "the relay's run"
   "$BENCH_DRAIN" --url "$NODE1_URL" --queue "$QUEUE" --count "$EVENTS" --timeout $((PHASE_TIMEOUT + 30)) --ready-line \
     </dev/null >"$rd/drain.out" 2>&1 &
   drain_pid=$!
@@ -416,6 +430,7 @@ run_once() {
   line=$(grep '^bench_drain ' "$rd/drain.out" || true)
   [ -n "$line" ] || { show_tail "$rd/drain.out"; die "bench_drain printed no result"; }
   [ "$rc" = 0 ] || { show_tail "$rd/drain.out"; die "bench_drain timed out: $(kv "$line" distinct) distinct ids arrived"; }
+  [ "$(kv "$line" depth_at_start)" = 0 ] || log "WARNING: $QUEUE held $(kv "$line" depth_at_start) messages when bench_drain started"
   [ "$(kv "$line" body_min) $(kv "$line" body_max)" = "$SIZE $SIZE" ] ||
     log "WARNING: the relay's bodies were $(kv "$line" body_min)-$(kv "$line" body_max) bytes, not $SIZE"
   # the last confirms may come just after the last delivery

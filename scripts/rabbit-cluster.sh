@@ -174,15 +174,12 @@ epmd_up() { timeout 5 epmd -names >/dev/null 2>&1; }
 
 # start node $1 in the background unless it runs
 node_spawn() {
-  local n=$1 d p
+  local n=$1 d
   d=$(node_dir "$n")
   if node_running "$n"; then
     log "node $(node_name "$n") already running (pid $(read_pid "$(beam_pidfile "$n")"))"
     return 0
   fi
-  for p in "$(amqp_port "$n")" "$(dist_port "$n")"; do
-    port_open "$p" && die "127.0.0.1:$p is in use by another process (see: ss -ltnp 'sport = :$p'); set OUTBOX_CLUSTER_AMQP_PORT / OUTBOX_CLUSTER_DIST_PORT"
-  done
   rm -f "$(beam_pidfile "$n")" "$(wrapper_pidfile "$n")"
   log "starting node $(node_name "$n") on 127.0.0.1:$(amqp_port "$n") (dist $(dist_port "$n"))"
   : >>"$d/startup.log"
@@ -276,6 +273,16 @@ cluster_up() {
   prepare
   local n started_epmd=0
   if command -v epmd >/dev/null && ! epmd_up; then started_epmd=1; fi
+  # the ports of the nodes to start, all free before any starts
+  local p
+  for n in "${NODES[@]}"; do
+    node_running "$n" && continue
+    for p in "$(amqp_port "$n")" "$(dist_port "$n")"; do
+      if port_open "$p"; then
+        die "127.0.0.1:$p (node $n) is in use by another process (see: ss -ltnp 'sport = :$p'); set OUTBOX_CLUSTER_AMQP_PORT / OUTBOX_CLUSTER_DIST_PORT"
+      fi
+    done
+  done
   # all three at once: a node that was clustered before waits at boot for its peers
   for n in "${NODES[@]}"; do node_spawn "$n"; done
   [ "$started_epmd" = 0 ] || touch "$STATE/epmd-started-here"
