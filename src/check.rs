@@ -11,7 +11,8 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::config::{current_url, Config, UrlTarget};
-use crate::publish::channel::{BrokerChannel, BrokerTarget};
+use crate::publish::channel::BrokerChannel;
+use crate::publish::nodes::BrokerNodes;
 use crate::route::Router;
 use crate::source::postgres::{quote_ident, PgTarget};
 use crate::source::replication::record::Place;
@@ -507,45 +508,68 @@ async fn declined_rows(
     Ok(())
 }
 
+/// Every node of `broker.url`: each one reachable with confirms is reported;
+/// a node that is not is a problem when none is usable, else a warning (the
+/// relay moves to the others). The exchanges are checked on the first
+/// usable node: a cluster shares them.
 async fn check_broker(config: &Config) -> Report {
     let mut r = Report::default();
-    let target = match current_url(UrlTarget::Broker, &config.broker.url)
-        .and_then(|u| BrokerTarget::from_config(u.expose(), &config.broker))
-    {
+    let targets = match BrokerNodes::targets(&config.broker) {
         Ok(t) => t,
         Err(e) => {
             r.problem(e.chain(), "fix broker.url or OUTBOX_RELAY_BROKER_URL[_FILE]");
             return r;
         }
     };
-    match BrokerChannel::open(&target, config.broker.heartbeat, CONNECT_TIMEOUT, "outbox-relay check").await {
-        Err(e) => r.problem(format!("RabbitMQ: {}", e.chain()), e.kind().hint()),
-        Ok(ch) => {
-            r.ok(format!("RabbitMQ {} reachable, publisher confirms enabled", target.endpoint()));
-            ch.close().await;
-            let mut exchanges: Vec<&str> = config.routes.iter().map(|rt| rt.exchange.as_str()).collect();
-            for rt in &config.routes {
-                if rt.on_unroutable == crate::config::OnUnroutable::DeadLetter {
-                    exchanges.push(&rt.dead_letter_exchange);
-                }
+    let heartbeat = config.broker.heartbeat;
+    let mut usable = None;
+    let mut failed = Vec::new();
+    for t in &targets {
+        match BrokerChannel::open(t, heartbeat, CONNECT_TIMEOUT, "outbox-relay check").await {
+            Ok(ch) => {
+                r.ok(format!("RabbitMQ {} reachable, publisher confirms enabled", t.endpoint()));
+                ch.close().await;
+                usable.get_or_insert(t);
             }
-            exchanges.sort_unstable();
-            exchanges.dedup();
-            for ex in exchanges {
-                if ex.is_empty() {
-                    continue; // the default exchange always exists
-                }
-                // A failed passive declare closes the channel: one connection per exchange.
-                match BrokerChannel::open(&target, config.broker.heartbeat, CONNECT_TIMEOUT, "outbox-relay check").await
-                {
-                    Err(e) => r.problem(format!("RabbitMQ: {}", e.chain()), e.kind().hint()),
-                    Ok(mut ch) => {
-                        match ch.exchange_exists(ex).await {
+            Err(e) => failed.push((t.endpoint(), e)),
+        }
+    }
+    let n = targets.len();
+    for (node, e) in failed {
+        if usable.is_some() {
+            r.warn(
+                format!("RabbitMQ node {node} of broker.url ({n} nodes) is not usable: {}", e.chain()),
+                format!(
+                    "the relay uses the other nodes meanwhile; {}, or remove the node from broker.url",
+                    e.kind().hint()
+                ),
+            );
+        } else {
+            r.problem(format!("RabbitMQ: {}", e.chain()), e.kind().hint());
+        }
+    }
+    if let Some(target) = usable {
+        let mut exchanges: Vec<&str> = config.routes.iter().map(|rt| rt.exchange.as_str()).collect();
+        for rt in &config.routes {
+            if rt.on_unroutable == crate::config::OnUnroutable::DeadLetter {
+                exchanges.push(&rt.dead_letter_exchange);
+            }
+        }
+        exchanges.sort_unstable();
+        exchanges.dedup();
+        for ex in exchanges {
+            if ex.is_empty() {
+                continue; // the default exchange always exists
+            }
+            // A failed passive declare closes the channel: one connection per exchange.
+            match BrokerChannel::open(target, heartbeat, CONNECT_TIMEOUT, "outbox-relay check").await {
+                Err(e) => r.problem(format!("RabbitMQ: {}", e.chain()), e.kind().hint()),
+                Ok(mut ch) => {
+                    match ch.exchange_exists(ex).await {
                             Ok(()) => r.ok(format!("exchange {ex:?} exists")),
                             Err(_) => r.problem(format!("exchange {ex:?} does not exist"), format!("declare it (e.g. rabbitmqadmin declare exchange name={ex} type=topic durable=true); the relay never declares exchanges")),
                         }
-                        ch.close().await;
-                    }
+                    ch.close().await;
                 }
             }
         }

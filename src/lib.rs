@@ -93,7 +93,7 @@ pub async fn run_with(
     started: impl FnOnce(&Running),
 ) -> Result<()> {
     let stop = CancellationToken::new();
-    let handles = session::Handles::new(route::route_names(&config.routes));
+    let handles = session::Handles::new(&config);
     let http_stop = CancellationToken::new();
     let http_addr =
         http::serve(config.http.listen, handles.metrics.clone(), handles.health.clone(), http_stop.clone()).await?;

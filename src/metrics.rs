@@ -44,6 +44,9 @@ pub const SLOT_WAL_STATUS: &str = "outbox_relay_slot_wal_status";
 /// `outbox_relay_slot_lost`: 1 while the slot the relay streamed from is lost
 /// (missing, invalidated, or on another system); `recover` is needed.
 pub const SLOT_LOST: &str = "outbox_relay_slot_lost";
+/// `outbox_relay_broker_node{node}`: 1 for the RabbitMQ node the relay is
+/// connected to, 0 for the other nodes of `broker.url`.
+pub const BROKER_NODE: &str = "outbox_relay_broker_node";
 /// `outbox_relay_build_info{version}`.
 pub const BUILD_INFO: &str = "outbox_relay_build_info";
 
@@ -66,6 +69,13 @@ pub struct TargetLabel {
 pub struct StatusLabel {
     /// reserved, extended, unreserved, lost.
     pub status: String,
+}
+
+/// `node` label: a broker node as `host:port`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    /// `host:port` from its URL.
+    pub node: String,
 }
 
 /// `version` label.
@@ -94,6 +104,9 @@ pub struct Metrics {
     slot_retained: Gauge<i64, AtomicI64>,
     slot_safe: Gauge<i64, AtomicI64>,
     slot_status: Family<StatusLabel, Gauge>,
+    broker_node: Family<NodeLabel, Gauge>,
+    /// The nodes of `broker_node`'s series, for [`Metrics::broker_disconnected`].
+    broker_nodes: std::sync::Mutex<Vec<String>>,
 }
 
 impl Metrics {
@@ -119,6 +132,7 @@ impl Metrics {
         let slot_retained = Gauge::<i64, AtomicI64>::default();
         let slot_safe = Gauge::<i64, AtomicI64>::default();
         let slot_status = Family::<StatusLabel, Gauge>::default();
+        let broker_node = Family::<NodeLabel, Gauge>::default();
         registry.register(
             SLOT_RETAINED_WAL,
             "WAL bytes the replication slot retains (pg_current_wal_lsn - restart_lsn)",
@@ -149,6 +163,11 @@ impl Metrics {
         registry.register(ACTIVE, "1 while this instance holds the slot, 0 on standby", active.clone());
         registry.register(SLOT_LOST, "1 while the slot is lost and a recovery is needed", slot_lost.clone());
         registry.register(BUILD_INFO, "Build information", build_info.clone());
+        registry.register(
+            BROKER_NODE,
+            "1 for the RabbitMQ node connected to, 0 for the other listed nodes",
+            broker_node.clone(),
+        );
         for r in &routes {
             let _ = published.get_or_create(&RouteLabel { route: r.clone() });
             let _ = unroutable.get_or_create(&RouteLabel { route: r.clone() });
@@ -174,6 +193,8 @@ impl Metrics {
             slot_retained,
             slot_safe,
             slot_status,
+            broker_node,
+            broker_nodes: std::sync::Mutex::default(),
         })
     }
 
@@ -239,6 +260,25 @@ impl Metrics {
         for st in ["reserved", "extended", "unreserved", "lost"] {
             self.slot_status.get_or_create(&StatusLabel { status: st.into() }).set(i64::from(st == wal_status));
         }
+    }
+
+    /// The nodes of `broker.url` (`host:port`), and the one connected to if any.
+    pub fn set_broker_node(&self, nodes: &[String], connected: Option<&str>) {
+        let mut known = self.broker_nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for node in nodes.iter().chain(known.iter()) {
+            let on = connected == Some(node.as_str());
+            self.broker_node.get_or_create(&NodeLabel { node: node.clone() }).set(i64::from(on));
+        }
+        for node in nodes {
+            if !known.contains(node) {
+                known.push(node.clone());
+            }
+        }
+    }
+
+    /// No broker connection: every node's series goes to 0.
+    pub fn broker_disconnected(&self) {
+        self.set_broker_node(&[], None);
     }
 
     /// The text exposition.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OnSlotLost};
-use crate::error::{ErrorKind, Policy, Result};
+use crate::error::{End, ErrorKind, Policy, Result};
 use crate::health::State;
 use crate::session::{self, Handles};
 
@@ -20,6 +20,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const STANDBY_RETRY: Duration = Duration::from_secs(2);
 /// A session that ran this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(60);
+/// Before moving on to the next broker node after a failure: time for the
+/// last session's walsender to leave the slot (a restart that finds it still
+/// active would stand by for `STANDBY_RETRY`).
+const FAILOVER_PAUSE: Duration = Duration::from_millis(100);
 
 /// Runs until `stop` is cancelled (then drains and returns `Ok`) or until an
 /// error whose policy is [`Policy::Stop`].
@@ -50,6 +54,7 @@ pub async fn supervise(config: &Config, handles: &Handles, stop: &CancellationTo
             Err(e) => e,
         };
         handles.metrics.set_active(false);
+        handles.metrics.broker_disconnected();
         if stop.is_cancelled() {
             tracing::info!(error = %err.chain(), "stopped while recovering from an error");
             return Ok(());
@@ -97,13 +102,19 @@ pub async fn supervise(config: &Config, handles: &Handles, stop: &CancellationTo
             STANDBY_RETRY
         } else {
             handles.health.set(State::Starting);
-            failures = failures.saturating_add(1);
-            let d = backoff(failures);
             if let Some(end) = err.kind().end() {
                 handles.metrics.reconnect(end.as_str());
             }
-            tracing::error!(error = %err.chain(), kind = err.kind().as_str(), hint = err.kind().hint(), retry_in = ?d, attempt = failures, "pipeline failed; restarting from the slot's confirmed position");
-            d
+            // Broker nodes are tried one after another; the backoff is between full rounds.
+            if err.kind().end() == Some(End::Broker) && handles.brokers.after_failure() {
+                tracing::error!(error = %err.chain(), kind = err.kind().as_str(), "RabbitMQ connection lost; moving to the next node of broker.url and restarting from the slot's confirmed position");
+                FAILOVER_PAUSE
+            } else {
+                failures = failures.saturating_add(1);
+                let d = backoff(failures);
+                tracing::error!(error = %err.chain(), kind = err.kind().as_str(), hint = err.kind().hint(), retry_in = ?d, attempt = failures, "pipeline failed; restarting from the slot's confirmed position");
+                d
+            }
         };
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),

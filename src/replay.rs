@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{current_url, Config, RouteMatch, UrlTarget};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{BatchSeq, OutboxEvent, PgTimestamp, SourcePosition};
-use crate::publish::channel::BrokerTarget;
+use crate::publish::nodes::BrokerNodes;
 use crate::route::{route_names, Router};
 use crate::session::checked_router;
 use crate::source::polling;
@@ -181,11 +181,10 @@ pub async fn run(config: &Config, selection: &Selection, stop: CancellationToken
     selection.check()?;
     let only = route_filter(config, selection)?;
     let target = PgTarget::parse(current_url(UrlTarget::Source, &config.source.url)?.expose())?;
-    let broker = if selection.dry_run {
-        None
-    } else {
-        Some(BrokerTarget::from_config(current_url(UrlTarget::Broker, &config.broker.url)?.expose(), &config.broker)?)
-    };
+    if !selection.dry_run {
+        // Every broker URL is checked before anything is connected.
+        BrokerNodes::targets(&config.broker)?;
+    }
     let sql = target.connect_sql(config.source.connect_timeout).await?;
     let router = Arc::new(checked_router(&sql, config, &target).await?);
     for (flag, text) in [("--since", &selection.since), ("--until", &selection.until)] {
@@ -202,9 +201,9 @@ pub async fn run(config: &Config, selection: &Selection, stop: CancellationToken
         .filter(|(i, r)| only.map_or(matches!(r.matcher, RouteMatch::Table { .. }), |o| o == *i))
         .map(|(_, r)| (r.name.clone(), 0))
         .collect();
-    let mut link = match broker {
-        None => None,
-        Some(broker) => Some(Link::open(config, &broker, router.clone(), selection.rate).await?),
+    let mut link = match selection.dry_run {
+        true => None,
+        false => Some(Link::open(config, router.clone(), selection.rate).await?),
     };
     let mut result = Ok(());
     for p in &plans {

@@ -33,7 +33,8 @@ use crate::config::{current_url, Config, SourceMode, UrlTarget};
 use crate::error::{End, Error, ErrorKind, Result};
 use crate::health::{Health, State};
 use crate::metrics::Metrics;
-use crate::publish::channel::{BrokerChannel, BrokerTarget};
+use crate::publish::channel::BrokerChannel;
+use crate::publish::nodes::{BrokerNodes, Connected};
 use crate::publish::{Publisher, PublisherSettings};
 use crate::route::Router;
 use crate::source::postgres::{Liveness, PgTarget};
@@ -62,15 +63,25 @@ pub struct Handles {
     /// The last position reported to the slot, kept across sessions so a
     /// restart resumes there (see [`crate::source::replication::start`]).
     pub reported: Arc<Reported>,
+    /// Which RabbitMQ node of `broker.url` the relay is on and tries next,
+    /// kept across sessions.
+    pub brokers: Arc<BrokerNodes>,
 }
 
 impl Handles {
-    /// Fresh handles for a relay whose routes are named `route_names`.
-    pub fn new(route_names: Vec<String>) -> Handles {
+    /// Fresh handles for a relay run with `config`: its routes' and broker
+    /// nodes' series exist (at 0) from the start.
+    pub fn new(config: &Config) -> Handles {
+        let metrics = Metrics::new(crate::route::route_names(&config.routes));
+        let nodes: Vec<String> = BrokerNodes::targets(&config.broker)
+            .map(|targets| targets.iter().map(|t| t.endpoint()).collect())
+            .unwrap_or_default();
+        metrics.set_broker_node(&nodes, None);
         Handles {
-            metrics: Metrics::new(route_names),
+            metrics,
             health: Arc::new(Health::default()),
             reported: Arc::new(Reported::default()),
+            brokers: Arc::default(),
         }
     }
 }
@@ -157,17 +168,15 @@ async fn open(config: &Config, handles: &Handles) -> Result<(ReadySource, Broker
     let src = &config.source;
     let mut target = PgTarget::parse(current_url(UrlTarget::Source, &src.url)?.expose())?;
     target.liveness = Liveness { receive_timeout: src.receive_timeout };
-    let broker =
-        BrokerTarget::from_config(current_url(UrlTarget::Broker, &config.broker.url)?.expose(), &config.broker)?;
+    // Every broker URL is checked before anything is connected.
+    BrokerNodes::targets(&config.broker)?;
     let sql = target.connect_sql(src.connect_timeout).await?;
     let router = checked_router(&sql, config, &target).await?;
     let prepared = match src.mode {
         SourceMode::Replication => PreparedSource::Replication(replication::prepare(&sql, config, &router).await?),
         SourceMode::Polling => PreparedSource::Polling(polling::prepare(&sql, config, &router).await?),
     };
-    let channel =
-        BrokerChannel::open(&broker, config.broker.heartbeat, config.broker.connect_timeout, "outbox-relay").await?;
-    tracing::info!(broker = %broker.redacted, "connected to RabbitMQ (confirm mode)");
+    let Connected { channel, .. } = handles.brokers.connect(&config.broker, "outbox-relay", &handles.metrics).await?;
     let source = match prepared {
         PreparedSource::Replication(prepared) => {
             let ctx = StartContext {

@@ -13,6 +13,8 @@ mod unroutable;
 mod data;
 // Broker faults through a proxy: cuts, black holes.
 mod broker_faults;
+// A list of broker nodes: a dead node skipped, failover on a cut, the node named, check per node.
+mod broker_nodes;
 // on_unroutable policies: block, dead_letter, drop.
 mod policies;
 // PostgreSQL faults: walsender terminated, server restarted.

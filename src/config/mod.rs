@@ -23,11 +23,13 @@ use std::time::Duration;
 
 use crate::route::template::Template;
 
+pub mod brokers;
 mod raw;
 mod rules;
 pub mod secret;
 mod validate;
 
+pub use brokers::NodeOrder;
 pub use secret::{current_url, redact_url, resolve_url_override, SecretString, UrlTarget};
 pub use validate::{from_str, load, process_env};
 
@@ -140,9 +142,12 @@ impl AfterPublish {
 /// `[broker]`: the RabbitMQ side.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BrokerConfig {
-    /// An `amqp://` or `amqps://` URL, from `broker.url` or the
-    /// `OUTBOX_RELAY_BROKER_URL[_FILE]` override.
+    /// One or more `amqp://` or `amqps://` URLs, joined by commas (see
+    /// [`brokers`]), from `broker.url` or the `OUTBOX_RELAY_BROKER_URL[_FILE]`
+    /// override. [`brokers::urls`] takes them apart.
     pub url: SecretString,
+    /// In which order the nodes of `url` are tried.
+    pub node_order: NodeOrder,
     /// CA bundle for `amqps`; `None` means the system roots. Relative paths in the file
     /// are resolved against the config file's directory. Only allowed with `amqps://`.
     pub tls_ca_file: Option<PathBuf>,

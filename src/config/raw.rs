@@ -17,6 +17,7 @@
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use super::brokers::RawUrls;
 use super::secret::{redact_url, SecretString};
 use super::Problem;
 
@@ -57,7 +58,9 @@ pub(super) struct RawSource {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBroker {
-    pub url: Option<SecretString>,
+    pub url: Option<RawUrls>,
+    pub node_order: Option<String>,
+    pub shuffle_key: Option<String>,
     pub tls_ca_file: Option<String>,
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,

@@ -82,7 +82,7 @@ pub fn redact_url(s: &str) -> String {
 }
 
 /// Byte offset just past `scheme://`, if `s` starts with a URL scheme.
-fn scheme_end(s: &str) -> Option<usize> {
+pub(super) fn scheme_end(s: &str) -> Option<usize> {
     let colon = s.find("://")?;
     let scheme = &s[..colon];
     let mut chars = scheme.chars();
@@ -238,7 +238,8 @@ impl UrlTarget {
 
 const SOURCE_EXPECTED: &str = "expected a postgres:// or postgresql:// URL such as \
      postgres://relay@db:5432/app, or a libpq keyword string such as \"host=db user=relay dbname=app\"";
-const BROKER_EXPECTED: &str = "expected an amqp:// or amqps:// URL such as amqp://relay:PASSWORD@rabbit:5672/%2f";
+const BROKER_EXPECTED: &str = "expected an amqp:// or amqps:// URL such as amqp://relay:PASSWORD@rabbit:5672/%2f \
+     (several nodes: a list in the file, or URLs separated by commas)";
 const NO_SPACES: &str = "contains whitespace or a control character; percent-encode it \
      (a _FILE value loses only one trailing newline)";
 
@@ -265,7 +266,21 @@ fn check_source_url(url: &str) -> Result<(), String> {
     }
 }
 
-fn check_broker_url(url: &str) -> Result<(), String> {
+/// A broker list (see [`super::brokers::split`]): each URL checked on its own,
+/// named by its place when there are several.
+fn check_broker_url(list: &str) -> Result<(), String> {
+    if list.trim_end().ends_with(',') {
+        return Err(format!("ends with a comma; remove it. {BROKER_EXPECTED}"));
+    }
+    let urls = super::brokers::split(list);
+    let n = urls.len();
+    for (i, url) in urls.into_iter().enumerate() {
+        check_one_broker_url(url).map_err(|m| if n > 1 { format!("URL {} of {n} {m}", i + 1) } else { m })?;
+    }
+    Ok(())
+}
+
+fn check_one_broker_url(url: &str) -> Result<(), String> {
     if url.is_empty() {
         return Err(format!("is empty; {BROKER_EXPECTED}"));
     }
@@ -455,6 +470,10 @@ mod tests {
         assert!(t.check("amqp://").unwrap_err().contains("no host"));
         assert!(t.check("amqp://h:99999/").unwrap_err().contains("not a valid URL"));
         assert!(t.check("amqp://h/ x").is_err());
+        // A list: each URL checked, the bad one named by its place.
+        assert!(t.check("amqp://a/,amqps://b/").is_ok());
+        assert!(t.check("amqp://a/,amqp://").unwrap_err().starts_with("URL 2 of 2 has no host"));
+        assert!(t.check("amqp://a/,").unwrap_err().starts_with("ends with a comma"));
     }
 
     #[test]

@@ -14,12 +14,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::brokers;
 use super::raw::{self, RawBroker, RawConfig, RawRoute, RawSource};
 use super::rules;
 use super::secret::{configured_url, SecretString, UrlTarget};
 use super::{
-    AfterPublish, BrokerConfig, Config, ConfigError, HttpConfig, LogConfig, LogFormat, OnSlotLost, OnUnroutable,
-    Problem, RouteConfig, RouteMatch, SourceConfig, SourceMode,
+    AfterPublish, BrokerConfig, Config, ConfigError, HttpConfig, LogConfig, LogFormat, NodeOrder, OnSlotLost,
+    OnUnroutable, Problem, RouteConfig, RouteMatch, SourceConfig, SourceMode,
 };
 use crate::route::template::Template;
 
@@ -79,11 +80,14 @@ const AFTER_PUBLISH: [(&str, AfterPublish); 2] = [("delete", AfterPublish::Delet
 const ON_UNROUTABLE: [(&str, OnUnroutable); 3] =
     [("block", OnUnroutable::Block), ("dead_letter", OnUnroutable::DeadLetter), ("drop", OnUnroutable::Drop)];
 const ON_SLOT_LOST: [(&str, OnSlotLost); 2] = [("stop", OnSlotLost::Stop), ("recover", OnSlotLost::Recover)];
+const NODE_ORDERS: [(&str, bool); 2] = [("listed", false), ("shuffled", true)];
 const LOG_FORMATS: [(&str, LogFormat); 2] = [("text", LogFormat::Text), ("json", LogFormat::Json)];
 
 const MARK_COLUMN_REQUIRED: &str = "is required when source.after_publish = \"mark\": \
     name the column to set once a row is published, such as mark_column = \"published_at\"";
-const TLS_WITHOUT_AMQPS: &str = "is set but the broker URL is amqp:// (no TLS): use an amqps:// URL, or remove the key";
+const TLS_WITHOUT_AMQPS: &str = "is set but no broker URL is amqps:// (no TLS): use amqps:// URLs, or remove the key";
+const SHUFFLE_KEY_WITHOUT_SHUFFLED: &str = "only applies with node_order = \"shuffled\": \
+    set node_order = \"shuffled\", or remove the key";
 const NO_ROUTES: &str = "at least one route is required: add a [[routes]] table, such as \
     [[routes]] with table = \"public.outbox\" and exchange = \"outbox.events\"";
 const TABLE_AND_PREFIX: &str = "cannot be set together with table: a route takes either a \
@@ -102,7 +106,7 @@ struct Validator<'a> {
 impl Validator<'_> {
     fn config(&mut self, raw: RawConfig, path: &Path, env: Env) -> Config {
         let source = self.source(raw.source.unwrap_or_default(), env);
-        let broker = self.broker(raw.broker.unwrap_or_default(), env);
+        let broker = self.broker(raw.broker.unwrap_or_default(), env, &source.slot);
         let routes = self.routes(raw.routes.unwrap_or_default(), &broker);
         let listen = raw.http.unwrap_or_default().listen;
         let listen = listen.unwrap_or_else(|| "127.0.0.1:9187".into());
@@ -162,14 +166,24 @@ impl Validator<'_> {
         }
     }
 
-    fn broker(&mut self, r: RawBroker, env: Env) -> BrokerConfig {
-        let url = self.url(UrlTarget::Broker, r.url, env);
+    fn broker(&mut self, r: RawBroker, env: Env, slot: &str) -> BrokerConfig {
+        let url = self.url(UrlTarget::Broker, r.url.map(|u| u.0), env);
+        let shuffled = self.choice("broker.node_order", r.node_order, &NODE_ORDERS);
+        let node_order = match (shuffled, r.shuffle_key) {
+            (true, key) => NodeOrder::Shuffled(key.unwrap_or_else(|| slot.to_owned())),
+            (false, None) => NodeOrder::Listed,
+            (false, Some(_)) => {
+                self.problem("broker.shuffle_key", SHUFFLE_KEY_WITHOUT_SHUFFLED);
+                NodeOrder::Listed
+            }
+        };
         let tls_ca_file = self.path(r.tls_ca_file);
         let tls_cert_file = self.path(r.tls_cert_file);
         let tls_key_file = self.path(r.tls_key_file);
         let tls = [("ca", &tls_ca_file), ("cert", &tls_cert_file), ("key", &tls_key_file)];
         let first_tls = tls.into_iter().find(|(_, path)| path.is_some());
-        if let Some((name, _)) = first_tls.filter(|_| url.expose().starts_with("amqp://")) {
+        let any_amqps = brokers::split(url.expose()).iter().any(|u| u.starts_with("amqps://"));
+        if let Some((name, _)) = first_tls.filter(|_| !url.expose().is_empty() && !any_amqps) {
             self.problem(format!("broker.tls_{name}_file"), TLS_WITHOUT_AMQPS);
         }
         match (&tls_cert_file, &tls_key_file) {
@@ -198,6 +212,7 @@ impl Validator<'_> {
         let shutdown = self.duration("broker.shutdown_timeout", r.shutdown_timeout, 30_000);
         BrokerConfig {
             url,
+            node_order,
             tls_ca_file,
             tls_cert_file,
             tls_key_file,
@@ -1016,6 +1031,51 @@ level = "info"
         let config = from_str("[[routes]]\nexchange = \"x\"\n", Path::new(FILE), &env).unwrap();
         assert_eq!(config.source.url.expose(), "postgres://env/db");
         assert_eq!(config.broker.url.expose(), "amqp://env");
+    }
+
+    #[test]
+    fn broker_url_takes_a_list_of_nodes_and_an_order() {
+        let list = "url = [\"amqp://relay@r1/%2f\", \"amqp://relay@r2:5673/%2f\"]";
+        let text = MINIMAL.replace("url = \"amqp://relay@rabbit/%2f\"", list);
+        let config = ok(&text);
+        assert_eq!(brokers::split(config.broker.url.expose()), ["amqp://relay@r1/%2f", "amqp://relay@r2:5673/%2f"]);
+        assert_eq!(config.broker.node_order, NodeOrder::Listed);
+        let shuffled = ok(&text.replace("[broker]\n", "[broker]\nnode_order = \"shuffled\"\n"));
+        assert_eq!(shuffled.broker.node_order, NodeOrder::Shuffled("outbox_relay".into()), "keyed by the slot");
+        let keyed = ok(&text.replace("[broker]\n", "[broker]\nnode_order = \"shuffled\"\nshuffle_key = \"k\"\n"));
+        assert_eq!(keyed.broker.node_order, NodeOrder::Shuffled("k".into()));
+        // The environment gives the same list, comma-separated.
+        let env = env_of(&[("OUTBOX_RELAY_BROKER_URL", "amqp://e1/, amqps://e2/")]);
+        let config = from_str(MINIMAL, Path::new(FILE), &env).unwrap();
+        assert_eq!(brokers::split(config.broker.url.expose()), ["amqp://e1/", "amqps://e2/"]);
+    }
+
+    #[test]
+    fn a_bad_node_list_names_the_url_and_the_key() {
+        let with = |line: &str| MINIMAL.replace("url = \"amqp://relay@rabbit/%2f\"", line);
+        let got = problems(&with("url = [\"amqp://r1/\", \"http://r2/\"]"));
+        assert_eq!(got[0].key, "broker.url");
+        assert!(got[0].message.starts_with("URL 2 of 2 has an unsupported scheme"), "{}", got[0].message);
+        let got = problems(&with("url = []"));
+        assert!(got[0].message.starts_with("is empty"), "{}", got[0].message);
+        let got = problems(&with("url = [\"amqp://r1/\", 5]"));
+        assert_eq!(got[0].key, "broker.url", "{got:?}");
+        let got = problems(&MINIMAL.replace("[broker]\n", "[broker]\nshuffle_key = \"k\"\n"));
+        assert_eq!((got[0].key.as_str(), got.len()), ("broker.shuffle_key", 1), "{got:?}");
+        let got = problems(&MINIMAL.replace("[broker]\n", "[broker]\nnode_order = \"random\"\n"));
+        assert_eq!(got[0].key, "broker.node_order");
+    }
+
+    #[test]
+    fn tls_keys_need_one_amqps_node_and_serve_only_those() {
+        let tls = "[broker]\ntls_ca_file = \"/ca.pem\"\n";
+        let mixed = MINIMAL
+            .replace("url = \"amqp://relay@rabbit/%2f\"", "url = [\"amqp://plain/\", \"amqps://secure/\"]")
+            .replace("[broker]\n", tls);
+        assert!(ok(&mixed).broker.tls_ca_file.is_some());
+        let got = problems(&MINIMAL.replace("[broker]\n", tls));
+        assert_eq!(got[0].key, "broker.tls_ca_file");
+        assert!(got[0].message.contains("no broker URL is amqps://"), "{}", got[0].message);
     }
 
     #[test]

@@ -28,6 +28,7 @@
 pub mod amqp;
 pub mod channel;
 pub mod confirm;
+pub mod nodes;
 
 use std::collections::VecDeque;
 use std::sync::Arc;

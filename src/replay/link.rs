@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{BatchSeq, OutboxEvent, Part, PgTimestamp, SourcePosition, Transaction};
 use crate::metrics::Metrics;
-use crate::publish::channel::{BrokerChannel, BrokerTarget};
+use crate::publish::nodes::{BrokerNodes, Connected};
 use crate::publish::{Publisher, PublisherSettings};
 use crate::route::{route_names, Router};
 
@@ -39,18 +39,15 @@ pub(super) struct Link {
 }
 
 impl Link {
-    pub(super) async fn open(
-        config: &Config,
-        broker: &BrokerTarget,
-        router: Arc<Router>,
-        rate: Option<u32>,
-    ) -> Result<Link> {
+    /// Connects to the first usable node of `broker.url` (no retry: a replay
+    /// that fails is run again).
+    pub(super) async fn open(config: &Config, router: Arc<Router>, rate: Option<u32>) -> Result<Link> {
         let b = &config.broker;
-        let channel = BrokerChannel::open(broker, b.heartbeat, b.connect_timeout, "outbox-relay replay").await?;
-        tracing::info!(broker = %broker.redacted, "connected to RabbitMQ (confirm mode)");
+        let metrics = Metrics::new(route_names(&config.routes));
+        let nodes = BrokerNodes::default();
+        let Connected { channel, .. } = nodes.connect(b, "outbox-relay replay", &metrics).await?;
         let (txns, rx) = mpsc::channel(1);
         let (progress_tx, progress) = watch::channel(Progress::default());
-        let metrics = Metrics::new(route_names(&config.routes));
         let publisher = Publisher::new(
             channel,
             router,

@@ -309,6 +309,13 @@ impl TestConfig {
         self
     }
 
+    /// `broker.url` as a list of nodes, tried in this order.
+    pub fn broker_urls(mut self, urls: &[String]) -> TestConfig {
+        let items: Vec<String> = urls.iter().map(|u| string(u)).collect();
+        self.broker.set("url", format!("[{}]", items.join(", ")));
+        self
+    }
+
     /// `broker.url`: the shared broker's URL, host and port replaced by
     /// `addr` (a [`Proxy`](super::proxy::Proxy) in front of it).
     pub fn broker_through(self, addr: SocketAddr) -> TestConfig {
