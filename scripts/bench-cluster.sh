@@ -27,8 +27,9 @@
 #       relay's max_in_flight), a consumer attached (through node 1);
 #    c. the relay: examples/bench_drain consuming the quorum queue through node 1, then t0
 #       and `outbox-relay run` with broker.url = the cluster's three URLs, node 1 first
-#       (a single URL, node 1's, with a relay that does not take a list: the table says
-#       which); rate = events / (t0 -> the last distinct message_id's arrival). CPU from
+#       (node_order "listed", the default; a single URL, node 1's, with a relay that does
+#       not take a list: the table says which, and which node the relay was on);
+#       rate = events / (t0 -> the last distinct message_id's arrival). CPU from
 #       /proc/PID/stat (user + sys, all threads): the relay's whole life up to then, the
 #       walsender's, and RabbitMQ's summed over the three nodes' beam.smp from t0; the
 #       relay's peak RSS (VmHWM) once all are confirmed; then SIGTERM;
@@ -167,6 +168,7 @@ start_services() {
   IFS=, read -ra CLUSTER_NODES <<<"$OUTBOX_BENCH_CLUSTER_NODES"
   [ "${#CLUSTER_URLS[@]}" = 3 ] || die "rabbit-cluster.sh env gave ${#CLUSTER_URLS[@]} URLs, not 3"
   NODE1_URL=${CLUSTER_URLS[0]}
+  NODE1_HOSTPORT=$(sed -E 's|^amqp://([^@]*@)?([^/]*).*$|\2|' <<<"$NODE1_URL")
   BEAM_PIDS=()
   local n p
   for n in 1 2 3; do
@@ -442,6 +444,14 @@ run_once() {
   local hwm
   hwm=$(vm_kib "$relay_pid" VmHWM)
   curl -s --max-time 5 "$METRICS_URL" >"$rd/metrics.txt" || true
+  # the node the relay published through (outbox_relay_broker_node{node="host:port"} 1;
+  # absent from a relay that takes a single URL)
+  local on_node
+  on_node=$(sed -n 's/^outbox_relay_broker_node{node="\([^"]*\)"} 1$/\1/p' "$rd/metrics.txt" | head -n1)
+  if [ -n "$on_node" ]; then
+    printf '  the relay was on %s (outbox_relay_broker_node)\n' "$on_node" >>"$RUNLOG"
+    [ "$on_node" = "$NODE1_HOSTPORT" ] || log "WARNING: the relay published through $on_node, not node 1 ($NODE1_HOSTPORT)"
+  fi
   stop_relay
   log "relay done; the cluster's ceiling after"
   ceiling "$rd/broker-after.out"
@@ -507,7 +517,9 @@ report() {
   printf '  median (min–max) of %s run(s); every run'"'"'s figures in %s\n' "$RUNS" "$FIGS"
   printf '\ncluster: %s; quorum queue %s (durable, x-queue-type=quorum), leader %s, members %s\n' \
     "$OUTBOX_BENCH_CLUSTER_NODES" "$QUEUE" "$QUEUE_LEADER" "$QUEUE_MEMBERS"
-  printf 'relay broker.url: %s\n' "$BROKER_URLS"
+  local on
+  on=$(sed -n 's/^  the relay was on \([^ ]*\) .*/\1/p' "$RUNLOG" | sort -u | paste -sd ' ')
+  printf 'relay broker.url: %s; published through %s\n' "$BROKER_URLS" "${on:-node 1 (its only URL)}"
   printf 'catch-up of a %s-event backlog, 1 event per transaction, %s B payloads (t0 = relay start -> last distinct id at bench_drain, through node 1); ceiling = bench_broker through node 1 with the relay'"'"'s message shape, %s messages, confirms, window %s, consumer attached, before and after; CPU in ticks of 1/%s s\n\n' \
     "$EVENTS" "$SIZE" "$CEILING_EVENTS" "$WINDOW" "$hz"
   row "cluster ceiling, msgs/s (mean)" "$(show ceiling 0)"
