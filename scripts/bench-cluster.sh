@@ -46,10 +46,14 @@
 # machine spent besides RabbitMQ per message ("others' CPU"), in the relay's run and in
 # the ceiling's, which is what separates the two.
 #
-# Every wait is bounded: BENCH_TIMEOUT seconds per measured phase (default 60 +
-# events/200). Files in BENCH_DIR (default target/bench): cluster-results.txt,
+# Duration once built, on the 2-core machine (2026-12-07, shared with other work, the
+# cluster's ceiling 5,000-8,000 msgs/s): --quick 25 s, the default 3 minutes (the
+# cluster's start adds 15-30 s when it is not running). Every wait is bounded:
+# BENCH_TIMEOUT seconds per measured phase (default 60 + events/200).
+#
+# Files in BENCH_DIR (default target/bench): cluster-results.txt (the table),
 # cluster-figures.tsv (every figure of every run), cluster-runs.txt (raw lines), and
-# cluster/runN/ (relay.log, relay.toml, drain.out, broker-*.out, samples.txt, metrics.txt).
+# cluster/runN/ (relay.log, drain.out, broker-*.out, samples.txt, metrics.txt, ...).
 # Other environment (optional): BENCH_RELAY (a relay binary to measure instead of this
 # checkout's), BENCH_INSERT_SESSIONS, and rabbit-cluster.sh's OUTBOX_CLUSTER_* (ports,
 # state dir). Everything listens on and connects to 127.0.0.1 only.
