@@ -31,7 +31,8 @@
 //! its confirm (the broker's ceiling for a backlog).
 //!
 //! It declares the exchange, the queue and the binding (idempotent) before
-//! publishing, so `--count 0` only declares. `--purge` empties the queue
+//! publishing, so `--count 0` only declares. The queue is a classic one
+//! unless `--queue-type quorum` (`scripts/bench-cluster.sh`). `--purge` empties the queue
 //! afterwards; `--delete` deletes the queue and the exchange at the end.
 //!
 //! Output: one line of `key=value` pairs starting with `bench_broker`,
@@ -101,6 +102,12 @@ struct Args {
     /// Give up after this many seconds (the whole run).
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// Type of the queue to declare: `classic` (no arguments, as before) or
+    /// `quorum` (`x-queue-type=quorum`, replicated on every node of a
+    /// cluster; `scripts/bench-cluster.sh`). RabbitMQ refuses to declare an
+    /// existing queue with another type.
+    #[arg(long, default_value = "classic", value_parser = ["classic", "quorum"])]
+    queue_type: String,
 }
 
 /// What the broker said on the publishing channel.
@@ -293,8 +300,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Declarations on their own channel.
     let admin = conn.open_channel(None).await?;
     admin.exchange_declare(ExchangeDeclareArguments::new(&args.exchange, "topic").durable(true).finish()).await?;
+    let mut declare = QueueDeclareArguments::durable_client_named(&args.queue);
+    if args.queue_type != "classic" {
+        let mut queue_args = FieldTable::new();
+        queue_args.insert("x-queue-type".try_into()?, FieldValue::from(args.queue_type.as_str()));
+        declare.arguments(queue_args);
+    }
     let (_, depth_before, _) = admin
-        .queue_declare(QueueDeclareArguments::durable_client_named(&args.queue))
+        .queue_declare(declare)
         .await?
         .ok_or("queue.declare-ok missing")?;
     admin.queue_bind(QueueBindArguments::new(&args.queue, &args.exchange, &args.binding)).await?;
