@@ -242,29 +242,8 @@ write_config() {
   fi
   log "broker.url: $BROKER_URLS"
   outbox_ddl "$RELAY" "$CONFIG" "$DIR/cluster/outbox.sql"
-  # the same payload and backlog as scripts/bench.sh (examples/bench_broker.rs builds the
-  # same body): a JSON object padded to exactly `size` bytes; one COMMIT per `batch` rows
-  cat >>"$DIR/cluster/outbox.sql" <<'EOF'
-ALTER TABLE outbox SET (autovacuum_enabled = off);
-CREATE FUNCTION bench_payload(seq bigint, size int) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
-  SELECT jsonb_build_object('pad', repeat('x', greatest(0, size - length(b::text))), 'seq', seq,
-           'note', 'benchmark event', 'account', 'acct-' || (seq % 100), 'amount_cents', seq * 7 % 10000)
-  FROM (SELECT jsonb_build_object('pad', '', 'seq', seq, 'note', 'benchmark event',
-          'account', 'acct-' || (seq % 100), 'amount_cents', seq * 7 % 10000) AS b) AS s
-$$;
-CREATE PROCEDURE bench_fill(first bigint, last bigint, batch int, size int) LANGUAGE plpgsql AS $$
-DECLARE
-  i bigint := first;
-BEGIN
-  WHILE i <= last LOOP
-    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-      SELECT 'bench', 'acct-' || (g % 100), 'BenchEvent', bench_payload(g, size)
-      FROM generate_series(i, least(i + batch - 1, last)) AS g;
-    COMMIT;
-    i := i + batch;
-  END LOOP;
-END $$;
-EOF
+  # the same payload and backlog as scripts/bench.sh (bench-lib.sh)
+  bench_backlog_sql >>"$DIR/cluster/outbox.sql"
 }
 
 # the exchange and the quorum queue, declared through node 1 and empty; checks that the

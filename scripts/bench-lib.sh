@@ -95,3 +95,34 @@ drop_slot_and_db() {
   done
   psql_su -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
 }
+
+# SQL appended to the outbox DDL by the catch-up benchmarks (bench.sh, bench-cluster.sh):
+# autovacuum off for the outbox (no vacuum of the backlog inside a measurement);
+# bench_payload(seq, size), a JSON object whose text (jsonb's output, what the relay
+# sends as the body) is exactly `size` bytes, padded by its "pad" field
+# (examples/bench_broker.rs builds the same text); and bench_fill(first, last, batch,
+# size), which inserts rows first..last and COMMITs every `batch` rows (each COMMIT a
+# transaction of its own in the WAL, as a client's would be).
+bench_backlog_sql() {
+  cat <<'EOF'
+ALTER TABLE outbox SET (autovacuum_enabled = off);
+CREATE FUNCTION bench_payload(seq bigint, size int) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+  SELECT jsonb_build_object('pad', repeat('x', greatest(0, size - length(b::text))), 'seq', seq,
+           'note', 'benchmark event', 'account', 'acct-' || (seq % 100), 'amount_cents', seq * 7 % 10000)
+  FROM (SELECT jsonb_build_object('pad', '', 'seq', seq, 'note', 'benchmark event',
+          'account', 'acct-' || (seq % 100), 'amount_cents', seq * 7 % 10000) AS b) AS s
+$$;
+CREATE PROCEDURE bench_fill(first bigint, last bigint, batch int, size int) LANGUAGE plpgsql AS $$
+DECLARE
+  i bigint := first;
+BEGIN
+  WHILE i <= last LOOP
+    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+      SELECT 'bench', 'acct-' || (g % 100), 'BenchEvent', bench_payload(g, size)
+      FROM generate_series(i, least(i + batch - 1, last)) AS g;
+    COMMIT;
+    i := i + batch;
+  END LOOP;
+END $$;
+EOF
+}

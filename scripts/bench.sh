@@ -224,30 +224,8 @@ listen = "127.0.0.1:$PORT"
 level = "info"
 EOF
   outbox_ddl "$RELAY" "$CONFIG" "$DIR/outbox.sql"
-  # the payload of bench row `seq`: a JSON object whose text (jsonb's output, what the
-  # relay sends as the body) is exactly `size` bytes, padded by its "pad" field
-  # (examples/bench_broker.rs builds the same text); and the backlog's inserts
-  cat >>"$DIR/outbox.sql" <<'EOF'
-ALTER TABLE outbox SET (autovacuum_enabled = off);
-CREATE FUNCTION bench_payload(seq bigint, size int) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
-  SELECT jsonb_build_object('pad', repeat('x', greatest(0, size - length(b::text))), 'seq', seq,
-           'note', 'benchmark event', 'account', 'acct-' || (seq % 100), 'amount_cents', seq * 7 % 10000)
-  FROM (SELECT jsonb_build_object('pad', '', 'seq', seq, 'note', 'benchmark event',
-          'account', 'acct-' || (seq % 100), 'amount_cents', seq * 7 % 10000) AS b) AS s
-$$;
-CREATE PROCEDURE bench_fill(first bigint, last bigint, batch int, size int) LANGUAGE plpgsql AS $$
-DECLARE
-  i bigint := first;
-BEGIN
-  WHILE i <= last LOOP
-    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-      SELECT 'bench', 'acct-' || (g % 100), 'BenchEvent', bench_payload(g, size)
-      FROM generate_series(i, least(i + batch - 1, last)) AS g;
-    COMMIT;
-    i := i + batch;
-  END LOOP;
-END $$;
-EOF
+  # the payload of bench row `seq` and the backlog's inserts (bench-lib.sh)
+  bench_backlog_sql >>"$DIR/outbox.sql"
 }
 
 
