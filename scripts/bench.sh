@@ -544,13 +544,13 @@ steady_run() {
 # shape, without the x-outbox-* headers, and plain (persistent, message_id only, not
 # mandatory), one after the other, per size; $1 run
 shape_run() {
-  local run=$1 size shape rate elapsed beam d
+  local run=$1 size shape rate beam d
   for size in $SIZES; do
     d="$DIR/shape/$size/run$run"
     mkdir -p "$d"
     for shape in relay no-headers plain; do
       ceiling "$CEILING_EVENTS" "$size" "$d/$shape.out" "$shape"
-      read -r rate elapsed beam _ <<<"$CEILING"
+      read -r rate _ beam _ <<<"$CEILING"
       record shape "$size/$shape" "$run" rate "$rate"
       record shape "$size/$shape" "$run" beam_us "$beam"
       log "shape $size B $shape: $rate msgs/s, RabbitMQ $beam µs/msg"
