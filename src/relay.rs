@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, OnSlotLost};
 use crate::error::{End, ErrorKind, Policy, Result};
 use crate::health::State;
+use crate::publish::nodes::BrokerNodes;
 use crate::session::{self, Handles};
 
 /// Backoff bounds.
@@ -96,6 +97,7 @@ pub async fn supervise(config: &Config, handles: &Handles, stop: &CancellationTo
             return Err(err);
         }
         standing_by = err.kind() == ErrorKind::SlotInUse;
+        let mut broker_round = false;
         let delay = if standing_by {
             handles.health.set(State::Standby);
             tracing::info!(retry_in = ?STANDBY_RETRY, reason = %err.chain(), "standing by: another instance holds the slot");
@@ -106,7 +108,9 @@ pub async fn supervise(config: &Config, handles: &Handles, stop: &CancellationTo
                 handles.metrics.reconnect(end.as_str());
             }
             // Broker nodes are tried one after another; the backoff is between full rounds.
-            if err.kind().end() == Some(End::Broker) && handles.brokers.after_failure() {
+            broker_round = err.kind().end() == Some(End::Broker);
+            if broker_round && handles.brokers.after_failure() {
+                broker_round = false;
                 tracing::error!(error = %err.chain(), kind = err.kind().as_str(), "RabbitMQ connection lost; moving to the next node of broker.url and restarting from the slot's confirmed position");
                 FAILOVER_PAUSE
             } else {
@@ -116,9 +120,17 @@ pub async fn supervise(config: &Config, handles: &Handles, stop: &CancellationTo
                 d
             }
         };
+        // After a round in which no broker node was usable, a node coming back cuts the backoff short.
+        let wait = async {
+            if broker_round {
+                BrokerNodes::backoff(&config.broker, delay).await;
+            } else {
+                tokio::time::sleep(delay).await;
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
+            _ = wait => {}
         }
     }
 }

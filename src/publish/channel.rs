@@ -147,6 +147,11 @@ impl BrokerTarget {
         ))
     }
 
+    /// Host and port, to connect to.
+    pub fn host_port(&self) -> (&str, u16) {
+        (&self.host, self.port)
+    }
+
     /// "host:port".
     pub fn endpoint(&self) -> String {
         format!("{}:{}", self.host, self.port)

@@ -29,6 +29,11 @@ use super::channel::{BrokerChannel, BrokerTarget};
 /// A session that stayed on its node this long starts a new round: its
 /// failure counts as the first of a row again.
 const HEALTHY_CONNECTION: Duration = Duration::from_secs(60);
+/// While backing off after a failed round: how often the nodes that refused
+/// connections are tried again (a TCP connect, nothing more).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long one TCP probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The nodes' cursor; see the module doc.
 #[derive(Debug, Default)]
@@ -141,9 +146,50 @@ impl BrokerNodes {
         }
     }
 
+    /// The supervisor's backoff after a failed round, cut short when a node
+    /// that refused TCP connections (or did not answer) as the wait began
+    /// accepts them: a cluster that comes back is used within about a
+    /// second, not at the end of a backoff grown to 30 s during the outage.
+    /// A node that accepts connections but fails later (a refused login, a
+    /// stopped app on a live VM) never cuts the wait, so this cannot turn
+    /// into a tight loop.
+    pub async fn backoff(cfg: &BrokerConfig, delay: Duration) {
+        let deadline = tokio::time::Instant::now() + delay;
+        let targets = Self::targets(cfg).unwrap_or_default();
+        let mut down = Vec::new();
+        for t in &targets {
+            if !accepts(t).await {
+                down.push(t);
+            }
+        }
+        if down.is_empty() {
+            tokio::time::sleep_until(deadline).await;
+            return;
+        }
+        loop {
+            let next = (tokio::time::Instant::now() + PROBE_EVERY).min(deadline);
+            tokio::time::sleep_until(next).await;
+            if next >= deadline {
+                return;
+            }
+            for t in &down {
+                if accepts(t).await {
+                    tracing::info!(node = %t.endpoint(), "RabbitMQ node accepts connections again; reconnecting before the backoff ends");
+                    return;
+                }
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Cursor> {
         self.cursor.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Whether `target` accepts a TCP connection now (closed again at once).
+async fn accepts(target: &BrokerTarget) -> bool {
+    let (host, port) = target.host_port();
+    matches!(tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await, Ok(Ok(_)))
 }
 
 /// The error of a round in which no node was usable.
@@ -204,6 +250,37 @@ mod tests {
         assert!(n.after_failure());
         n.lock().since = Some(Instant::now() - HEALTHY_CONNECTION);
         assert!(n.after_failure(), "the streak restarted: node 2 had been healthy for a minute");
+    }
+
+    fn broker_config(url: &str) -> BrokerConfig {
+        let text =
+            format!("[source]\nurl = \"postgres://db/app\"\n[broker]\nurl = \"{url}\"\n[[routes]]\nexchange = \"x\"\n");
+        crate::config::from_str(&text, std::path::Path::new("t.toml"), &|_| None).expect("a valid config").broker
+    }
+
+    #[tokio::test]
+    async fn the_backoff_ends_soon_after_a_refusing_node_accepts_again() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let cfg = broker_config(&format!("amqp://u:p@{addr}/%2f"));
+        let t0 = Instant::now();
+        let reopen = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::net::TcpListener::bind(addr).await.expect("the port again")
+        };
+        let ((), _listener) = tokio::join!(BrokerNodes::backoff(&cfg, Duration::from_secs(20)), reopen);
+        let waited = t0.elapsed();
+        assert!(waited < Duration::from_secs(3), "waited {waited:?} of a 20 s backoff");
+    }
+
+    #[tokio::test]
+    async fn a_node_that_accepted_all_along_does_not_cut_the_backoff() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = broker_config(&format!("amqp://u:p@{}/%2f", listener.local_addr().unwrap()));
+        let t0 = Instant::now();
+        BrokerNodes::backoff(&cfg, Duration::from_millis(1500)).await;
+        assert!(t0.elapsed() >= Duration::from_millis(1500), "a node that fails after accepting must not loop fast");
     }
 
     #[test]
