@@ -21,6 +21,12 @@
 #     - deploy/compose/config.toml is accepted by the relay binary, when one is
 #       built (`setup --print-sql` validates the config without connecting)
 #     - `docker compose config -q`, when Docker Compose is installed
+#   deploy/kubernetes/*.yaml
+#     - YAML parse, one object each with apiVersion, kind, metadata.name;
+#       the ConfigMap's relay.toml: http.listen not loopback-only, and
+#       terminationGracePeriodSeconds above broker.shutdown_timeout
+#     - the ConfigMap's relay.toml is accepted by the relay binary, when one
+#       is built (tests/kubernetes.rs checks the rest against the library)
 #   deploy/prometheus/alerts.yml
 #     - YAML parse, every rule has alert, expr, labels.severity, summary and
 #       description, unique names
@@ -158,6 +164,22 @@ else
   note "docker compose: not installed, its own validation skipped"
 fi
 
+# ------------------------------------------------------------------ kubernetes
+section "deploy/kubernetes"
+if [ -n "$relay_bin" ] && [ -f deploy/kubernetes/relay-config.yaml ]; then
+  # The ConfigMap's relay.toml, extracted as the pod would see it.
+  if python3 -c 'import sys, yaml; sys.stdout.write(yaml.safe_load(open(sys.argv[1]))["data"]["relay.toml"])' \
+    deploy/kubernetes/relay-config.yaml >"$tmp/k8s-relay.toml" 2>"$tmp/k8s.err" &&
+    out=$(OUTBOX_RELAY_SOURCE_URL_FILE='' OUTBOX_RELAY_BROKER_URL_FILE='' \
+      OUTBOX_RELAY_SOURCE_URL='postgres://relay@postgres:5432/app' \
+      OUTBOX_RELAY_BROKER_URL='amqp://relay@rabbit-0:5672/%2f,amqp://relay@rabbit-1:5672/%2f' \
+      "$relay_bin" setup --print-sql --config "$tmp/k8s-relay.toml" 2>&1 >/dev/null); then
+    note "deploy/kubernetes/relay-config.yaml: relay.toml accepted by $(basename "$relay_bin") (setup --print-sql)"
+  else
+    finding "deploy/kubernetes/relay-config.yaml: relay.toml is rejected by the relay:"
+    { cat "$tmp/k8s.err"; printf '%s\n' "${out:-}"; } | sed 's/^/     /'
+  fi
+fi
 # ------------------------------------------------- YAML / JSON / metric names
 python3 - "$SPEC" >"$tmp/py.out" 2>&1 <<'PY' && rc=0 || rc=$?
 import json, os, re, sys
@@ -323,6 +345,36 @@ try:
 except Exception as e:  # noqa: BLE001
     problem(f"compose files: {type(e).__name__}: {e}")
 
+# ---- kubernetes: every manifest parses; listen and grace period fit the config
+before = len(problems)
+try:
+    import glob
+    paths = sorted(glob.glob("deploy/kubernetes/*.yaml"))
+    if not paths:
+        problem("deploy/kubernetes: no manifests")
+    objs = {}
+    for path in paths:
+        docs = [d for d in yaml.safe_load_all(open(path, encoding="utf-8")) if d is not None]
+        if len(docs) != 1:
+            problem(f"{path}: {len(docs)} documents, expected one")
+        for d in docs:
+            if not (d.get("apiVersion") and d.get("kind") and (d.get("metadata") or {}).get("name")):
+                problem(f"{path}: apiVersion, kind and metadata.name are required")
+            objs[d.get("kind")] = d
+    cfg = tomllib.loads(objs["ConfigMap"]["data"]["relay.toml"])
+    listen = cfg.get("http", {}).get("listen", "127.0.0.1:9187")
+    if listen.startswith("127.") or listen.startswith("[::1]") or listen.startswith("localhost"):
+        problem(f"deploy/kubernetes/relay-config.yaml: http.listen {listen} is unreachable by probes and Prometheus")
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    shutdown = duration_s(cfg.get("broker", {}).get("shutdown_timeout", "30s"))
+    if shutdown is None or grace <= shutdown:
+        problem(f"deploy/kubernetes/deployment.yaml: terminationGracePeriodSeconds {grace} must exceed broker.shutdown_timeout {shutdown}s")
+    if len(problems) == before:
+        say(f"deploy/kubernetes: {len(paths)} manifests ({', '.join(sorted(objs))}), consistent")
+except Exception as e:  # noqa: BLE001
+    problem(f"deploy/kubernetes: {type(e).__name__}: {e}")
+
 # ---- the unit's stop timeout covers the default shutdown_timeout
 try:
     unit = open("systemd/outbox-relay.service", encoding="utf-8").read()
@@ -337,7 +389,7 @@ for p in problems:
     print("FINDING: " + p)
 sys.exit(1 if problems else 0)
 PY
-section "alerts, dashboard, compose consistency"
+section "alerts, dashboard, compose and kubernetes consistency"
 if [ ! -f deploy/grafana/outbox-relay.json ] || ! python3 -m json.tool deploy/grafana/outbox-relay.json >/dev/null 2>"$tmp/json.err"; then
   finding "deploy/grafana/outbox-relay.json is not valid JSON: $(cat "$tmp/json.err" 2>/dev/null)"
 else

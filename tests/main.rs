@@ -35,6 +35,8 @@ mod hostile;
 mod observability;
 // deploy/: alert rules and dashboard name only metrics that exist.
 mod deploy;
+// deploy/kubernetes/: the manifests' config, env, mounts, ports and probe paths against the binary.
+mod kubernetes;
 // The preflight: one test per problem it must find.
 mod check;
 // The command line: --version, setup, bad configs.
