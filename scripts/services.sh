@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Project-owned PostgreSQL and RabbitMQ instances for outbox-relay's tests and demo.
 #
-#   scripts/services.sh up     [pg|rabbit]   install what is missing, start (idempotent), print env
+#   scripts/services.sh up     [pg|rabbit]   install what is missing (promtool too), start (idempotent), print env
 #   scripts/services.sh down   [pg|rabbit]   stop what this script started (by its pid files / data dirs)
 #   scripts/services.sh status               say what runs (exit 0 only when both run)
 #   scripts/services.sh env                  print the export lines for tests and the demo
@@ -107,6 +107,9 @@ ensure_packages() {
     [ -x "$RABBIT_BIN/rabbitmq-server" ] || die "rabbitmq-server installed but $RABBIT_BIN/rabbitmq-server is missing"
   fi
   id -u postgres >/dev/null 2>&1 || die "user 'postgres' does not exist (it comes with the postgresql package)"
+  # promtool, for the test that runs `promtool check metrics` on the relay's /metrics
+  # (extracted from Debian's prometheus package; no server); that test says how when missing
+  "$REPO/scripts/promtool.sh" >/dev/null || log "WARNING: promtool could not be installed (scripts/promtool.sh)"
 }
 
 # ---------------------------------------------------------------- state dir

@@ -281,10 +281,69 @@ impl Metrics {
         self.set_broker_node(&[], None);
     }
 
-    /// The text exposition.
+    /// The text exposition, in Prometheus's text format 0.0.4 (what /metrics
+    /// declares, and what `promtool check metrics` reads).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        to_text_format(&out)
+    }
+}
+
+/// prometheus-client writes OpenMetrics: a counter's `# HELP`/`# TYPE` name
+/// it without `_total` (`# TYPE outbox_relay_reconnects counter`) while its
+/// samples are `outbox_relay_reconnects_total`, and the text ends in `# EOF`.
+/// In text format 0.0.4 such samples have no type (Prometheus takes them as
+/// untyped; promtool says "no help text"). This names the counter's HELP and
+/// TYPE after its samples and drops `# EOF`; the samples are unchanged.
+fn to_text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .filter(|name| !name.ends_with("_total"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta.and_then(|(p, rest)| Some((p, rest.split_once(' ')?))) {
+            Some((p, (name, tail))) if counters.contains(name) => {
+                out.push_str(p);
+                out.push_str(name);
+                out.push_str("_total ");
+                out.push_str(tail);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_is_text_format_0_0_4_with_counters_typed_by_their_sample_names() {
+        let m = Metrics::new(vec!["orders".into()]);
+        m.reconnect("source");
+        let text = m.encode();
+        assert!(text.contains("# TYPE outbox_relay_reconnects_total counter\n"), "{text}");
+        assert!(text.contains("# HELP outbox_relay_reconnects_total Reconnections by target"), "{text}");
+        assert!(text.contains("outbox_relay_reconnects_total{target=\"source\"} 1\n"), "{text}");
+        assert!(text.contains("# TYPE outbox_relay_active gauge\n"), "{text}");
+        assert!(!text.contains("# EOF") && text.ends_with('\n'), "{text}");
+        // every sample's family has a TYPE line (a histogram's by its base name)
+        for sample in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = sample.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| text.contains(&format!("# TYPE {b} histogram\n"))))
+                .unwrap_or(name);
+            assert!(text.contains(&format!("# TYPE {family} ")), "no TYPE for {name}:\n{text}");
+        }
     }
 }
