@@ -35,7 +35,7 @@ mod hostile;
 mod observability;
 // deploy/: alert rules and dashboard name only metrics that exist.
 mod deploy;
-// The preflight: one test per problem it must find.
+// The preflight: one test per problem it must find; --json against deploy/check.schema.json.
 mod check;
 // The command line: --version, setup, bad configs.
 mod cli;
