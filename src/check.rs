@@ -3,7 +3,8 @@
 //! Exit 0 only when the relay can run (warnings allowed).
 //!
 //! It reuses the relay's own pieces (`slot.rs`, `Router::check_table`,
-//! `BrokerChannel`), so it cannot drift from what `run` needs.
+//! `BrokerChannel`), so it cannot drift from what `run` needs. Every finding
+//! carries a [`Key`]; `json.rs` renders the report for `check --json`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -11,12 +12,17 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::config::{current_url, Config, UrlTarget};
+use crate::exit::Failure;
 use crate::publish::channel::BrokerChannel;
 use crate::publish::nodes::BrokerNodes;
 use crate::route::Router;
 use crate::source::postgres::{quote_ident, PgTarget};
 use crate::source::replication::record::Place;
 use crate::source::replication::slot;
+
+mod json;
+
+pub use json::{config_error_json, exit_meaning, failure_json, Key, JSON_VERSION};
 
 /// Each end gets at most this long to answer, so `check` finishes in about ten seconds.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
@@ -39,6 +45,8 @@ pub enum Level {
 pub struct Finding {
     /// Severity.
     pub level: Level,
+    /// What it is about.
+    pub key: Key,
     /// What was found.
     pub what: String,
     /// How to fix it (problems and warnings).
@@ -53,14 +61,23 @@ pub struct Report {
 }
 
 impl Report {
-    fn ok(&mut self, what: impl Into<String>) {
-        self.findings.push(Finding { level: Level::Ok, what: what.into(), fix: None });
+    fn ok(&mut self, key: Key, what: impl Into<String>) {
+        self.findings.push(Finding { level: Level::Ok, key, what: what.into(), fix: None });
     }
-    fn warn(&mut self, what: impl Into<String>, fix: impl Into<String>) {
-        self.findings.push(Finding { level: Level::Warn, what: what.into(), fix: Some(fix.into()) });
+    fn warn(&mut self, key: Key, what: impl Into<String>, fix: impl Into<String>) {
+        self.findings.push(Finding { level: Level::Warn, key, what: what.into(), fix: Some(fix.into()) });
     }
-    fn problem(&mut self, what: impl Into<String>, fix: impl Into<String>) {
-        self.findings.push(Finding { level: Level::Problem, what: what.into(), fix: Some(fix.into()) });
+    fn problem(&mut self, key: Key, what: impl Into<String>, fix: impl Into<String>) {
+        self.findings.push(Finding { level: Level::Problem, key, what: what.into(), fix: Some(fix.into()) });
+    }
+
+    /// What the command's exit code says: `Ok` (0) when the relay can run, warnings allowed.
+    pub fn result(&self) -> Result<(), Failure> {
+        if self.problems() == 0 {
+            Ok(())
+        } else {
+            Err(Failure::Failed)
+        }
     }
 
     /// Number of problems.
@@ -101,7 +118,7 @@ impl Report {
 /// Runs every check.
 pub async fn run(config: &Config) -> Report {
     let mut r = Report::default();
-    r.ok(format!("configuration {} is valid ({} route(s))", config.path.display(), config.routes.len()));
+    r.ok(Key::Config, format!("configuration {} is valid ({} route(s))", config.path.display(), config.routes.len()));
     let (pg, broker) = tokio::join!(check_source(config), check_broker(config));
     r.findings.extend(pg.findings);
     r.findings.extend(broker.findings);
@@ -114,21 +131,24 @@ async fn check_source(config: &Config) -> Report {
     let target = match current_url(UrlTarget::Source, &src.url).and_then(|u| PgTarget::parse(u.expose())) {
         Ok(t) => t,
         Err(e) => {
-            r.problem(e.chain(), "fix source.url or OUTBOX_RELAY_SOURCE_URL[_FILE]");
+            r.problem(Key::SourceUrl, e.chain(), "fix source.url or OUTBOX_RELAY_SOURCE_URL[_FILE]");
             return r;
         }
     };
     let client = match target.connect_sql(CONNECT_TIMEOUT).await {
         Ok(c) => c,
         Err(e) => {
-            r.problem(format!("PostgreSQL: {}", e.chain()), e.kind().hint());
+            r.problem(Key::PostgresConnection, format!("PostgreSQL: {}", e.chain()), e.kind().hint());
             return r;
         }
     };
     let user = target.config.get_user().unwrap_or("?").to_owned();
-    r.ok(format!("PostgreSQL {} reachable as {user:?}, database {:?}", target.endpoint(), target.dbname()));
+    r.ok(
+        Key::PostgresConnection,
+        format!("PostgreSQL {} reachable as {user:?}, database {:?}", target.endpoint(), target.dbname()),
+    );
     if let Err(e) = source_details(&client, config, &user, &mut r).await {
-        r.problem(format!("PostgreSQL: {}", e.chain()), e.kind().hint());
+        r.problem(Key::PostgresConnection, format!("PostgreSQL: {}", e.chain()), e.kind().hint());
     }
     r
 }
@@ -151,6 +171,7 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
         let name = format!("{schema}.{table}");
         match slot::table_columns(client, &schema, &table).await? {
             None => r.problem(
+                Key::Table,
                 format!("table {name} named by a route does not exist"),
                 "create it (`outbox-relay setup --print-sql` shows the default outbox table) or fix the route's table",
             ),
@@ -171,6 +192,7 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
                     .get(0);
                 if !select {
                     r.problem(
+                        Key::TablePrivilege,
                         format!("role {user:?} cannot SELECT from {name}"),
                         format!(
                             "GRANT SELECT ON {}.{} TO {};",
@@ -182,10 +204,14 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
                 }
                 let problems = router.check_table(&schema, &table, &cols);
                 if problems.is_empty() {
-                    r.ok(format!("table {name}: every route template names an existing column"));
+                    r.ok(Key::RouteColumns, format!("table {name}: every route template names an existing column"));
                 }
                 for p in problems {
-                    r.problem(format!("{}: {p}", config.path.display()), "fix the route, or add the column");
+                    r.problem(
+                        Key::RouteColumns,
+                        format!("{}: {p}", config.path.display()),
+                        "fix the route, or add the column",
+                    );
                 }
             }
         }
@@ -197,11 +223,15 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
     // Publication.
     let wanted = router.tables();
     match slot::publication_state(client, &src.publication).await? {
-        None if src.create_slot => r.ok(format!(
-            "publication {:?} does not exist yet: will be created at start (create_slot = true)",
-            src.publication
-        )),
+        None if src.create_slot => r.ok(
+            Key::Publication,
+            format!(
+                "publication {:?} does not exist yet: will be created at start (create_slot = true)",
+                src.publication
+            ),
+        ),
         None => r.problem(
+            Key::Publication,
             format!("publication {:?} does not exist", src.publication),
             "run `outbox-relay setup --config FILE`, or set source.create_slot = true",
         ),
@@ -210,24 +240,29 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
             let missing: Vec<String> = coverage.missing.iter().map(|(s, t)| format!("{s}.{t}")).collect();
             if !coverage.by_partition.is_empty() {
                 let (what, fix) = slot::by_partition_problem(&src.publication, &coverage.by_partition);
-                r.problem(what, fix);
+                r.problem(Key::Publication, what, fix);
             }
             if !p.publishes_insert {
                 r.problem(
+                    Key::Publication,
                     format!("publication {:?} does not publish inserts", src.publication),
                     format!("ALTER PUBLICATION {} SET (publish = 'insert');", quote_ident(&src.publication)),
                 );
             }
             if missing.is_empty() {
-                r.ok(format!("publication {:?} covers every route's table", src.publication));
+                r.ok(Key::Publication, format!("publication {:?} covers every route's table", src.publication));
             } else if src.create_slot {
-                r.ok(format!(
-                    "publication {:?} lacks {}: will be added at start (create_slot = true)",
-                    src.publication,
-                    missing.join(", ")
-                ));
+                r.ok(
+                    Key::Publication,
+                    format!(
+                        "publication {:?} lacks {}: will be added at start (create_slot = true)",
+                        src.publication,
+                        missing.join(", ")
+                    ),
+                );
             } else {
                 r.problem(
+                    Key::Publication,
                     format!("publication {:?} does not cover {}", src.publication, missing.join(", ")),
                     "run `outbox-relay setup --config FILE` (or ALTER PUBLICATION ... ADD TABLE ...)",
                 );
@@ -247,7 +282,7 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
             Some(_) => None,
         };
         if let Some(what) = lost {
-            r.problem(
+            r.problem(Key::SlotLost,
                 format!(
                     "slot {:?} is lost: {what}; the broker confirmed everything up to {} (last commit {}), and later events may never have been published",
                     src.slot,
@@ -267,7 +302,7 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
                 .map_err(|e| crate::error::from_pg(crate::ErrorKind::SourceQuery, "reading schema privileges", e))?
                 .get(0);
             if !may_create {
-                r.warn(
+                r.warn(Key::StateTable,
                     format!("the relay's state table {}.outbox_relay_state does not exist and this role may not create it: a lost slot would not be detected", place.schema),
                     "run `outbox-relay setup` as the owner of the outbox table (it creates the table), then GRANT SELECT, INSERT, UPDATE on it to this role",
                 );
@@ -276,22 +311,22 @@ async fn source_details(client: &Client, config: &Config, user: &str, r: &mut Re
         warn_unrecoverable(client, &router.tables(), r).await?;
     }
     match slot_state {
-        None if src.create_slot => r.ok(format!("slot {:?} does not exist yet: will be created at start (create_slot = true); events committed before that are not relayed", src.slot)),
-        None => r.problem(format!("slot {:?} does not exist", src.slot), "run `outbox-relay setup --config FILE`, or set source.create_slot = true"),
+        None if src.create_slot => r.ok(Key::Slot, format!("slot {:?} does not exist yet: will be created at start (create_slot = true); events committed before that are not relayed", src.slot)),
+        None => r.problem(Key::Slot, format!("slot {:?} does not exist", src.slot), "run `outbox-relay setup --config FILE`, or set source.create_slot = true"),
         Some(s) => {
             if s.database.as_deref() != Some(db.as_str()) {
-                r.problem(format!("slot {:?} belongs to database {:?}, not {db:?}", src.slot, s.database.unwrap_or_default()), "slot names are cluster-wide: choose another source.slot");
+                r.problem(Key::Slot, format!("slot {:?} belongs to database {:?}, not {db:?}", src.slot, s.database.unwrap_or_default()), "slot names are cluster-wide: choose another source.slot");
             } else if s.plugin != "pgoutput" {
-                r.problem(format!("slot {:?} uses plugin {:?}", src.slot, s.plugin), "choose another source.slot, or drop this slot if nothing else uses it");
+                r.problem(Key::Slot, format!("slot {:?} uses plugin {:?}", src.slot, s.plugin), "choose another source.slot, or drop this slot if nothing else uses it");
             } else {
                 let retained = s.retained_bytes.unwrap_or(0);
                 match s.active_pid {
-                    Some(pid) => r.warn(format!("slot {:?} is active (walsender PID {pid}): another relay instance streams from it", src.slot), "fine for a hot standby: this instance will wait and take over; otherwise stop the other consumer"),
-                    None if retained > RETAINED_WARN_BYTES => r.warn(
+                    Some(pid) => r.warn(Key::Slot, format!("slot {:?} is active (walsender PID {pid}): another relay instance streams from it", src.slot), "fine for a hot standby: this instance will wait and take over; otherwise stop the other consumer"),
+                    None if retained > RETAINED_WARN_BYTES => r.warn(Key::Slot,
                         format!("slot {:?} is inactive and retains {} MiB of WAL", src.slot, retained >> 20),
                         "start the relay soon (it catches up from the slot), or drop the slot if it is abandoned",
                     ),
-                    None => r.ok(format!("slot {:?} exists (pgoutput), inactive, confirmed up to {}", src.slot, s.confirmed_flush.map(|l| l.to_string()).unwrap_or_default())),
+                    None => r.ok(Key::Slot, format!("slot {:?} exists (pgoutput), inactive, confirmed up to {}", src.slot, s.confirmed_flush.map(|l| l.to_string()).unwrap_or_default())),
                 }
             }
         }
@@ -314,7 +349,7 @@ async fn warn_unrecoverable(client: &Client, tables: &[(String, String)], r: &mu
         let Some(row) = row else { continue };
         let (inserted, deleted): (i64, i64) = (row.get(0), row.get(1));
         if inserted > 0 && deleted * 10 >= inserted * 9 {
-            r.warn(
+            r.warn(Key::TableRetention,
                 format!("{schema}.{table}: {deleted} of {inserted} inserted rows are deleted; after a lost slot, `outbox-relay recover` re-publishes from the table and cannot bring back deleted rows"),
                 "keep outbox rows for longer than a recovery may need (delete them later, by age), or accept that a lost slot loses the events deleted before it was noticed",
             );
@@ -333,9 +368,10 @@ async fn replication_prereqs(
     let src = &config.source;
     let wal_level = one_text(client, "SHOW wal_level").await?;
     if wal_level == "logical" {
-        r.ok("wal_level = logical");
+        r.ok(Key::PostgresWalLevel, "wal_level = logical");
     } else {
         r.problem(
+            Key::PostgresWalLevel,
             format!("wal_level = {wal_level}; logical replication needs logical"),
             "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
         );
@@ -345,9 +381,10 @@ async fn replication_prereqs(
         .await
         .map_err(|e| crate::error::from_pg(crate::ErrorKind::SourceQuery, "reading the role", e))?;
     if row.get::<_, bool>(0) {
-        r.ok(format!("role {user:?} has REPLICATION"));
+        r.ok(Key::PostgresReplication, format!("role {user:?} has REPLICATION"));
     } else {
         r.problem(
+            Key::PostgresReplication,
             format!("role {user:?} lacks the REPLICATION privilege"),
             format!("ALTER ROLE {} REPLICATION;", quote_ident(user)),
         );
@@ -366,18 +403,21 @@ async fn replication_prereqs(
         (limits.get(0), limits.get(1), limits.get(2), limits.get(3), limits.get(4));
     if slot_state.is_none() && used_slots >= max_slots {
         r.problem(
+            Key::PostgresSlots,
             format!("all {max_slots} replication slots are in use (max_replication_slots)"),
             "raise max_replication_slots (restart needed) or drop an unused slot",
         );
     }
     if used_senders >= max_senders {
         r.problem(
+            Key::PostgresWalSenders,
             format!("all {max_senders} WAL senders are in use (max_wal_senders)"),
             "raise max_wal_senders (restart needed)",
         );
     }
     if keep == "-1" {
         r.warn(
+            Key::PostgresWalKeep,
             "max_slot_wal_keep_size = -1: a stuck slot can fill the disk with WAL",
             "set max_slot_wal_keep_size to a bound you can afford, and alert on outbox_relay_replication_lag_bytes",
         );
@@ -395,10 +435,15 @@ async fn polling_tables(client: &Client, config: &Config, user: &str, r: &mut Re
         let name = format!("{schema}.{table}");
         let Some(cols) = slot::table_columns(client, &schema, &table).await? else { continue };
         match crate::source::polling::primary_key(client, &schema, &table).await {
-            Ok(key) => r.ok(format!("table {name}: polled rows are identified by its primary key {key:?}")),
-            Err(e) => {
-                r.problem(e.to_string(), "add a single-column primary key (the default outbox table has one: id)")
-            }
+            Ok(key) => r.ok(
+                Key::TablePrimaryKey,
+                format!("table {name}: polled rows are identified by its primary key {key:?}"),
+            ),
+            Err(e) => r.problem(
+                Key::TablePrimaryKey,
+                e.to_string(),
+                "add a single-column primary key (the default outbox table has one: id)",
+            ),
         }
         let allowed: bool = client
             .query_one(
@@ -412,6 +457,7 @@ async fn polling_tables(client: &Client, config: &Config, user: &str, r: &mut Re
             .get(0);
         if !allowed {
             r.problem(
+                Key::TablePrivilege,
                 format!(
                     "role {user:?} cannot {privilege} rows of {name} (after_publish = {:?})",
                     src.after_publish.as_str()
@@ -428,6 +474,7 @@ async fn polling_tables(client: &Client, config: &Config, user: &str, r: &mut Re
         if let (true, Some(m)) = (mark, &src.mark_column) {
             if !cols.iter().any(|c| &c.name == m) {
                 r.problem(
+                    Key::TableMarkColumn,
                     format!("mark_column {m:?} does not exist in {name}"),
                     format!(
                         "ALTER TABLE {}.{} ADD COLUMN {} timestamptz;",
@@ -496,11 +543,14 @@ async fn declined_rows(
     };
     let rule = "polling publishes, then deletes or marks, only the rows a route matches; the others stay in the table";
     if count == 0 {
-        r.ok(format!("table {name}: every unpublished row matches a route's `when` filter ({rule})"));
+        r.ok(
+            Key::TableUnmatchedRows,
+            format!("table {name}: every unpublished row matches a route's `when` filter ({rule})"),
+        );
     } else {
         let shown =
             if count > DECLINED_COUNT_CAP { format!("more than {DECLINED_COUNT_CAP}") } else { count.to_string() };
-        r.warn(
+        r.warn(Key::TableUnmatchedRows,
             format!("table {name}: {shown} unpublished row(s) match no route's `when` filter and stay in the table ({rule})"),
             "add a route (or a `when` value) for them, or delete them if nobody needs them",
         );
@@ -517,7 +567,7 @@ async fn check_broker(config: &Config) -> Report {
     let targets = match BrokerNodes::targets(&config.broker) {
         Ok(t) => t,
         Err(e) => {
-            r.problem(e.chain(), "fix broker.url or OUTBOX_RELAY_BROKER_URL[_FILE]");
+            r.problem(Key::BrokerUrl, e.chain(), "fix broker.url or OUTBOX_RELAY_BROKER_URL[_FILE]");
             return r;
         }
     };
@@ -527,7 +577,7 @@ async fn check_broker(config: &Config) -> Report {
     for t in &targets {
         match BrokerChannel::open(t, heartbeat, CONNECT_TIMEOUT, "outbox-relay check").await {
             Ok(ch) => {
-                r.ok(format!("RabbitMQ {} reachable, publisher confirms enabled", t.endpoint()));
+                r.ok(Key::BrokerConnection, format!("RabbitMQ {} reachable, publisher confirms enabled", t.endpoint()));
                 ch.close().await;
                 usable.get_or_insert(t);
             }
@@ -538,6 +588,7 @@ async fn check_broker(config: &Config) -> Report {
     for (node, e) in failed {
         if usable.is_some() {
             r.warn(
+                Key::BrokerNode,
                 format!("RabbitMQ node {node} of broker.url ({n} nodes) is not usable: {}", e.chain()),
                 format!(
                     "the relay uses the other nodes meanwhile; {}, or remove the node from broker.url",
@@ -545,7 +596,7 @@ async fn check_broker(config: &Config) -> Report {
                 ),
             );
         } else {
-            r.problem(format!("RabbitMQ: {}", e.chain()), e.kind().hint());
+            r.problem(Key::BrokerConnection, format!("RabbitMQ: {}", e.chain()), e.kind().hint());
         }
     }
     if let Some(target) = usable {
@@ -563,11 +614,11 @@ async fn check_broker(config: &Config) -> Report {
             }
             // A failed passive declare closes the channel: one connection per exchange.
             match BrokerChannel::open(target, heartbeat, CONNECT_TIMEOUT, "outbox-relay check").await {
-                Err(e) => r.problem(format!("RabbitMQ: {}", e.chain()), e.kind().hint()),
+                Err(e) => r.problem(Key::BrokerConnection, format!("RabbitMQ: {}", e.chain()), e.kind().hint()),
                 Ok(mut ch) => {
                     match ch.exchange_exists(ex).await {
-                            Ok(()) => r.ok(format!("exchange {ex:?} exists")),
-                            Err(_) => r.problem(format!("exchange {ex:?} does not exist"), format!("declare it (e.g. rabbitmqadmin declare exchange name={ex} type=topic durable=true); the relay never declares exchanges")),
+                            Ok(()) => r.ok(Key::Exchange, format!("exchange {ex:?} exists")),
+                            Err(_) => r.problem(Key::Exchange, format!("exchange {ex:?} does not exist"), format!("declare it (e.g. rabbitmqadmin declare exchange name={ex} type=topic durable=true); the relay never declares exchanges")),
                         }
                     ch.close().await;
                 }

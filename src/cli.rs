@@ -19,7 +19,14 @@ pub enum Command {
     /// Run the relay until SIGTERM or SIGINT.
     Run(ConfigArg),
     /// Preflight: validate the config, connect to both ends, report every problem with its fix.
-    Check(ConfigArg),
+    Check {
+        /// The configuration file.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print one JSON document instead of text (schema: deploy/check.schema.json); the same exit codes.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create the publication and the replication slot if missing.
     Setup {
         /// The configuration file.

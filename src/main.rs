@@ -18,7 +18,8 @@ use outbox_relay::ErrorKind;
 fn main() -> ExitCode {
     let result = match cli::Cli::parse().command {
         cli::Command::Run(config) => run(&config.config),
-        cli::Command::Check(config) => check(&config.config),
+        cli::Command::Check { config, json: false } => check(&config.config),
+        cli::Command::Check { config, json: true } => check_json(&config.config),
         cli::Command::Setup { config, print_sql: true } => print_sql(&config.config),
         cli::Command::Setup { config, print_sql: false } => setup(&config.config),
         cli::Command::Recover(config) => recover(&config.config),
@@ -53,11 +54,26 @@ fn check(path: &Path) -> Result<(), Failure> {
     let rt = runtime()?;
     let report = rt.block_on(outbox_relay::check::run(&cfg));
     print!("{}", report.render());
-    if report.problems() == 0 {
-        Ok(())
-    } else {
-        Err(Failure::Failed)
-    }
+    report.result()
+}
+
+/// `check --json`: one JSON document on stdout in every case (an invalid
+/// configuration and a failure to start included); nothing else is
+/// written to stdout (`check` sets up no logging).
+fn check_json(path: &Path) -> Result<(), Failure> {
+    use outbox_relay::check;
+    let (doc, result) = match config::load(path, &config::process_env) {
+        Err(e) => (check::config_error_json(path, &e), Err(Failure::Invalid)),
+        Ok(cfg) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Err(e) => (check::failure_json(path, &format!("{:#}", anyhow::Error::from(e))), Err(Failure::Failed)),
+            Ok(rt) => {
+                let report = rt.block_on(check::run(&cfg));
+                (report.to_json(path), report.result())
+            }
+        },
+    };
+    println!("{doc:#}");
+    result
 }
 
 fn print_sql(path: &Path) -> Result<(), Failure> {

@@ -37,7 +37,7 @@ mod observability;
 mod deploy;
 // deploy/kubernetes/: the manifests' config, env, mounts, ports and probe paths against the binary.
 mod kubernetes;
-// The preflight: one test per problem it must find.
+// The preflight: one test per problem it must find; --json against deploy/check.schema.json.
 mod check;
 // The command line: --version, setup, bad configs.
 mod cli;

@@ -15,6 +15,7 @@ pub mod pki;
 pub mod proxy;
 pub mod rabbit_cluster;
 pub mod relay;
+pub mod schema;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
