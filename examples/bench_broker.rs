@@ -306,10 +306,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         queue_args.insert("x-queue-type".try_into()?, FieldValue::from(args.queue_type.as_str()));
         declare.arguments(queue_args);
     }
-    let (_, depth_before, _) = admin
-        .queue_declare(declare)
-        .await?
-        .ok_or("queue.declare-ok missing")?;
+    let (_, depth_before, _) = admin.queue_declare(declare).await?.ok_or("queue.declare-ok missing")?;
     admin.queue_bind(QueueBindArguments::new(&args.queue, &args.exchange, &args.binding)).await?;
 
     let mut consumer = None;
