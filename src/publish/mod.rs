@@ -461,8 +461,8 @@ impl Publisher {
                 p.nacks += 1;
                 if p.nacks >= NACKS_BEFORE_RECONNECT {
                     return Err(Error::new(ErrorKind::BrokerChannel, format!(
-                        "RabbitMQ at {} nacked message {} {} times in a row; reopening the connection (after a quorum queue's leader moved, a channel can refuse every publish until it is reopened; a queue full under x-overflow = reject-publish nacks too)",
-                        self.channel.endpoint(), p.msg.message_id, p.nacks)));
+                        "RabbitMQ at {} nacked message {}{} {} times in a row; reopening the connection (after a quorum queue's leader moved, a channel can refuse every publish until it is reopened; a queue full under x-overflow = reject-publish nacks too)",
+                        self.channel.endpoint(), p.msg.message_id, p.msg.trace_id().map(|t| format!(" (trace_id {t})")).unwrap_or_default(), p.nacks)));
                 }
                 if let Some(nacks) = self.nack_log.hit(Instant::now()) {
                     tracing::warn!(message_id = %p.msg.message_id, trace_id = p.msg.trace_id(), exchange = %p.msg.exchange, attempts = p.attempts, nacks,

@@ -442,9 +442,13 @@ impl Route {
         // The event id is looked up only when an error needs it (not per event).
         let data_err = |what: String| {
             let event_id = f.get("id").map(|c| c.into_owned()).unwrap_or_else(|| String::from("?"));
+            // The trace id of a traceparent column (the headers column may be
+            // what failed), so the stop can be found from the trace.
+            let trace = f.get_if_present("traceparent").and_then(|tp| TraceId::of_traceparent(&tp));
+            let trace = trace.map(|t| format!(", trace_id {t}")).unwrap_or_default();
             Error::new(
                 ErrorKind::Data,
-                format!("route {name:?}: {} (event id {event_id}, LSN {}): {what}", f.origin(), lsn_text(ev)),
+                format!("route {name:?}: {} (event id {event_id}, LSN {}{trace}): {what}", f.origin(), lsn_text(ev)),
             )
         };
         let render = |key: &str, tpl: &template::Template| {
@@ -855,6 +859,13 @@ mod tests {
         let (router, ev) = traced("outbox_headers = false\n", [Some("e1"), Some("A"), Some("{}"), None, None]);
         let m = router.render(&ev).unwrap().unwrap();
         assert_eq!((m.all_headers(), m.trace_id), (Vec::new(), None));
+    }
+
+    #[test]
+    fn a_data_error_names_the_trace_id() {
+        let (router, ev) = traced("outbox_headers = false\n", [Some("e1"), Some("A"), None, Some(TP), None]);
+        let err = router.render(&ev).unwrap_err().to_string();
+        assert!(err.contains("event id e1, LSN 0/10, trace_id 4bf92f3577b34da6a3ce929d0e0e4736)"), "{err}");
     }
 
     #[test]
