@@ -9,6 +9,8 @@ mod replication;
 mod lifecycle;
 // Unroutable messages and confirm correlation under pipelining.
 mod unroutable;
+// CloudEvents routes (validated by the CloudEvents Python SDK) and W3C trace context.
+mod cloudevents;
 // Bad rows: a clear stop, never a skip; logical messages routed by prefix.
 mod data;
 // Broker faults through a proxy: cuts, black holes.

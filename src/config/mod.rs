@@ -242,6 +242,15 @@ pub struct RouteConfig {
     /// and `x-outbox-commit-time` headers (default true). `x-outbox-replay`
     /// marks a replayed message either way.
     pub outbox_headers: bool,
+    /// How the event is laid out: plain, or a CloudEvent (binary or
+    /// structured mode of the CloudEvents AMQP binding).
+    pub format: EventFormat,
+    /// CloudEvents `source`: a template; by default the literal
+    /// `/outbox-relay/{database}/{schema}.{table}` (or `.../message:{prefix}`),
+    /// resolved by validation. Only used when `format` is a CloudEvents one.
+    pub ce_source: Template,
+    /// CloudEvents `subject`: an optional template (such as `{aggregate_id}`).
+    pub ce_subject: Option<Template>,
     /// Filter: every `(column, value)` pair must equal the row's text value for the route
     /// to match. Empty matches every event. In file order.
     pub when: Vec<(String, String)>,
@@ -251,6 +260,30 @@ pub struct RouteConfig {
     /// The route's own dead-letter exchange, else `broker.dead_letter_exchange`
     /// (resolved by validation); non-empty when `on_unroutable` is `DeadLetter`.
     pub dead_letter_exchange: String,
+}
+
+/// `[[routes]] format`: how an event is laid out on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventFormat {
+    /// The payload as the body, attributes as AMQP properties (the default).
+    Plain,
+    /// CloudEvents AMQP binding, binary mode: attributes as `cloudEvents:*`
+    /// headers, the payload as the body.
+    CloudEvents,
+    /// CloudEvents AMQP binding, structured mode: an
+    /// `application/cloudevents+json` body.
+    CloudEventsStructured,
+}
+
+impl EventFormat {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventFormat::Plain => "plain",
+            EventFormat::CloudEvents => "cloudevents",
+            EventFormat::CloudEventsStructured => "cloudevents-structured",
+        }
+    }
 }
 
 /// What a route takes events from.

@@ -19,8 +19,8 @@ use super::raw::{self, RawBroker, RawConfig, RawRoute, RawSource};
 use super::rules;
 use super::secret::{configured_url, SecretString, UrlTarget};
 use super::{
-    AfterPublish, BrokerConfig, Config, ConfigError, HttpConfig, LogConfig, LogFormat, NodeOrder, OnSlotLost,
-    OnUnroutable, Problem, RouteConfig, RouteMatch, SourceConfig, SourceMode,
+    AfterPublish, BrokerConfig, Config, ConfigError, EventFormat, HttpConfig, LogConfig, LogFormat, NodeOrder,
+    OnSlotLost, OnUnroutable, Problem, RouteConfig, RouteMatch, SourceConfig, SourceMode,
 };
 use crate::route::template::Template;
 
@@ -80,6 +80,11 @@ const AFTER_PUBLISH: [(&str, AfterPublish); 2] = [("delete", AfterPublish::Delet
 const ON_UNROUTABLE: [(&str, OnUnroutable); 3] =
     [("block", OnUnroutable::Block), ("dead_letter", OnUnroutable::DeadLetter), ("drop", OnUnroutable::Drop)];
 const ON_SLOT_LOST: [(&str, OnSlotLost); 2] = [("stop", OnSlotLost::Stop), ("recover", OnSlotLost::Recover)];
+const FORMATS: [(&str, EventFormat); 3] = [
+    ("plain", EventFormat::Plain),
+    ("cloudevents", EventFormat::CloudEvents),
+    ("cloudevents-structured", EventFormat::CloudEventsStructured),
+];
 const NODE_ORDERS: [(&str, bool); 2] = [("listed", false), ("shuffled", true)];
 const LOG_FORMATS: [(&str, LogFormat); 2] = [("text", LogFormat::Text), ("json", LogFormat::Json)];
 
@@ -94,6 +99,11 @@ const TABLE_AND_PREFIX: &str = "cannot be set together with table: a route takes
     table's rows or logical decoding messages; split it into two routes";
 const EXCHANGE_REQUIRED: &str = "is required: name the exchange to publish to, such as \
     exchange = \"outbox.events\" (\"\" is the default exchange)";
+const CE_KEY_WITHOUT_CLOUDEVENTS: &str = "only applies with format = \"cloudevents\" or \
+    \"cloudevents-structured\": set format, or remove the key";
+const CE_SOURCE_EMPTY: &str = "must not be empty: the CloudEvents source attribute is required \
+    (a URI-reference such as \"/orders/{aggregate_type}\"); remove the key for the default \
+    /outbox-relay/DATABASE/SCHEMA.TABLE";
 const EMPTY_MESSAGE_ID: &str = "must not be empty: consumers deduplicate by message_id; \
     use a unique column such as \"{id}\"";
 
@@ -107,7 +117,10 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig, path: &Path, env: Env) -> Config {
         let source = self.source(raw.source.unwrap_or_default(), env);
         let broker = self.broker(raw.broker.unwrap_or_default(), env, &source.slot);
-        let routes = self.routes(raw.routes.unwrap_or_default(), &broker);
+        // The database name, for the default CloudEvents `source` (a bad URL
+        // is reported under source.url; the default then names no database).
+        let database = crate::source::postgres::PgTarget::parse(source.url.expose()).map(|t| t.dbname());
+        let routes = self.routes(raw.routes.unwrap_or_default(), &broker, &database.unwrap_or_default());
         let listen = raw.http.unwrap_or_default().listen;
         let listen = listen.unwrap_or_else(|| "127.0.0.1:9187".into());
         let listen = self.value("http.listen", rules::listen_addr(&listen), ([127, 0, 0, 1], 9187).into());
@@ -227,11 +240,11 @@ impl Validator<'_> {
         }
     }
 
-    fn routes(&mut self, raw: Vec<RawRoute>, broker: &BrokerConfig) -> Vec<RouteConfig> {
+    fn routes(&mut self, raw: Vec<RawRoute>, broker: &BrokerConfig, database: &str) -> Vec<RouteConfig> {
         if raw.is_empty() {
             self.problem("routes", NO_ROUTES);
         }
-        let routes: Vec<_> = raw.into_iter().enumerate().map(|(i, r)| self.route(i, r, broker)).collect();
+        let routes: Vec<_> = raw.into_iter().enumerate().map(|(i, r)| self.route(i, r, broker, database)).collect();
         for (i, route) in routes.iter().enumerate() {
             if let Some(j) = routes[..i].iter().position(|other| other.name == route.name) {
                 let message = format!(
@@ -247,7 +260,7 @@ impl Validator<'_> {
 
     /// One route, with `on_unroutable` and the dead-letter exchange resolved
     /// against `[broker]` here, once, so nothing at run time picks between them.
-    fn route(&mut self, i: usize, r: RawRoute, broker: &BrokerConfig) -> RouteConfig {
+    fn route(&mut self, i: usize, r: RawRoute, broker: &BrokerConfig, database: &str) -> RouteConfig {
         let key = |field: &str| format!("routes[{i}].{field}");
         let matcher = match (r.table, r.message_prefix) {
             (Some(table), Some(_)) => {
@@ -340,7 +353,38 @@ impl Validator<'_> {
         {
             self.problem(key("dead_letter_exchange"), "must name an exchange when on_unroutable = \"dead_letter\"");
         }
+        let format = self.choice(&key("format"), r.format, &FORMATS);
+        let cloudevents = format != EventFormat::Plain;
+        for (k, set) in [("ce_source", r.ce_source.is_some()), ("ce_subject", r.ce_subject.is_some())] {
+            if set && !cloudevents {
+                self.problem(key(k), CE_KEY_WITHOUT_CLOUDEVENTS);
+            }
+        }
+        let ce_source = match r.ce_source {
+            Some(s) => {
+                let t = self.template(&key("ce_source"), &s);
+                if s.is_empty() {
+                    self.problem(key("ce_source"), CE_SOURCE_EMPTY);
+                }
+                t
+            }
+            None => Template::literal(&format!("/outbox-relay/{database}/{}", matcher.label())),
+        };
+        let ce_subject = match r.ce_subject.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(self.template(&key("ce_subject"), s)),
+        };
+        if cloudevents && message_type.is_none() {
+            let message = format!(
+                "must not be empty with format = \"{}\": it is the CloudEvents type attribute, which is required",
+                format.as_str()
+            );
+            self.problem(key("type"), message);
+        }
         RouteConfig {
+            format,
+            ce_source,
+            ce_subject,
             on_unroutable,
             dead_letter_exchange,
             name,
@@ -949,6 +993,35 @@ level = "info"
             keys(&route("[[routes]]\nname = \"n\"\nexchange = \"x\"\noutbox_headers = \"no\"")),
             ["routes[1].outbox_headers"]
         );
+    }
+
+    #[test]
+    fn cloudevents_format_and_its_keys() {
+        let base = "[[routes]]\nname = \"n\"\nexchange = \"x\"\n";
+        let config = ok(&route(base));
+        assert_eq!(config.routes[1].format, EventFormat::Plain, "plain by default");
+        let config = ok(&route(&format!("{base}format = \"cloudevents\"\nce_subject = \"{{aggregate_id}}\"")));
+        assert_eq!(config.routes[1].format, EventFormat::CloudEvents);
+        assert_eq!(config.routes[1].ce_source.source(), "/outbox-relay/app/public.outbox", "names the database");
+        assert_eq!(config.routes[1].ce_subject.as_ref().map(Template::source), Some("{aggregate_id}"));
+        let config = ok(&route(&format!("{base}format = \"cloudevents-structured\"\nce_source = \"/o/{{id}}\"")));
+        assert_eq!(config.routes[1].format, EventFormat::CloudEventsStructured);
+        assert_eq!(config.routes[1].ce_source.source(), "/o/{id}");
+        assert_eq!(keys(&route(&format!("{base}format = \"json\""))), ["routes[1].format"]);
+        assert_eq!(
+            keys(&route(&format!("{base}ce_source = \"/s\"\nce_subject = \"{{id}}\""))),
+            ["routes[1].ce_source", "routes[1].ce_subject"],
+            "only with a CloudEvents format"
+        );
+        assert_eq!(keys(&route(&format!("{base}format = \"cloudevents\"\nce_source = \"\""))), ["routes[1].ce_source"]);
+        assert_eq!(
+            keys(&route(&format!("{base}format = \"cloudevents\"\nce_subject = \"{{\""))),
+            ["routes[1].ce_subject"]
+        );
+        let got = problems(&route(&format!("{base}format = \"cloudevents\"\ntype = \"\"")));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].key, "routes[1].type");
+        assert!(got[0].message.contains("CloudEvents type"), "{}", got[0].message);
     }
 
     #[test]

@@ -201,6 +201,7 @@ mod tests {
                 commit_time: crate::event::PgTimestamp(0),
             },
             body: bytes::Bytes::new(),
+            trace_id: None,
         })
     }
 

@@ -461,11 +461,11 @@ impl Publisher {
                 p.nacks += 1;
                 if p.nacks >= NACKS_BEFORE_RECONNECT {
                     return Err(Error::new(ErrorKind::BrokerChannel, format!(
-                        "RabbitMQ at {} nacked message {} {} times in a row; reopening the connection (after a quorum queue's leader moved, a channel can refuse every publish until it is reopened; a queue full under x-overflow = reject-publish nacks too)",
-                        self.channel.endpoint(), p.msg.message_id, p.nacks)));
+                        "RabbitMQ at {} nacked message {}{} {} times in a row; reopening the connection (after a quorum queue's leader moved, a channel can refuse every publish until it is reopened; a queue full under x-overflow = reject-publish nacks too)",
+                        self.channel.endpoint(), p.msg.message_id, p.msg.trace_id().map(|t| format!(" (trace_id {t})")).unwrap_or_default(), p.nacks)));
                 }
                 if let Some(nacks) = self.nack_log.hit(Instant::now()) {
-                    tracing::warn!(message_id = %p.msg.message_id, exchange = %p.msg.exchange, attempts = p.attempts, nacks,
+                    tracing::warn!(message_id = %p.msg.message_id, trace_id = p.msg.trace_id(), exchange = %p.msg.exchange, attempts = p.attempts, nacks,
                         "broker nacked messages; republishing each after a backoff (the position waits for them); repeats are counted, logged every 10 s");
                 }
                 self.schedule_retry(p);
@@ -489,19 +489,19 @@ impl Publisher {
                     self.return_log.resize_with(m.route + 1, Throttle::default);
                 }
                 if let Some(returns) = self.return_log[m.route].hit(Instant::now()) {
-                    tracing::error!(message_id = %m.message_id, exchange = %m.exchange, routing_key = %m.routing_key, reply = %format!("{code} {text}"), attempts = p.attempts, returns,
+                    tracing::error!(message_id = %m.message_id, trace_id = m.trace_id(), exchange = %m.exchange, routing_key = %m.routing_key, reply = %format!("{code} {text}"), attempts = p.attempts, returns,
                         "unroutable message: no queue is bound for this routing key; holding the position and retrying (bind a queue, or set on_unroutable); repeats are counted, logged every 10 s");
                 }
                 self.schedule_retry(p);
             }
             OnUnroutable::Drop => {
-                tracing::warn!(message_id = %m.message_id, exchange = %m.exchange, routing_key = %m.routing_key, "unroutable message dropped (on_unroutable = \"drop\")");
+                tracing::warn!(message_id = %m.message_id, trace_id = m.trace_id(), exchange = %m.exchange, routing_key = %m.routing_key, "unroutable message dropped (on_unroutable = \"drop\")");
                 self.release(&p);
                 self.tracker.confirm(p.txn);
             }
             OnUnroutable::DeadLetter => {
                 if *m.exchange == *dead_letter_exchange {
-                    tracing::error!(message_id = %m.message_id, exchange = %m.exchange, "dead-letter exchange returned the message too; holding the position and retrying");
+                    tracing::error!(message_id = %m.message_id, trace_id = m.trace_id(), exchange = %m.exchange, "dead-letter exchange returned the message too; holding the position and retrying");
                     self.schedule_retry(p);
                     return;
                 }
@@ -511,7 +511,7 @@ impl Publisher {
                 dead.headers.push(("x-outbox-original-routing-key".into(), HeaderValue::Str(m.routing_key.clone())));
                 dead.headers.push(("x-outbox-reason".into(), HeaderValue::Str(format!("{code} {text}"))));
                 dead.exchange = dead_letter_exchange.into();
-                tracing::warn!(message_id = %m.message_id, exchange = %m.exchange, routing_key = %m.routing_key, dead_letter_exchange = %dead.exchange, "unroutable message sent to the dead-letter exchange");
+                tracing::warn!(message_id = %m.message_id, trace_id = m.trace_id(), exchange = %m.exchange, routing_key = %m.routing_key, dead_letter_exchange = %dead.exchange, "unroutable message sent to the dead-letter exchange");
                 // attempts 0: republish_due counts the first send of the dead letter.
                 self.retries.push_back((Instant::now(), Pending::new(p.txn, Arc::new(dead), Instant::now(), 0)));
             }

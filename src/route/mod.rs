@@ -10,12 +10,13 @@
 //! messages whose prefix no route names are not outbox events (any tool may
 //! emit them) and are ignored.
 
+mod cloud_event;
 pub mod template;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::config::{RouteConfig, RouteMatch};
+use crate::config::{EventFormat, RouteConfig, RouteMatch};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Column, Datum, EventSource, Lsn, OutboxEvent, PgTimestamp, SourcePosition};
 
@@ -88,6 +89,9 @@ pub struct OutgoingMessage {
     pub outbox: OutboxHeaders,
     /// The body: for a row from the WAL, a slice of the frame it arrived in.
     pub body: bytes::Bytes,
+    /// The W3C trace id of the event's `traceparent` (from its column or its
+    /// `headers_column`), for the relay's log lines about it.
+    pub trace_id: Option<TraceId>,
 }
 
 impl OutgoingMessage {
@@ -99,11 +103,67 @@ impl OutgoingMessage {
         all
     }
 
+    /// The trace id as text, for a log field (absent when the event has no
+    /// valid `traceparent`).
+    pub fn trace_id(&self) -> Option<&str> {
+        self.trace_id.as_ref().map(TraceId::as_str)
+    }
+
     /// The value of header `name`, as it goes out.
     pub fn header(&self, name: &str) -> Option<HeaderValue> {
         self.all_headers().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
 }
+
+/// The 32 lowercase hex digits of a W3C trace id (kept inline: no allocation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceId([u8; 32]);
+
+impl TraceId {
+    /// The trace id of a W3C `traceparent` (`version-traceid-parentid-flags`,
+    /// lowercase hex, 55 characters for version 00; a later version may append
+    /// `-…`), or `None` when it is malformed: version `ff`, an all-zero trace or
+    /// parent id, a wrong length or separator, upper case.
+    pub fn of_traceparent(tp: &str) -> Option<TraceId> {
+        let b = tp.as_bytes();
+        let hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+        let zero = |s: &[u8]| s.iter().all(|&c| c == b'0');
+        if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+            return None;
+        }
+        let (version, trace, parent, flags) = (&b[0..2], &b[3..35], &b[36..52], &b[53..55]);
+        if !(hex(version) && hex(trace) && hex(parent) && hex(flags)) || version == b"ff" || zero(trace) || zero(parent)
+        {
+            return None;
+        }
+        if b.len() > 55 && (version == b"00" || b[55] != b'-') {
+            return None;
+        }
+        let mut id = [0u8; 32];
+        id.copy_from_slice(trace);
+        Some(TraceId(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only hex digits are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The CloudEvents AMQP binding's prefix of attribute headers (binary mode).
+/// The binding names `cloudEvents:`; some AMQP 0-9-1 clients use
+/// `cloudEvents_` instead, which this relay does not write.
+pub const CE_PREFIX: &str = "cloudEvents:";
+
+/// The content type of a structured-mode CloudEvent.
+pub const CE_STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
 
 /// The relay's own headers (SPEC "AMQP message"): `x-outbox-table`,
 /// `x-outbox-lsn` (replication), `x-outbox-replay` (replay) and
@@ -164,6 +224,9 @@ struct Route {
     /// The exchange and content type, shared by every message.
     exchange: Arc<str>,
     content_type: Arc<str>,
+    /// What goes out as `content_type`: the route's, or for structured
+    /// CloudEvents [`CE_STRUCTURED_CONTENT_TYPE`].
+    wire_content_type: Arc<str>,
 }
 
 impl Router {
@@ -178,6 +241,10 @@ impl Router {
                     headers_column: r.headers_column.clone(),
                     exchange: r.exchange.as_str().into(),
                     content_type: r.content_type.as_str().into(),
+                    wire_content_type: match r.format {
+                        EventFormat::CloudEventsStructured => CE_STRUCTURED_CONTENT_TYPE.into(),
+                        _ => r.content_type.as_str().into(),
+                    },
                 })
                 .collect(),
         }
@@ -236,6 +303,12 @@ impl Router {
             let mut templates = vec![("routing_key", &r.cfg.routing_key), ("message_id", &r.cfg.message_id)];
             if let Some(ty) = &r.cfg.message_type {
                 templates.push(("type", ty));
+            }
+            if r.cfg.format != EventFormat::Plain {
+                templates.push(("ce_source", &r.cfg.ce_source));
+                if let Some(subject) = &r.cfg.ce_subject {
+                    templates.push(("ce_subject", subject));
+                }
             }
             for (k, tpl) in templates.iter().copied().chain(r.cfg.headers.iter().map(|(_, t)| ("headers", t))) {
                 for c in tpl.columns() {
@@ -369,9 +442,13 @@ impl Route {
         // The event id is looked up only when an error needs it (not per event).
         let data_err = |what: String| {
             let event_id = f.get("id").map(|c| c.into_owned()).unwrap_or_else(|| String::from("?"));
+            // The trace id of a traceparent column (the headers column may be
+            // what failed), so the stop can be found from the trace.
+            let trace = f.get_if_present("traceparent").and_then(|tp| TraceId::of_traceparent(&tp));
+            let trace = trace.map(|t| format!(", trace_id {t}")).unwrap_or_default();
             Error::new(
                 ErrorKind::Data,
-                format!("route {name:?}: {} (event id {event_id}, LSN {}): {what}", f.origin(), lsn_text(ev)),
+                format!("route {name:?}: {} (event id {event_id}, LSN {}{trace}): {what}", f.origin(), lsn_text(ev)),
             )
         };
         let render = |key: &str, tpl: &template::Template| {
@@ -413,6 +490,20 @@ impl Route {
                 }
             }
         }
+        // Trace context: `traceparent` / `tracestate` columns (or JSON keys of
+        // a logical message) become headers of the same name, unchanged, in
+        // place of a `headers_column` key of that name. Nothing is allocated
+        // when the row has neither.
+        for col in ["traceparent", "tracestate"] {
+            if let Some(v) = f.get_if_present(col) {
+                headers.retain(|(k, _)| k != col);
+                headers.push((col.to_owned(), HeaderValue::Str(v.into_owned())));
+            }
+        }
+        let trace_id = headers.iter().find_map(|(k, v)| match v {
+            HeaderValue::Str(s) if k == "traceparent" => TraceId::of_traceparent(s),
+            _ => None,
+        });
         let table: Arc<str> = match &ev.source {
             EventSource::Row { table, .. } => table.as_str().into(),
             EventSource::Message { prefix, .. } => format!("message:{prefix}").into(),
@@ -426,19 +517,49 @@ impl Route {
             replay: matches!(ev.position, SourcePosition::Replay(_)),
             commit_time: ev.commit_time,
         };
+        let (headers, body) = match self.cfg.format {
+            EventFormat::Plain => (headers, body),
+            format => {
+                let attrs = cloud_event::Attributes {
+                    id: &message_id,
+                    source: render("ce_source", &self.cfg.ce_source)?,
+                    event_type: message_type.as_deref().unwrap_or_default(),
+                    time: ev.commit_time.to_rfc3339(),
+                    subject: self.cfg.ce_subject.as_ref().map(|t| render("ce_subject", t)).transpose()?,
+                    trace: trace_id.map(|_| trace_headers(&headers)),
+                };
+                if format == EventFormat::CloudEvents {
+                    (attrs.binary_headers(headers), body)
+                } else {
+                    (headers, attrs.structured_body(&self.content_type, &body))
+                }
+            }
+        };
         Ok(OutgoingMessage {
             route: idx,
             exchange: Arc::clone(&self.exchange),
             routing_key,
             message_id,
             message_type,
-            content_type: Arc::clone(&self.content_type),
+            content_type: Arc::clone(&self.wire_content_type),
             timestamp: ev.commit_time.unix_seconds().max(0) as u64,
             headers,
             outbox,
             body,
+            trace_id,
         })
     }
+}
+
+/// The `traceparent` and `tracestate` header values (the former valid).
+fn trace_headers(headers: &[(String, HeaderValue)]) -> (String, Option<String>) {
+    let get = |name: &str| {
+        headers.iter().find_map(|(k, v)| match v {
+            HeaderValue::Str(s) if k == name => Some(s.clone()),
+            _ => None,
+        })
+    };
+    (get("traceparent").unwrap_or_default(), get("tracestate"))
 }
 
 /// Field lookup over a row (its columns) or a message (its JSON content's
@@ -490,6 +611,16 @@ impl<'a> Fields<'a> {
                     v => Some(Cow::Owned(v.to_string())),
                 }
             }
+        }
+    }
+
+    /// Like [`get`](Self::get), for an optional column such as
+    /// `traceparent`: a row's columns are scanned without allocating, and only
+    /// a logical message's JSON is asked.
+    fn get_if_present(&self, name: &str) -> Option<Cow<'a, str>> {
+        match self {
+            Fields::Row { columns, .. } if !columns.iter().any(|c| c.name == name) => None,
+            _ => self.get(name),
         }
     }
 
@@ -616,6 +747,142 @@ mod tests {
         assert_eq!(header(&streamed, "x-outbox-lsn"), Some(HeaderValue::Str("0/10".into())));
         let polled = router.render(&event(&columns, SourcePosition::Batch(BatchSeq(1)))).unwrap().unwrap();
         assert_eq!((header(&polled, "x-outbox-replay"), header(&polled, "x-outbox-lsn")), (None, None));
+    }
+
+    /// A router over an outbox with `traceparent` and `tracestate` columns,
+    /// and one event of it.
+    fn traced(extra: &str, values: [Option<&str>; 5]) -> (Router, OutboxEvent) {
+        let text = format!(
+            "[source]\nurl = \"postgres://u@127.0.0.1/shop\"\n[broker]\nurl = \"amqp://127.0.0.1/%2f\"\n\
+             [[routes]]\ntable = \"public.outbox\"\nexchange = \"x\"\nrouting_key = \"{{event_type}}\"\n{extra}"
+        );
+        let cfg = crate::config::from_str(&text, std::path::Path::new("t.toml"), &|_| None).expect("valid config");
+        let columns: Arc<Vec<Column>> = Arc::new(
+            [("id", 2950), ("event_type", 25), ("payload", JSONB), ("traceparent", 25), ("tracestate", 25)]
+                .into_iter()
+                .map(|(name, type_oid)| Column { name: name.into(), type_oid })
+                .collect(),
+        );
+        let mut router = Router::new(&cfg.routes);
+        assert_eq!(router.check_table("public", "outbox", &columns), Vec::<String>::new());
+        let values =
+            values.iter().map(|v| v.map_or(Datum::Null, |v| Datum::Text(v.as_bytes().to_vec().into()))).collect();
+        let ev = OutboxEvent {
+            source: EventSource::Row { table: "public.outbox".into(), columns, values },
+            position: SourcePosition::Wal(crate::event::EndLsn(crate::event::Lsn(0x10))),
+            commit_time: crate::event::PgTimestamp(1_500_000),
+            ordinal: 0,
+        };
+        (router, ev)
+    }
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn s(v: &str) -> HeaderValue {
+        HeaderValue::Str(v.into())
+    }
+
+    #[test]
+    fn binary_mode_puts_the_attributes_in_cloudevents_headers_and_keeps_the_body() {
+        let (router, ev) = traced(
+            "format = \"cloudevents\"\nce_subject = \"{id}\"\noutbox_headers = false\nheaders = { h = \"v\" }\n",
+            [Some("e1"), Some("Added"), Some("{\"a\": 1}"), Some(TP), Some("k=v")],
+        );
+        let m = router.render(&ev).unwrap().unwrap();
+        assert_eq!(
+            m.all_headers(),
+            vec![
+                ("cloudEvents:specversion".to_owned(), s("1.0")),
+                ("cloudEvents:id".to_owned(), s("e1")),
+                ("cloudEvents:source".to_owned(), s("/outbox-relay/shop/public.outbox")),
+                ("cloudEvents:type".to_owned(), s("Added")),
+                ("cloudEvents:time".to_owned(), s("2000-01-01T00:00:01.5Z")),
+                ("cloudEvents:subject".to_owned(), s("e1")),
+                ("cloudEvents:traceparent".to_owned(), s(TP)),
+                ("cloudEvents:tracestate".to_owned(), s("k=v")),
+                ("h".to_owned(), s("v")),
+                ("traceparent".to_owned(), s(TP)),
+                ("tracestate".to_owned(), s("k=v")),
+            ]
+        );
+        assert_eq!(&*m.content_type, "application/json", "datacontenttype is the AMQP content type");
+        assert_eq!(&m.body[..], b"{\"a\": 1}");
+        assert_eq!(m.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    }
+
+    #[test]
+    fn structured_mode_sends_the_json_event() {
+        let (router, ev) = traced(
+            "format = \"cloudevents-structured\"\nce_source = \"/orders/{event_type}\"\noutbox_headers = false\n",
+            [Some("e1"), Some("Added"), Some("{\"a\": 1}"), None, None],
+        );
+        let m = router.render(&ev).unwrap().unwrap();
+        assert_eq!(&*m.content_type, "application/cloudevents+json; charset=utf-8");
+        assert_eq!(m.all_headers(), Vec::new());
+        assert_eq!(
+            std::str::from_utf8(&m.body).unwrap(),
+            "{\"data\":{\"a\":1},\"datacontenttype\":\"application/json\",\"id\":\"e1\",\"source\":\"/orders/Added\",\
+             \"specversion\":\"1.0\",\"time\":\"2000-01-01T00:00:01.5Z\",\"type\":\"Added\"}"
+        );
+        assert_eq!(m.trace_id, None);
+        // A payload that is not JSON goes as data_base64, a trace as the extension.
+        let (router, ev) = traced(
+            "format = \"cloudevents-structured\"\ncontent_type = \"text/plain\"\noutbox_headers = false\n",
+            [Some("e1"), Some("Added"), Some("foo"), Some(TP), None],
+        );
+        let m = router.render(&ev).unwrap().unwrap();
+        assert_eq!(m.all_headers(), vec![("traceparent".to_owned(), s(TP))]);
+        assert_eq!(
+            std::str::from_utf8(&m.body).unwrap(),
+            format!(
+                "{{\"data_base64\":\"Zm9v\",\"datacontenttype\":\"text/plain\",\"id\":\"e1\",\
+                 \"source\":\"/outbox-relay/shop/public.outbox\",\"specversion\":\"1.0\",\
+                 \"time\":\"2000-01-01T00:00:01.5Z\",\"traceparent\":\"{TP}\",\"type\":\"Added\"}}"
+            )
+        );
+    }
+
+    #[test]
+    fn a_plain_route_passes_trace_context_unchanged_and_a_malformed_one_is_not_a_trace_id() {
+        let (router, ev) =
+            traced("outbox_headers = false\n", [Some("e1"), Some("A"), Some("{}"), Some(TP), Some("a=1,b=2")]);
+        let m = router.render(&ev).unwrap().unwrap();
+        assert_eq!(m.all_headers(), vec![("traceparent".to_owned(), s(TP)), ("tracestate".to_owned(), s("a=1,b=2"))]);
+        assert_eq!(m.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        // The column replaces a headers_column key of the same name; a
+        // malformed value still goes, unchanged, but names no trace.
+        let (router, ev) =
+            traced("outbox_headers = false\n", [Some("e1"), Some("A"), Some("{}"), Some("garbage"), None]);
+        let m = router.render(&ev).unwrap().unwrap();
+        assert_eq!(m.all_headers(), vec![("traceparent".to_owned(), s("garbage"))]);
+        assert_eq!(m.trace_id, None);
+        let (router, ev) = traced("outbox_headers = false\n", [Some("e1"), Some("A"), Some("{}"), None, None]);
+        let m = router.render(&ev).unwrap().unwrap();
+        assert_eq!((m.all_headers(), m.trace_id), (Vec::new(), None));
+    }
+
+    #[test]
+    fn a_data_error_names_the_trace_id() {
+        let (router, ev) = traced("outbox_headers = false\n", [Some("e1"), Some("A"), None, Some(TP), None]);
+        let err = router.render(&ev).unwrap_err().to_string();
+        assert!(err.contains("event id e1, LSN 0/10, trace_id 4bf92f3577b34da6a3ce929d0e0e4736)"), "{err}");
+    }
+
+    #[test]
+    fn traceparent_validation() {
+        assert!(TraceId::of_traceparent(TP).is_some());
+        assert!(TraceId::of_traceparent(&format!("01{}-extra", &TP[2..])).is_some(), "a later version may extend it");
+        for bad in [
+            &TP[..54],
+            &TP.to_uppercase(),
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            &format!("{TP}-x"),
+        ] {
+            assert_eq!(TraceId::of_traceparent(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -153,6 +153,21 @@ impl Route {
         self
     }
 
+    /// `format`: `"plain"`, `"cloudevents"` or `"cloudevents-structured"`.
+    pub fn format(self, format: &str) -> Route {
+        self.set("format", format)
+    }
+
+    /// `ce_source` (a template).
+    pub fn ce_source(self, template: &str) -> Route {
+        self.set("ce_source", template)
+    }
+
+    /// `ce_subject` (a template).
+    pub fn ce_subject(self, template: &str) -> Route {
+        self.set("ce_subject", template)
+    }
+
     /// `outbox_headers`: whether messages carry the relay's `x-outbox-*` headers.
     pub fn outbox_headers(mut self, on: bool) -> Route {
         self.table.set("outbox_headers", on.to_string());

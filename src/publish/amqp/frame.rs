@@ -578,6 +578,7 @@ mod tests {
                 commit_time: crate::event::PgTimestamp(1_000_000),
             },
             body: body.to_vec().into(),
+            trace_id: None,
         }
     }
 

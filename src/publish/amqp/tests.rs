@@ -116,6 +116,7 @@ fn message(body_len: usize) -> OutgoingMessage {
             commit_time: PgTimestamp(0),
         },
         body: (0..body_len).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into(),
+        trace_id: None,
     }
 }
 
