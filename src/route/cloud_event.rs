@@ -32,24 +32,30 @@ pub(super) struct Attributes<'a> {
 }
 
 impl Attributes<'_> {
+    /// The attributes as (name, string form), in the binding's order;
+    /// `datacontenttype` is the caller's (the AMQP content-type in binary
+    /// mode, a field of the JSON in structured mode).
+    fn named(self) -> Vec<(&'static str, String)> {
+        let mut out = vec![
+            ("specversion", "1.0".to_owned()),
+            ("id", self.id.to_owned()),
+            ("source", self.source),
+            ("type", self.event_type.to_owned()),
+            ("time", self.time),
+        ];
+        out.extend(self.subject.map(|subject| ("subject", subject)));
+        if let Some((traceparent, tracestate)) = self.trace {
+            out.push(("traceparent", traceparent));
+            out.extend(tracestate.map(|state| ("tracestate", state)));
+        }
+        out
+    }
+
     /// The attributes as `cloudEvents:*` headers, in front of `rest`.
     pub fn binary_headers(self, rest: Vec<(String, HeaderValue)>) -> Vec<(String, HeaderValue)> {
         let mut out = Vec::with_capacity(rest.len() + 8);
-        let mut put =
-            |name: &str, value: String| out.push((format!("{}{name}", super::CE_PREFIX), HeaderValue::Str(value)));
-        put("specversion", "1.0".to_owned());
-        put("id", self.id.to_owned());
-        put("source", self.source);
-        put("type", self.event_type.to_owned());
-        put("time", self.time);
-        if let Some(subject) = self.subject {
-            put("subject", subject);
-        }
-        if let Some((traceparent, tracestate)) = self.trace {
-            put("traceparent", traceparent);
-            if let Some(state) = tracestate {
-                put("tracestate", state);
-            }
+        for (name, value) in self.named() {
+            out.push((format!("{}{name}", super::CE_PREFIX), HeaderValue::Str(value)));
         }
         out.extend(rest);
         out
@@ -62,20 +68,9 @@ impl Attributes<'_> {
         let mut put = |k: &str, v: String| {
             event.insert(k.to_owned(), Value::String(v));
         };
-        put("specversion", "1.0".to_owned());
-        put("id", self.id.to_owned());
-        put("source", self.source);
-        put("type", self.event_type.to_owned());
-        put("time", self.time);
         put("datacontenttype", content_type.to_owned());
-        if let Some(subject) = self.subject {
-            put("subject", subject);
-        }
-        if let Some((traceparent, tracestate)) = self.trace {
-            put("traceparent", traceparent);
-            if let Some(state) = tracestate {
-                put("tracestate", state);
-            }
+        for (name, value) in self.named() {
+            put(name, value);
         }
         let json = is_json(content_type).then(|| serde_json::from_slice::<Value>(payload).ok()).flatten();
         match json {
