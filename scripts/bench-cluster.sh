@@ -133,16 +133,6 @@ broker() {
   timeout $((PHASE_TIMEOUT + 30)) "$BENCH_BROKER" --url "$NODE1_URL" --exchange "$EXCHANGE" --queue "$QUEUE" \
     --queue-type quorum --timeout "$PHASE_TIMEOUT" "$@"
 }
-# awk arithmetic on named values: calc 'a / b' a=1 b=2 ("n/a" on an error)
-calc() {
-  local expr=$1
-  shift
-  local vars=() v
-  for v in "$@"; do vars+=(-v "$v"); done
-  awk "${vars[@]}" "BEGIN { x = $expr; print x }" 2>/dev/null || echo n/a
-}
-ticks_us() { calc "1e6 * t / hz / n" "t=$1" "hz=$hz" "n=$2"; }
-ticks_pct() { calc "100 * t / hz / s" "t=$1" "hz=$hz" "s=$2"; }
 record() { printf '%s\t%s\t%s\n' "$@" >>"$FIGS"; } # run, name, value
 # CPU ticks of the three nodes' beam.smp: "SUM T1 T2 T3"
 beam_ticks() {
@@ -273,29 +263,6 @@ fresh_db() {
   timeout 60 "$RELAY" setup --config "$CONFIG" >"$1/setup.log" 2>&1 || { show_tail "$1/setup.log"; die "outbox-relay setup failed"; }
 }
 
-# the backlog: EVENTS rows, one per transaction, by INSERT_SESSIONS sessions; log $1
-fill_backlog() {
-  local log=$1 s lo=1 hi chunk rc=0 p
-  chunk=$(((EVENTS + INSERT_SESSIONS - 1) / INSERT_SESSIONS))
-  fill_pids=()
-  : >"$log"
-  for ((s = 0; s < INSERT_SESSIONS && lo <= EVENTS; s++)); do
-    hi=$((lo + chunk - 1))
-    [ "$hi" -le "$EVENTS" ] || hi=$EVENTS
-    timeout "$PHASE_TIMEOUT" "$PSQL" -X -q -v ON_ERROR_STOP=1 "$BENCH_URL" \
-      -c "SET synchronous_commit = off" -c "CALL bench_fill($lo, $hi, 1, $SIZE)" </dev/null >>"$log" 2>&1 &
-    fill_pids+=("$!")
-    lo=$((hi + 1))
-  done
-  for p in "${fill_pids[@]}"; do wait "$p" || rc=$?; done
-  fill_pids=()
-  [ "$rc" = 0 ] || { show_tail "$log"; die "the backlog inserts failed (status $rc)"; }
-  local got
-  got=$(psql_bench -tA -c "SELECT count(*) FROM outbox")
-  [ "$got" = "$EVENTS" ] || die "the backlog has $got rows, not $EVENTS"
-  psql_su -c CHECKPOINT
-}
-
 # purge the queue (a consumer of a quorum queue that goes away leaves the deliveries
 # whose auto-ack had not been applied yet back in the queue: a few hundred at most);
 # $1 names the step in the run log
@@ -325,10 +292,6 @@ ceiling() {
   CEILING="$(kv "$line" msgs_per_s) $(ticks_us $((b1 - b0)) "$CEILING_EVENTS") $(ticks_us $((m1 - m0 - b1 + b0)) "$CEILING_EVENTS")"
 }
 
-start_relay() {
-  "$RELAY" run --config "$CONFIG" </dev/null >"$1" 2>&1 &
-  relay_pid=$!
-}
 stop_relay() {
   [ -n "$relay_pid" ] || return 0
   stop_pid "$relay_pid" "the relay" 20
@@ -337,18 +300,6 @@ stop_relay() {
   [ "$relay_rc" = 0 ] || log "the relay (pid $relay_pid) exited with status $relay_rc"
   relay_pid=""
 }
-# WAL_PID: the walsender serving the slot, once the relay streams (30 s at most)
-walsender() {
-  local deadline=$((SECONDS + 30))
-  while :; do
-    WAL_PID=$(psql_su -tA -c "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '$SLOT' AND active_pid IS NOT NULL")
-    [ -z "$WAL_PID" ] || return 0
-    kill -0 "$relay_pid" 2>/dev/null || { show_tail "$1"; die "the relay exited before streaming"; }
-    [ "$SECONDS" -lt "$deadline" ] || { show_tail "$1"; die "no walsender for slot $SLOT within 30s"; }
-    sleep 0.1
-  done
-}
-published() { curl -s --max-time 2 "$METRICS_URL" | awk '/^outbox_relay_events_published_total/ { s += $NF } END { print s + 0 }'; }
 
 # until bench_drain exits, a sample every ~1 s (CPU of relay, the three nodes, walsender;
 # the relay's confirmed and in-flight counts); $1 file, $2 t0, $3 walsender pid
@@ -382,7 +333,7 @@ run_once() {
   say "run $run of $RUNS: backlog of $EVENTS events, 1 per transaction, $SIZE B"
   fresh_db "$rd"
   local t_fill=$SECONDS
-  fill_backlog "$rd/fill.log"
+  fill_backlog "$EVENTS" 1 "$SIZE" "$rd/fill.log"
   log "backlog inserted in $((SECONDS - t_fill))s; the cluster's ceiling before"
   local before after
   ceiling "$rd/broker-before.out"
@@ -490,7 +441,6 @@ show() {
   if [ "$n" = 1 ]; then printf "%.${2}f" "$med"; else printf "%.${2}f (%.${2}f–%.${2}f)" "$med" "$min" "$max"; fi
 }
 med() { local m _r; read -r m _r < <(fig "$1"); echo "$m"; }
-pad() { local LC_ALL=C.UTF-8 s=$1; printf '%s%*s' "$s" $(($2 > ${#s} ? $2 - ${#s} : 0)) ''; }
 row() { printf '%s %s\n' "$(pad "$1" 46)" "$2"; }
 
 report() {

@@ -228,7 +228,6 @@ EOF
   bench_backlog_sql >>"$DIR/outbox.sql"
 }
 
-
 # a fresh database with the outbox table, the bench functions, slot and publication
 fresh_db() {
   drop_slot_and_db >/dev/null
@@ -239,11 +238,6 @@ fresh_db() {
 }
 
 # ------------------------------------------------------------------ processes
-# `outbox-relay run` in the background, log $1; sets relay_pid
-start_relay() {
-  "$RELAY" run --config "$CONFIG" </dev/null >"$1" 2>&1 &
-  relay_pid=$!
-}
 stop_relay() {
   [ -n "$relay_pid" ] || return 0
   stop_pid "$relay_pid" "the relay" 20
@@ -261,19 +255,6 @@ wait_ready() {
     sleep 0.1
   done
 }
-# WAL_PID: the walsender serving the slot, once the relay has started streaming (30 s)
-walsender() {
-  local deadline=$((SECONDS + 30))
-  while :; do
-    WAL_PID=$(psql_su -tA -c "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '$SLOT' AND active_pid IS NOT NULL")
-    [ -z "$WAL_PID" ] || return 0
-    kill -0 "$relay_pid" 2>/dev/null || { show_tail "$1"; die "the relay exited before streaming"; }
-    [ "$SECONDS" -lt "$deadline" ] || { show_tail "$1"; die "no walsender for slot $SLOT within 30s"; }
-    sleep 0.1
-  done
-}
-# events the relay has confirmed, from /metrics
-published() { curl -s --max-time 2 "$METRICS_URL" | awk '/^outbox_relay_events_published_total/ { s += $NF } END { print s + 0 }'; }
 # bench_drain for $1 distinct ids, output to $2, extra options after; sets drain_pid
 start_drain() {
   local n=$1 out=$2
@@ -304,42 +285,8 @@ check_body() {
 # ------------------------------------------------------------------ figures
 # one figure of one run: section, cell, run, name, value
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$FIGS"; }
-# awk arithmetic on named values: calc 'a / b' a=1 b=2 (prints "n/a" on division by zero)
-calc() {
-  local expr=$1
-  shift
-  local vars=() v
-  for v in "$@"; do vars+=(-v "$v"); done
-  awk "${vars[@]}" "BEGIN { x = $expr; print x }" 2>/dev/null || echo n/a
-}
-ticks_us() { calc "1e6 * t / hz / n" "t=$1" "hz=$hz" "n=$2"; }
-ticks_pct() { calc "100 * t / hz / s" "t=$1" "hz=$hz" "s=$2"; }
 
 # ------------------------------------------------------------------ 1. catch-up
-# the backlog: $1 events, $2 per transaction, $3 bytes, by INSERT_SESSIONS sessions
-fill_backlog() {
-  local n=$1 batch=$2 size=$3 log=$4 s lo=1 hi chunk rc=0 p
-  # each session's range a multiple of the batch, so that every transaction is full
-  chunk=$(((n + INSERT_SESSIONS - 1) / INSERT_SESSIONS))
-  chunk=$(((chunk + batch - 1) / batch * batch))
-  fill_pids=()
-  : >"$log"
-  for ((s = 0; s < INSERT_SESSIONS && lo <= n; s++)); do
-    hi=$((lo + chunk - 1))
-    [ "$hi" -le "$n" ] || hi=$n
-    timeout "$PHASE_TIMEOUT" "$PSQL" -X -q -v ON_ERROR_STOP=1 "$BENCH_URL" \
-      -c "SET synchronous_commit = off" -c "CALL bench_fill($lo, $hi, $batch, $size)" </dev/null >>"$log" 2>&1 &
-    fill_pids+=("$!")
-    lo=$((hi + 1))
-  done
-  for p in "${fill_pids[@]}"; do wait "$p" || rc=$?; done
-  fill_pids=()
-  [ "$rc" = 0 ] || { show_tail "$log"; die "the backlog inserts failed (status $rc)"; }
-  local got
-  got=$(psql_bench -tA -c "SELECT count(*) FROM outbox")
-  [ "$got" = "$n" ] || die "the backlog has $got rows, not $n"
-  psql_su -c CHECKPOINT
-}
 
 # bench_broker with a consumer, $1 messages of $2 bytes, output $3, shape $4 (default
 # relay); sets CEILING to "RATE ELAPSED BEAM_US_PER_MSG OTHERS_US_PER_MSG" (OTHERS: the
@@ -581,8 +528,6 @@ judge() {
   [ "$m" != n/a ] || { echo "n/a"; return; }
   if awk -v m="$m" -v op="$4" -v t="$5" 'BEGIN { exit !((op == "<=") ? m <= t : m >= t) }'; then echo met; else echo "not met"; fi
 }
-# padded to $2 characters, counting characters, not bytes (µ, –)
-pad() { local LC_ALL=C.UTF-8 s=$1; printf '%s%*s' "$s" $(($2 > ${#s} ? $2 - ${#s} : 0)) ''; }
 row() {
   local line
   line="$(pad "$1" 30) $(pad "$2" 34) $(pad "$3" 28) $(pad "$4" 18) $5"
