@@ -34,7 +34,7 @@ use crate::error::{End, Error, ErrorKind, Result};
 use crate::health::{Health, State};
 use crate::metrics::Metrics;
 use crate::publish::channel::BrokerChannel;
-use crate::publish::nodes::{BrokerNodes, Connected};
+use crate::publish::nodes::BrokerNodes;
 use crate::publish::{Publisher, PublisherSettings};
 use crate::route::Router;
 use crate::source::postgres::{Liveness, PgTarget};
@@ -176,7 +176,7 @@ async fn open(config: &Config, handles: &Handles) -> Result<(ReadySource, Broker
         SourceMode::Replication => PreparedSource::Replication(replication::prepare(&sql, config, &router).await?),
         SourceMode::Polling => PreparedSource::Polling(polling::prepare(&sql, config, &router).await?),
     };
-    let Connected { channel, .. } = handles.brokers.connect(&config.broker, "outbox-relay", &handles.metrics).await?;
+    let channel = handles.brokers.connect(&config.broker, "outbox-relay", &handles.metrics).await?;
     let source = match prepared {
         PreparedSource::Replication(prepared) => {
             let ctx = StartContext {

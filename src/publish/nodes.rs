@@ -55,15 +55,6 @@ struct Cursor {
     since: Option<Instant>,
 }
 
-/// A confirm-mode channel on one node of the list.
-#[derive(Debug)]
-pub struct Connected {
-    /// The channel.
-    pub channel: BrokerChannel,
-    /// The node it is on.
-    pub target: BrokerTarget,
-}
-
 impl BrokerNodes {
     /// The nodes of `cfg`, in the order they are tried, with the URLs read
     /// again from the environment.
@@ -86,7 +77,7 @@ impl BrokerNodes {
     /// With one node, its error. With several, one error naming each node and
     /// why it failed; its kind is theirs when they all agree (a `Config`
     /// problem everywhere stops the relay), `BrokerConnection` otherwise.
-    pub async fn connect(&self, cfg: &BrokerConfig, name: &str, metrics: &Metrics) -> Result<Connected> {
+    pub async fn connect(&self, cfg: &BrokerConfig, name: &str, metrics: &Metrics) -> Result<BrokerChannel> {
         let targets = Self::targets(cfg)?;
         let n = targets.len();
         let start = {
@@ -108,7 +99,7 @@ impl BrokerNodes {
                     metrics.set_broker_node(&endpoints, Some(&endpoints[i]));
                     let node = &endpoints[i];
                     tracing::info!(broker = %target.redacted, %node, nodes = n, "connected to RabbitMQ (confirm mode)");
-                    return Ok(Connected { channel, target: target.clone() });
+                    return Ok(channel);
                 }
                 Err(e) => {
                     if k + 1 < n {

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{BatchSeq, OutboxEvent, Part, PgTimestamp, SourcePosition, Transaction};
 use crate::metrics::Metrics;
-use crate::publish::nodes::{BrokerNodes, Connected};
+use crate::publish::nodes::BrokerNodes;
 use crate::publish::{Publisher, PublisherSettings};
 use crate::route::{route_names, Router};
 
@@ -45,7 +45,7 @@ impl Link {
         let b = &config.broker;
         let metrics = Metrics::new(route_names(&config.routes));
         let nodes = BrokerNodes::default();
-        let Connected { channel, .. } = nodes.connect(b, "outbox-relay replay", &metrics).await?;
+        let channel = nodes.connect(b, "outbox-relay replay", &metrics).await?;
         let (txns, rx) = mpsc::channel(1);
         let (progress_tx, progress) = watch::channel(Progress::default());
         let publisher = Publisher::new(
